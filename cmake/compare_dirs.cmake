@@ -1,0 +1,18 @@
+# cmake -DA=<dir> -DB=<dir> -P compare_dirs.cmake: fails unless both folders hold the same *.txt files
+# with the same bytes. Used to keep tests/golden/ equal to ../shared/golden/.
+file(GLOB a_files RELATIVE ${A} ${A}/*.txt)
+file(GLOB b_files RELATIVE ${B} ${B}/*.txt)
+list(SORT a_files)
+list(SORT b_files)
+if(NOT a_files STREQUAL b_files)
+  message(FATAL_ERROR "golden folders list different files:\n  ${A}: ${a_files}\n  ${B}: ${b_files}")
+endif()
+foreach(f IN LISTS a_files)
+  file(SHA256 ${A}/${f} ha)
+  file(SHA256 ${B}/${f} hb)
+  if(NOT ha STREQUAL hb)
+    message(FATAL_ERROR "golden file ${f} differs between ${A} and ${B}: copy ${B}/${f} into ${A}")
+  endif()
+endforeach()
+list(LENGTH a_files n)
+message(STATUS "${n} golden files identical")
