@@ -1,0 +1,111 @@
+// dualpipe/runtime/stage.hpp: the Stage concept, the user's compute for one module of one rank.
+//
+// The library owns the buffers a stage reads and writes; a stage keeps whatever it needs between a
+// chunk's forward and its backward (saved activations, an autograd graph) keyed by ctx.chunk.
+//
+//   forward(ctx, input, output)              input: activations from the previous stage (the batch chunk at
+//                                            the first stage); output: this stage's activations (the model's
+//                                            output at the last stage).
+//   loss(ctx, output, labels) -> double      last stage only: the loss of this chunk (times ctx.loss_scale is
+//                                            what backward starts from).
+//   backward_input(ctx, output_grad, input_grad)
+//                                            gradient w.r.t. the input (output_grad is empty at the last stage:
+//                                            start from the loss; input_grad is empty at the first stage).
+//   backward_weight(ctx)                     gradient w.r.t. the weights of chunk ctx.chunk, accumulated; runs
+//                                            after backward_input of that chunk (maybe much later: zero bubble).
+//   input_bytes(), output_bytes()            sizes of one chunk's input and output, in bytes.
+// Optional, detected at compile time:
+//   backward(ctx, output_grad, input_grad)   a fused full backward (input and weight), used for `B` ops.
+//   static forward_backward(fwd_stage, fctx, input, output, bwd_stage, bctx, output_grad, input_grad)
+//                                            an overlapped forward of one chunk and backward of another (the
+//                                            reference's overlapped_forward_backward), used for `FB` ops.
+#pragma once
+
+#include <concepts>
+#include <cstddef>
+#include <span>
+
+#include "dualpipe/core/op.hpp"
+
+namespace dualpipe {
+
+/// Bytes a stage reads.
+using ConstBytes = std::span<const std::byte>;
+/// Bytes a stage writes.
+using MutableBytes = std::span<std::byte>;
+
+/// What a stage is told about the chunk it is asked to compute.
+struct StageContext {
+  int rank = 0;                 ///< Pipeline rank.
+  int module = 0;               ///< Module of that rank (0 or 1 for the bidirectional schedules; 0 otherwise).
+  int stage = 0;                ///< Model stage this module computes.
+  int num_stages = 1;           ///< Stages in the model.
+  int chunk = 0;                ///< The module's own chunk index (as in the trace).
+  int batch_chunk = 0;          ///< Index of this chunk within the step's batch.
+  int num_batch_chunks = 1;     ///< Chunks in the step's batch.
+  bool is_first_stage = false;  ///< Reads the batch.
+  bool is_last_stage = false;   ///< Computes the loss.
+  Mode mode = Mode::train;      ///< forward: no backward will follow (a stage need not keep state).
+  double loss_scale = 1.0;      ///< Factor the last stage applies to the loss gradient (1/chunks when asked).
+  void* stream = nullptr;       ///< Device handle of the device policy (a cudaStream_t for CUDA); null on host.
+};
+
+namespace detail {
+template <class S>
+concept has_forward = requires(S& s, const StageContext& ctx, ConstBytes in, MutableBytes out) {
+  s.forward(ctx, in, out);
+};
+template <class S>
+concept has_loss = requires(S& s, const StageContext& ctx, ConstBytes out, ConstBytes labels) {
+  { s.loss(ctx, out, labels) } -> std::convertible_to<double>;
+};
+template <class S>
+concept has_backward_input = requires(S& s, const StageContext& ctx, ConstBytes grad, MutableBytes in_grad) {
+  s.backward_input(ctx, grad, in_grad);
+};
+template <class S>
+concept has_backward_weight = requires(S& s, const StageContext& ctx) { s.backward_weight(ctx); };
+template <class S>
+concept has_sizes = requires(const S& s) {
+  { s.input_bytes() } -> std::convertible_to<std::size_t>;
+  { s.output_bytes() } -> std::convertible_to<std::size_t>;
+};
+}  // namespace detail
+
+/// A user type that can compute one module of one rank.
+template <class S>
+concept Stage = detail::has_forward<S> && detail::has_loss<S> && detail::has_backward_input<S> &&
+                detail::has_backward_weight<S> && detail::has_sizes<S>;
+
+/// A Stage that also offers a fused full backward, used for `B` ops instead of input then weight.
+template <class S>
+concept StageWithFusedBackward = Stage<S> && requires(S& s, const StageContext& ctx, ConstBytes g, MutableBytes ig) {
+  s.backward(ctx, g, ig);
+};
+
+/// A Stage whose type offers an overlapped forward+backward of two chunks, used for `FB` ops.
+template <class S>
+concept StageWithOverlap = Stage<S> && requires(S& f, S& b, const StageContext& ctx, ConstBytes in, MutableBytes out) {
+  S::forward_backward(f, ctx, in, out, b, ctx, in, out);
+};
+
+/// Compile-time check with messages in plain words: `static_assert(check_stage<MyStage>())`.
+template <class S>
+consteval bool check_stage() {
+  static_assert(detail::has_forward<S>,
+                "Stage needs: void forward(const dualpipe::StageContext&, dualpipe::ConstBytes input, "
+                "dualpipe::MutableBytes output)");
+  static_assert(detail::has_loss<S>,
+                "Stage needs: double loss(const dualpipe::StageContext&, dualpipe::ConstBytes output, "
+                "dualpipe::ConstBytes labels) (called at the last stage only)");
+  static_assert(detail::has_backward_input<S>,
+                "Stage needs: void backward_input(const dualpipe::StageContext&, dualpipe::ConstBytes output_grad, "
+                "dualpipe::MutableBytes input_grad)");
+  static_assert(detail::has_backward_weight<S>,
+                "Stage needs: void backward_weight(const dualpipe::StageContext&) (the deferred weight gradient)");
+  static_assert(detail::has_sizes<S>,
+                "Stage needs: std::size_t input_bytes() const and std::size_t output_bytes() const (one chunk)");
+  return Stage<S>;
+}
+
+}  // namespace dualpipe
