@@ -4,6 +4,9 @@
 
 #include "dualpipe/analysis/activations.hpp"
 #include "dualpipe/analysis/costs.hpp"
+#include "dualpipe/analysis/render_chrome.hpp"
+#include "dualpipe/analysis/render_grid.hpp"
+#include "dualpipe/analysis/render_svg.hpp"
 #include "dualpipe/analysis/simulator.hpp"
 #include "dualpipe/analysis/timeline.hpp"
 #include "dualpipe/analysis/validator.hpp"
