@@ -86,6 +86,20 @@ foreach(case IN LISTS bad_cases)
   endif()
 endforeach()
 
+# 5. The README's pictures are what the program draws now.
+foreach(pic "dualpipe;8;20;dualpipe_8x20.svg" "dualpipev;4;10;dualpipev_4x10.svg")
+  list(GET pic 0 s)
+  list(GET pic 1 p)
+  list(GET pic 2 c)
+  list(GET pic 3 file)
+  execute_process(COMMAND ${CLI} --schedule ${s} --ranks ${p} --chunks ${c} --format svg --costs FB=2.5
+                          --output ${WORK}/${file} RESULT_VARIABLE rc)
+  execute_process(COMMAND ${CMAKE_COMMAND} -E compare_files ${WORK}/${file} ${PICTURES}/${file} RESULT_VARIABLE same)
+  if(NOT rc EQUAL 0 OR NOT same EQUAL 0)
+    fail("${PICTURES}/${file} is stale: regenerate it with dualpipe-schedule --schedule ${s} --ranks ${p} --chunks ${c} --format svg --costs FB=2.5 --output ${PICTURES}/${file}")
+  endif()
+endforeach()
+
 if(failures GREATER 0)
   message(FATAL_ERROR "${failures} check(s) failed")
 endif()
