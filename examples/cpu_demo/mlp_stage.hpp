@@ -159,6 +159,13 @@ public:
   [[nodiscard]] long deferred_weight_calls() const noexcept { return _deferred_weight_calls; }
   /// Chunks whose forward ran and whose weight gradient has not (0 after a complete training step).
   [[nodiscard]] int chunks_in_flight() const noexcept;
+  /// Forgets every chunk's state (after a failed step, through Pipeline::reset()); keeps weights and gradients.
+  void reset() noexcept {
+    for (ChunkState& c : _chunks) {
+      c.phase = Phase::empty;
+      c.has_loss = false;
+    }
+  }
   /// Makes this stage's forward call number `forward_call` (0-based, counted over its lifetime) throw
   /// std::runtime_error, to show how a failing stage ends a step on every rank. -1 switches it off.
   void inject_failure(long forward_call) noexcept { _fail_at_forward = forward_call; }
