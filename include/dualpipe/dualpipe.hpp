@@ -7,5 +7,8 @@
 #include "dualpipe/core/trace.hpp"
 #include "dualpipe/schedule/dualpipe.hpp"
 #include "dualpipe/schedule/dualpipev.hpp"
+#include "dualpipe/schedule/gpipe.hpp"
+#include "dualpipe/schedule/one_f_one_b.hpp"
 #include "dualpipe/schedule/placement.hpp"
 #include "dualpipe/schedule/registry.hpp"
+#include "dualpipe/schedule/zb1p.hpp"
