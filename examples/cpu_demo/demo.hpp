@@ -129,9 +129,9 @@ struct RankReport {
   double busy_seconds = 0;          ///< Compute time in the last step.
   double idle_seconds = 0;          ///< Last step's makespan minus busy_seconds.
   std::size_t peak_buffers = 0;     ///< Most chunk buffers in use at once, over all steps.
-  long overlapped_calls = 0;        ///< FB ops run through MlpStage::forward_backward.
-  long fused_backward_calls = 0;    ///< B ops run through MlpStage::backward.
-  long deferred_weight_calls = 0;   ///< W ops (deferred weight gradients) run through backward_weight.
+  long overlapped_calls = 0;        ///< FB ops run through MlpStage::forward_backward, over all steps.
+  long fused_backward_calls = 0;    ///< B ops run through MlpStage::backward, over all steps.
+  long deferred_weight_calls = 0;   ///< W ops (deferred weight gradients) run through backward_weight, over all steps.
 };
 
 /// What one run of the demo found (built on rank 0).
@@ -149,6 +149,7 @@ struct DemoReport {
   double tolerance = 1e-12;
   std::vector<std::string> problems; ///< Failed checks in words; empty when the run passed.
   std::vector<double> step_seconds;  ///< Per step, the slowest rank's step time.
+  std::vector<double> step_loss_sums;///< Per step, the chunk losses added in batch-chunk order.
   std::vector<RankReport> per_rank;
   Timeline timeline;                 ///< Measured timeline of the last step (merge_timelines).
 
@@ -365,6 +366,9 @@ inline DemoReport build_report(const DemoConfig& cfg, std::string schedule, cons
     if (err > cfg.tolerance)
       rep.problems.push_back("step " + std::to_string(step) + ": chunk losses differ from the sequential run (max rel err " +
                              std::to_string(err) + ")");
+    double step_sum = 0;
+    for (double l : losses) step_sum += l;
+    rep.step_loss_sums.push_back(step_sum);
     if (step == steps - 1) last_losses = std::move(losses);
   }
   for (double l : last_losses) rep.loss_sum += l;

@@ -25,17 +25,20 @@ void print_report(const DemoConfig& cfg, const DemoReport& r) {
   if (r.copies > 1) std::printf(" (%d copies of each)", r.copies);
   std::printf(", %d chunks of %d rows, hidden %d, %d steps, lr %g, loss scale 1/%d\n", r.chunks, cfg.model.rows,
               cfg.model.hidden, r.steps, cfg.model.lr, r.chunks);
-  std::printf("   step time, slowest rank (ms):");
+  std::printf("   %-30s", "loss sum over chunks, by step:");
+  for (double l : r.step_loss_sums) std::printf(" %.9f", l);
+  std::printf("\n   %-30s", "step time, slowest rank (ms):");
   for (double s : r.step_seconds) std::printf(" %.3f", s * 1e3);
   std::printf("\n");
   const double makespan = r.timeline.makespan();
   std::printf("   last step, measured (makespan %.3f ms):\n", makespan * 1e3);
-  std::printf("   %4s %9s %9s %7s %10s %8s %8s %10s\n", "rank", "busy ms", "idle ms", "idle %", "peak bufs", "FB hook",
-              "fused B", "deferred W");
+  std::printf("   %4s %9s %9s %7s %10s %8s %8s %8s   (ops per step: FB via forward_backward hook, B via fused\n"
+              "   %4s %9s %9s %7s %10s %8s %8s %8s    backward, W = deferred backward_weight)\n",
+              "rank", "busy ms", "idle ms", "idle %", "peak bufs", "FB", "B", "W", "", "", "", "", "", "", "", "");
   for (const RankReport& rr : r.per_rank)
-    std::printf("   %4d %9.3f %9.3f %6.1f%% %10zu %8ld %8ld %10ld\n", rr.rank, rr.busy_seconds * 1e3,
+    std::printf("   %4d %9.3f %9.3f %6.1f%% %10zu %8ld %8ld %8ld\n", rr.rank, rr.busy_seconds * 1e3,
                 rr.idle_seconds * 1e3, makespan > 0 ? 100.0 * rr.idle_seconds / makespan : 0.0, rr.peak_buffers,
-                rr.overlapped_calls, rr.fused_backward_calls, rr.deferred_weight_calls);
+                rr.overlapped_calls / r.steps, rr.fused_backward_calls / r.steps, rr.deferred_weight_calls / r.steps);
   std::printf("   bubble ratio (idle / (ranks x makespan)): %.3f\n", r.timeline.bubble_ratio());
   for (const std::string& p : r.problems) std::printf("   check failed: %s\n", p.c_str());
   std::printf("%s\n", result_line(r).c_str());

@@ -29,7 +29,7 @@ struct ProgramOptions {
   int chunks = 8;
   int steps = 3;
   int hidden = 64;
-  int rows = 16;
+  int rows = 32;
   std::uint64_t seed = 233;
   double lr = 0.1;
   std::string trace_dir;                ///< Empty: no trace files.
@@ -57,7 +57,7 @@ inline constexpr std::string_view default_schedules[] = {"dualpipe", "dualpipev"
          "  --chunks C           batch chunks (micro-batches) per step (default 8)\n"
          "  --steps N            training steps (default 3)\n"
          "  --hidden H           hidden size h (default 64)\n"
-         "  --batch-rows R       rows per chunk (default 16)\n"
+         "  --batch-rows R       rows per chunk (default 32)\n"
          "  --seed S             seed of the weights and the data (default 233)\n"
          "  --lr X               SGD learning rate (default 0.1)\n"
          "  --trace-dir DIR      write the last step's measured timeline as DIR/<schedule>.svg and .json\n"

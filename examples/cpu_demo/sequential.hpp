@@ -25,7 +25,7 @@ namespace dualpipe::cpu_demo {
 /// The model and training settings that the pipelined runs and the sequential run share.
 struct ModelSpec {
   int hidden = 64;          ///< h: a stage is Linear(h,4h) -> GELU -> Linear(4h,h).
-  int rows = 16;            ///< Rows of one batch chunk.
+  int rows = 32;            ///< Rows of one batch chunk.
   int chunks = 8;           ///< Batch chunks per step (C).
   int steps = 3;            ///< Training steps.
   std::uint64_t seed = 233; ///< Seed of the weights and of the batches.
