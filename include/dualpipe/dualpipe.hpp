@@ -2,6 +2,14 @@
 // (dualpipe/cuda.hpp, dualpipe/nccl.hpp, dualpipe/mpi.hpp).
 #pragma once
 
+#include "dualpipe/analysis/activations.hpp"
+#include "dualpipe/analysis/costs.hpp"
+#include "dualpipe/analysis/render_chrome.hpp"
+#include "dualpipe/analysis/render_grid.hpp"
+#include "dualpipe/analysis/render_svg.hpp"
+#include "dualpipe/analysis/simulator.hpp"
+#include "dualpipe/analysis/timeline.hpp"
+#include "dualpipe/analysis/validator.hpp"
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/core/op.hpp"
 #include "dualpipe/core/trace.hpp"
