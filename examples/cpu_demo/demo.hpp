@@ -481,6 +481,7 @@ std::optional<DemoReport> run_rank(Comm& comm, const DemoConfig& cfg, const Sequ
             parts[static_cast<std::size_t>(m)].push_back(modules[static_cast<std::size_t>(m)].gradients().data());
             continue;
           }
+          // Growing the outer vector moves the inner ones, whose buffers (posted above) stay put.
           if (slot >= received.size()) received.resize(slot + 1);
           auto& buf = received[slot++];
           buf.resize(cfg.model.stage_params());
