@@ -39,10 +39,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <sstream>
-#include <type_traits>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -55,6 +56,19 @@ namespace dualpipe {
 /// Loss of one chunk at the last stage: a tensor with one element, from the stage's output and the chunk's
 /// labels (both CPU tensors of the configured shapes and dtypes).
 using TorchCriterion = std::function<torch::Tensor(const torch::Tensor& output, const torch::Tensor& labels)>;
+
+namespace detail {
+/// The module behind a holder (torch::nn::Linear, ...) or a shared_ptr, with its type; null for an empty holder.
+template <class M>
+  requires(requires(const M& m) { m.ptr(); } || std::convertible_to<const M&, std::shared_ptr<torch::nn::Module>>)
+auto typed_module_pointer(const M& m) {
+  if constexpr (requires { m.ptr(); }) {
+    return m.is_empty() ? std::remove_cvref_t<decltype(m.ptr())>() : m.ptr();
+  } else {
+    return m;
+  }
+}
+}  // namespace detail
 
 /// The shapes and dtypes of what a TorchStage exchanges, for one chunk (micro-batch).
 struct TorchStageOptions {
@@ -78,17 +92,26 @@ struct TorchStageOptions {
 /// Used by one thread at a time (the rank's); different TorchStages may run on different threads.
 class TorchStage {
 public:
-  /// `module` is any torch::nn module (holder) whose forward takes and returns one tensor; it is shared, not
-  /// copied. `criterion` is needed where this module is the last stage. The parameters that require grad at
+  /// `module` is a torch::nn module holder (torch::nn::Linear, torch::nn::Sequential, a TORCH_MODULE type) or
+  /// a std::shared_ptr to a module, whose forward takes one tensor and returns one; it is shared, not copied.
+  /// `criterion` is needed where this module is the last stage. The parameters that require grad at
   /// construction are the ones the weight pass computes.
-  /// Throws ConfigError for an empty or non-positive shape.
-  TorchStage(torch::nn::AnyModule module, TorchStageOptions options, TorchCriterion criterion = {});
-  /// The same from a module holder (torch::nn::Linear, a TORCH_MODULE type, ...) or a shared_ptr to a module.
+  /// Throws ConfigError for an empty module, or an empty or non-positive shape.
   template <class M>
-    requires(!std::same_as<std::remove_cvref_t<M>, torch::nn::AnyModule> &&
-             std::constructible_from<torch::nn::AnyModule, M>)
-  TorchStage(M&& module, TorchStageOptions options, TorchCriterion criterion = {})
-      : TorchStage(torch::nn::AnyModule(std::forward<M>(module)), std::move(options), std::move(criterion)) {}
+    requires requires(const M& m, torch::Tensor x) {
+      { detail::typed_module_pointer(m)->forward(x) } -> std::convertible_to<torch::Tensor>;
+    }
+  TorchStage(const M& module, TorchStageOptions options, TorchCriterion criterion = {})
+      : TorchStage(detail::typed_module_pointer(module),
+                   [impl = detail::typed_module_pointer(module).get()](const torch::Tensor& x) -> torch::Tensor {
+                     return impl->forward(x);  // alive as long as _module
+                   },
+                   std::move(options), std::move(criterion)) {}
+  /// The same from a type-erased torch::nn::AnyModule.
+  TorchStage(const torch::nn::AnyModule& module, TorchStageOptions options, TorchCriterion criterion = {})
+      : TorchStage(module.is_empty() ? nullptr : module.ptr(),
+                   [any = module](const torch::Tensor& x) mutable -> torch::Tensor { return any.forward(x); },
+                   std::move(options), std::move(criterion)) {}
 
   // ---- The Stage concept (runtime/stage.hpp) ----
   /// Runs the module on chunk ctx.chunk; in Mode::train keeps the graph until its weight pass.
@@ -110,7 +133,7 @@ public:
   /// Bytes of one chunk's labels (what the last stage's loss reads).
   [[nodiscard]] std::size_t label_bytes() const noexcept { return _label_bytes; }
   /// The module.
-  [[nodiscard]] torch::nn::Module& module() const { return *_module.ptr(); }
+  [[nodiscard]] torch::nn::Module& module() const noexcept { return *_module; }
   /// The parameters the weight pass computes (those that required grad at construction).
   [[nodiscard]] const std::vector<torch::Tensor>& parameters() const noexcept { return _parameters; }
   /// Chunks whose graph is kept: forwarded in Mode::train and not yet through their weight pass.
@@ -119,6 +142,10 @@ public:
   void clear() noexcept { _chunks.clear(); }
 
 private:
+  using ForwardFn = std::function<torch::Tensor(const torch::Tensor&)>;
+  TorchStage(std::shared_ptr<torch::nn::Module> module, ForwardFn forward, TorchStageOptions options,
+             TorchCriterion criterion);
+
   struct ChunkState {
     torch::Tensor input;        // the chunk's input (requires grad, except at the first stage)
     torch::Tensor output;       // the module's output, graph attached
@@ -148,7 +175,8 @@ private:
   void check_size(const StageContext& ctx, const char* call, const char* what, std::size_t got,
                   std::size_t expected) const;
 
-  torch::nn::AnyModule _module;
+  std::shared_ptr<torch::nn::Module> _module;
+  ForwardFn _forward;
   TorchStageOptions _options;
   TorchCriterion _criterion;
   std::vector<std::int64_t> _input_shape, _output_shape, _label_shape;
@@ -187,9 +215,11 @@ inline std::size_t checked_bytes(const char* what, const std::vector<std::int64_
 
 }  // namespace detail
 
-inline TorchStage::TorchStage(torch::nn::AnyModule module, TorchStageOptions options, TorchCriterion criterion)
-    : _module(std::move(module)), _options(std::move(options)), _criterion(std::move(criterion)) {
-  if (_module.is_empty()) throw ConfigError("TorchStage: the module is empty");
+inline TorchStage::TorchStage(std::shared_ptr<torch::nn::Module> module, ForwardFn forward,
+                              TorchStageOptions options, TorchCriterion criterion)
+    : _module(std::move(module)), _forward(std::move(forward)), _options(std::move(options)),
+      _criterion(std::move(criterion)) {
+  if (!_module) throw ConfigError("TorchStage: the module is empty (a null holder or pointer)");
   _input_shape = _options.input_shape.empty() ? _options.activation_shape : _options.input_shape;
   _output_shape = _options.output_shape.empty() ? _options.activation_shape : _options.output_shape;
   _label_shape = _options.label_shape.empty() ? _output_shape : _options.label_shape;
@@ -198,7 +228,7 @@ inline TorchStage::TorchStage(torch::nn::AnyModule module, TorchStageOptions opt
   _input_bytes = detail::checked_bytes("input", _input_shape, _input_dtype);
   _output_bytes = detail::checked_bytes("output", _output_shape, _options.dtype);
   _label_bytes = detail::checked_bytes("label", _label_shape, _label_dtype);
-  for (const torch::Tensor& p : _module.ptr()->parameters())
+  for (const torch::Tensor& p : _module->parameters())
     if (p.requires_grad()) _parameters.push_back(p);
 }
 
@@ -211,7 +241,7 @@ inline void TorchStage::forward(const StageContext& ctx, ConstBytes input, Mutab
     torch::Tensor x = view_of(input, _input_shape, _input_dtype).clone();
     torch::AutoGradMode grad_mode(train);
     if (train && !ctx.is_first_stage && at::isFloatingType(_input_dtype)) x.requires_grad_(true);
-    torch::Tensor y = _module.forward(x);
+    torch::Tensor y = _forward(x);
     if (!y.defined()) fail(ctx, "forward", "the module returned an undefined tensor");
     if (y.scalar_type() != _options.dtype || y.sizes() != at::IntArrayRef(_output_shape) || !y.device().is_cpu())
       fail(ctx, "forward",

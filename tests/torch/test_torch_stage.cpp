@@ -6,6 +6,7 @@
 #include <torch/nn/functional/loss.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/container/functional.h>
+#include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/linear.h>
 
 #include <cstring>
@@ -109,6 +110,33 @@ TEST_CASE("Torch.Stage.Sizes") {
   CHECK_THROWS_AS(TorchStage(Mlp(H), bad), ConfigError);
   bad.activation_shape = {};
   CHECK_THROWS_AS(TorchStage(Mlp(H), bad), ConfigError);
+}
+
+TEST_CASE("Torch.Stage.ModuleKinds") {
+  // A Sequential (whose templated forward AnyModule cannot hold), a shared_ptr to it, and an AnyModule.
+  torch::nn::Sequential seq(torch::nn::Linear(torch::nn::LinearOptions(H, 2 * H).bias(false)),
+                            fn([](torch::Tensor t) { return torch::gelu(t); }),
+                            torch::nn::Linear(torch::nn::LinearOptions(2 * H, H).bias(false)));
+  seq->to(torch::kDouble);
+  Mlp mlp(H);
+  mlp->to(torch::kDouble);
+  TorchStage a(seq, double_options());
+  TorchStage b(seq.ptr(), double_options());
+  TorchStage c(torch::nn::AnyModule(mlp), double_options());
+  CHECK(a.parameters().size() == 2);
+  CHECK(&b.module() == seq.ptr().get());
+  CHECK(&c.module() == mlp.ptr().get());
+  CHECK(c.parameters().size() == 2);
+  torch::Tensor x = torch::randn(act_shape, torch::kDouble);
+  std::vector<std::byte> oa(a.output_bytes()), ob(b.output_bytes()), oc(c.output_bytes());
+  a.forward(middle_ctx(0, Mode::forward), bytes_of(x), bytes_of(oa));
+  b.forward(middle_ctx(0, Mode::forward), bytes_of(x), bytes_of(ob));
+  c.forward(middle_ctx(0, Mode::forward), bytes_of(x), bytes_of(oc));
+  CHECK(torch::equal(tensor_of(oa, act_shape), seq->forward(x)));
+  CHECK(oa == ob);
+  CHECK(torch::equal(tensor_of(oc, act_shape), mlp(x)));
+  CHECK_THROWS_AS(TorchStage(Mlp(nullptr), double_options()), ConfigError);
+  CHECK_THROWS_AS(TorchStage(torch::nn::AnyModule(), double_options()), ConfigError);
 }
 
 TEST_CASE("Torch.Stage.OutputShapeMismatchNamesBoth") {
