@@ -3,7 +3,8 @@
 // through TorchStage, and is checked against a sequential libtorch run of the same model on the same data:
 //   - every chunk's loss equal, bitwise (the same ops on the same numbers in the same order);
 //   - every parameter's gradient (summed over the copies of its stage, as the reference does) within the
-//     reference's criterion 1 - 2<x,y>/(|x|^2+|y|^2) < 1e-13, in float64;
+//     reference's criterion 1 - 2<x,y>/(|x|^2+|y|^2) < 1e-13, in float64, and (stricter: that criterion is
+//     quadratic in the error) a norm-wise relative error |x-y|/|y| below 1e-10, reported as max_rel_err;
 //   - a forward-only step's outputs and losses equal to the sequential forward, bitwise.
 // Gradients accumulate over --steps steps (a new batch each), in both runs.
 #include <torch/utils.h>
@@ -84,7 +85,19 @@ double cal_diff(const torch::Tensor& x, const torch::Tensor& y) {
   return den == 0 ? 0.0 : 1.0 - 2.0 * (x * y).sum().item<double>() / den;
 }
 
+/// Norm-wise relative error |x - y| / |y|, 0 for two zero tensors.
+double rel_err(const torch::Tensor& x, const torch::Tensor& y) {
+  const double ny = y.norm().item<double>(), nd = (x - y).norm().item<double>();
+  return ny == 0 ? nd : nd / ny;
+}
+
 bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+std::string g17(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
 
 /// Collects the first failed check, for one line on stderr.
 struct Checks {
@@ -151,13 +164,13 @@ int run(const Args& a) {
     std::vector<double> losses = gather_losses(steps[k], C, checks);
     for (int c = 0; c < C; ++c) {
       checks.expect(same_bits(losses[c], reference[k].losses[c]),
-                    "step " + std::to_string(k) + " chunk " + std::to_string(c) + " loss " +
-                        std::to_string(losses[c]) + " != sequential " + std::to_string(reference[k].losses[c]));
+                    "step " + std::to_string(k) + " chunk " + std::to_string(c) + " loss " + g17(losses[c]) +
+                        " != sequential " + g17(reference[k].losses[c]));
       loss_sum += losses[c];
     }
   }
   // Gradients: each stage's copies summed (rank order), against the sequential model's.
-  double max_err = 0, norm2 = 0;
+  double max_err = 0, max_diff = 0, norm2 = 0;
   for (int s = 0; s < stages; ++s) {
     auto ref_params = model[s]->parameters();
     for (std::size_t i = 0; i < ref_params.size(); ++i) {
@@ -171,9 +184,13 @@ int run(const Args& a) {
             if (g.defined()) sum += g;
           }
       checks.expect(copies >= 1, "stage " + std::to_string(s) + " is on no rank");
-      const double err = cal_diff(sum, ref_params[i].grad());
-      checks.expect(err < 1e-13, "stage " + std::to_string(s) + " parameter " + std::to_string(i) +
-                                     " gradient differs: 1-2<x,y>/(|x|^2+|y|^2) = " + std::to_string(err));
+      // The reference's criterion; and, stricter, the norm-wise relative error: in float64 with only the
+      // order of the additions differing it is ~1e-16, while the criterion (quadratic in it) allows ~4e-7.
+      const double diff = cal_diff(sum, ref_params[i].grad()), err = rel_err(sum, ref_params[i].grad());
+      const std::string where = "stage " + std::to_string(s) + " parameter " + std::to_string(i) + " gradient: ";
+      checks.expect(diff < 1e-13, where + "1-2<x,y>/(|x|^2+|y|^2) = " + g17(diff) + ", not below 1e-13");
+      checks.expect(err < 1e-10, where + "relative error " + g17(err) + ", not below 1e-10");
+      max_diff = std::max(max_diff, diff);
       max_err = std::max(max_err, err);
       norm2 += (sum * sum).sum().item<double>();
     }
@@ -210,6 +227,8 @@ int run(const Args& a) {
   std::printf("model: stages=%d hidden=%d micro_batch=%lld seq_len=%lld dtype=float64 steps=%d torch_threads=%d\n",
               stages, a.hidden, static_cast<long long>(shape.micro_batch), static_cast<long long>(shape.seq_len),
               a.steps, torch::get_num_threads());
+  std::printf("grads: max 1-2<x,y>/(|x|^2+|y|^2) = %.3g (reference criterion: < 1e-13), max relative error %.3g\n",
+              max_diff, max_err);
   std::printf("result: schedule=%s ranks=%d chunks=%d comm=inproc loss_sum=%.17g grad_norm=%.17g max_rel_err=%.3g "
               "check=%s\n",
               std::string(Schedule::name).c_str(), P, C, loss_sum, std::sqrt(norm2), max_err,
