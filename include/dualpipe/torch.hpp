@@ -138,8 +138,9 @@ public:
   [[nodiscard]] const std::vector<torch::Tensor>& parameters() const noexcept { return _parameters; }
   /// Chunks whose graph is kept: forwarded in Mode::train and not yet through their weight pass.
   [[nodiscard]] std::size_t chunks_in_flight() const noexcept { return _chunks.size(); }
-  /// Drops every kept graph, e.g. after a failed step (a later forward of a chunk also replaces its state).
-  void clear() noexcept { _chunks.clear(); }
+  /// Drops every kept graph: after a failed step, Pipeline::reset() calls it. (A later forward of a chunk
+  /// would also replace that chunk's state, but chunks not forwarded again would keep theirs.)
+  void reset() noexcept { _chunks.clear(); }
 
 private:
   using ForwardFn = std::function<torch::Tensor(const torch::Tensor&)>;
