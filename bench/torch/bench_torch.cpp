@@ -7,6 +7,7 @@
 //       lib_us_per_op        (step wall time - wall time inside stage calls) / ops, mean over ranks. Includes
 //                            waiting: pipeline bubbles, and with more rank threads than cores, the scheduler.
 //       lib_cpu_us_per_op    the same with each rank thread's CPU time: what the library itself executes.
+//       lib_share            (step wall time - wall time inside stage calls) / step wall time, all ranks.
 //       torch_ms             wall time inside stage calls per rank (mean); step_ms the step's wall time.
 //   Sequential/torch/stages:S/chunks:C           the same model and batch, one thread, plain libtorch.
 //   TorchStage/backward/{split,fused}            one chunk's backward through the adapter: B+W (autograd
@@ -142,6 +143,7 @@ void pipeline_step(benchmark::State& state) {
   state.counters["step_ms"] = 1e3 * sum_step_wall / n;
   state.counters["torch_ms"] = 1e3 * sum_torch_wall / n;
   state.counters["lib_us_per_op"] = 1e6 * lib_wall_per_op / n;
+  state.counters["lib_share"] = (sum_step_wall - sum_torch_wall) / sum_step_wall;
   state.counters["lib_cpu_us_per_op"] = 1e6 * lib_cpu / total_ops;
   state.counters["ops_per_rank"] = total_ops / n;
 }

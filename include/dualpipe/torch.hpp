@@ -158,8 +158,9 @@ private:
 
   ChunkState& state_of(const StageContext& ctx, const char* call);
   void start_backward(const StageContext& ctx, const char* call, ChunkState& st, ConstBytes output_grad);
-  void write_input_grad(const StageContext& ctx, const torch::Tensor& grad, const ChunkState& st,
+  void check_input_grad(const StageContext& ctx, const char* call, const ChunkState& st,
                         MutableBytes input_grad) const;
+  void write_input_grad(const torch::Tensor& grad, MutableBytes input_grad) const;
   void accumulate(const std::vector<torch::Tensor>& grads, std::size_t first);
   [[nodiscard]] torch::Tensor view_of(ConstBytes bytes, const std::vector<std::int64_t>& shape,
                                       torch::ScalarType dtype) const;
@@ -293,12 +294,13 @@ inline void TorchStage::backward_input(const StageContext& ctx, ConstBytes outpu
     ChunkState& st = state_of(ctx, "backward_input");
     start_backward(ctx, "backward_input", st, output_grad);
     if (!input_grad.empty()) {
+      check_input_grad(ctx, "backward_input", st, input_grad);
       // Only the input: the engine runs just the nodes on the path to it; the graph stays for the weights.
       torch::Tensor g;
-      if (st.root.requires_grad() && st.input.requires_grad())
+      if (st.root.requires_grad())
         g = torch::autograd::grad({st.root}, {st.input}, {st.root_grad}, /*retain_graph=*/true,
                                   /*create_graph=*/false, /*allow_unused=*/true)[0];
-      write_input_grad(ctx, g, st, input_grad);
+      write_input_grad(g, input_grad);
     }
   });
 }
@@ -325,16 +327,19 @@ inline void TorchStage::backward(const StageContext& ctx, ConstBytes output_grad
     std::vector<torch::Tensor> inputs;
     inputs.reserve(_parameters.size() + 1);
     const bool want_input = !input_grad.empty();
-    if (want_input) inputs.push_back(st.input);
+    if (want_input) {
+      check_input_grad(ctx, "backward", st, input_grad);
+      inputs.push_back(st.input);
+    }
     inputs.insert(inputs.end(), _parameters.begin(), _parameters.end());
     if (!inputs.empty() && st.root.requires_grad()) {
       std::vector<torch::Tensor> grads = torch::autograd::grad({st.root}, inputs, {st.root_grad},
                                                                /*retain_graph=*/false, /*create_graph=*/false,
                                                                /*allow_unused=*/true);
-      if (want_input) write_input_grad(ctx, grads[0], st, input_grad);
+      if (want_input) write_input_grad(grads[0], input_grad);
       accumulate(grads, want_input ? 1 : 0);
     } else if (want_input) {
-      write_input_grad(ctx, torch::Tensor(), st, input_grad);
+      write_input_grad(torch::Tensor(), input_grad);
     }
     _chunks.erase(ctx.chunk);
   });
@@ -366,13 +371,16 @@ inline void TorchStage::start_backward(const StageContext& ctx, const char* call
   st.input_done = true;
 }
 
-inline void TorchStage::write_input_grad(const StageContext& ctx, const torch::Tensor& grad, const ChunkState& st,
+inline void TorchStage::check_input_grad(const StageContext& ctx, const char* call, const ChunkState& st,
                                          MutableBytes input_grad) const {
-  check_size(ctx, "backward_input", "input gradient", input_grad.size(), _input_bytes);
+  check_size(ctx, call, "input gradient", input_grad.size(), _input_bytes);
   if (!st.input.requires_grad())
-    fail(ctx, "backward_input",
+    fail(ctx, call,
          "an input gradient was asked for, but this chunk's input has no gradient (first stage, or integral "
          "input dtype " + std::string(c10::toString(_input_dtype)) + ")");
+}
+
+inline void TorchStage::write_input_grad(const torch::Tensor& grad, MutableBytes input_grad) const {
   torch::NoGradGuard no_grad;
   torch::Tensor dst = view_of(input_grad, _input_shape, _input_dtype);
   if (grad.defined())
