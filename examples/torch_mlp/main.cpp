@@ -1,6 +1,6 @@
 // dualpipe-torch-mlp: the reference's example in libtorch. The model (per stage Linear(h,4h) -> GELU ->
-// Linear(4h,h), no bias, MSE loss) runs on P rank threads (InProcessWorld) under DualPipe or DualPipeV,
-// through TorchStage, and is checked against a sequential libtorch run of the same model on the same data:
+// Linear(4h,h), no bias, MSE loss) runs on P rank threads (InProcessWorld) under DualPipe or DualPipeV (or
+// any schedule of the registry: the baselines too), through TorchStage, and is checked against a sequential libtorch run of the same model on the same data:
 //   - every chunk's loss equal, bitwise (the same ops on the same numbers in the same order);
 //   - every parameter's gradient (summed over the copies of its stage, as the reference does) within the
 //     reference's criterion 1 - 2<x,y>/(|x|^2+|y|^2) < 1e-13, in float64, and (stricter: that criterion is
@@ -32,8 +32,10 @@ using torch_mlp::MlpStage;
 namespace {
 
 constexpr const char* program = "dualpipe-torch-mlp";
-constexpr const char* usage =
-    "usage: dualpipe-torch-mlp [--schedule dualpipe|dualpipev] [--ranks P] [--chunks C] [--hidden H] [--steps N]";
+std::string usage() {
+  return "usage: dualpipe-torch-mlp [--schedule NAME] [--ranks P] [--chunks C] [--hidden H] [--steps N]\n"
+         "  NAME: " + schedule_names() + " (default dualpipe); defaults P=4 C=20 H=32 N=1";
+}
 
 struct Args {
   ScheduleKind schedule = ScheduleKind::dualpipe;
@@ -57,7 +59,7 @@ Args parse_args(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string_view flag = argv[i];
     if (flag == "--help" || flag == "-h") {
-      std::cout << usage << "\n";
+      std::cout << usage() << "\n";
       std::exit(0);
     }
     if (i + 1 >= argc) throw ConfigError("unknown option or missing value: '" + std::string(flag) + "'");
