@@ -1,0 +1,277 @@
+// dualpipe-torch-mlp: the reference's example in libtorch. The model (per stage Linear(h,4h) -> GELU ->
+// Linear(4h,h), no bias, MSE loss) runs on P rank threads (InProcessWorld) under DualPipe or DualPipeV (or
+// any schedule of the registry: the baselines too), through TorchStage, and is checked against a sequential libtorch run of the same model on the same data:
+//   - every chunk's loss equal, bitwise (the same ops on the same numbers in the same order);
+//   - every parameter's gradient (summed over the copies of its stage, as the reference does) within the
+//     reference's criterion 1 - 2<x,y>/(|x|^2+|y|^2) < 1e-13, in float64, and (stricter: that criterion is
+//     quadratic in the error) a relative error max|x-y|/max|y| below 1e-10, reported as max_rel_err;
+//   - a forward-only step's outputs and losses equal to the sequential forward, bitwise.
+// Each of the --steps steps takes a new batch, with gradients zeroed before it in both runs (no optimizer).
+// As in the CPU demo's result line: loss_sum adds the last step's chunk losses in batch-chunk order, and
+// grad_norm is the norm of the last step's gradient (every stage's copies summed, stage order).
+#include <torch/utils.h>
+
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <limits>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "dualpipe/comm/inprocess.hpp"
+#include "dualpipe/dualpipe.hpp"
+#include "dualpipe/runtime/pipeline.hpp"
+#include "dualpipe/runtime/run_ranks.hpp"
+#include "dualpipe/torch.hpp"
+#include "torch_mlp.hpp"
+
+using namespace dualpipe;
+using torch_mlp::MlpStage;
+
+namespace {
+
+constexpr const char* program = "dualpipe-torch-mlp";
+std::string usage() {
+  return "usage: dualpipe-torch-mlp [--schedule NAME] [--ranks P] [--chunks C] [--hidden H] [--steps N]\n"
+         "  NAME: " + schedule_names() + " (default dualpipe); defaults P=4 C=20 H=32 N=1";
+}
+
+struct Args {
+  ScheduleKind schedule = ScheduleKind::dualpipe;
+  int ranks = 4;
+  int chunks = 20;
+  int hidden = 32;
+  int steps = 1;
+};
+
+int parse_int(std::string_view flag, std::string_view text, int min) {
+  int v = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc{} || end != text.data() + text.size())
+    throw ConfigError(std::string(flag) + " needs an integer, got '" + std::string(text) + "'");
+  if (v < min) throw ConfigError(std::string(flag) + " must be at least " + std::to_string(min) + ", got " + std::to_string(v));
+  return v;
+}
+
+Args parse_args(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view flag = argv[i];
+    if (flag == "--help" || flag == "-h") {
+      std::cout << usage() << "\n";
+      std::exit(0);
+    }
+    if (i + 1 >= argc) throw ConfigError("unknown option or missing value: '" + std::string(flag) + "'");
+    std::string_view value = argv[++i];
+    if (flag == "--schedule")
+      a.schedule = parse_schedule_kind(value);
+    else if (flag == "--ranks")
+      a.ranks = parse_int(flag, value, 1);
+    else if (flag == "--chunks")
+      a.chunks = parse_int(flag, value, 1);
+    else if (flag == "--hidden")
+      a.hidden = parse_int(flag, value, 1);
+    else if (flag == "--steps")
+      a.steps = parse_int(flag, value, 1);
+    else
+      throw ConfigError("unknown option '" + std::string(flag) + "'");
+  }
+  check_config(a.schedule, a.ranks, a.chunks);  // the schedule's rules, before anything starts
+  return a;
+}
+
+/// The reference's cal_diff: 1 - 2<x,y>/(|x|^2+|y|^2), 0 for two zero tensors.
+double cal_diff(const torch::Tensor& x, const torch::Tensor& y) {
+  const double den = (x * x + y * y).sum().item<double>();
+  return den == 0 ? 0.0 : 1.0 - 2.0 * (x * y).sum().item<double>() / den;
+}
+
+/// Relative error as the CPU demo measures it: max |x - y| / max |y| (|x - y| when y is zero).
+double rel_err(const torch::Tensor& x, const torch::Tensor& y) {
+  const double ny = y.abs().max().item<double>(), nd = (x - y).abs().max().item<double>();
+  return ny == 0 ? nd : nd / ny;
+}
+
+bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+std::string g17(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+/// Collects the first failed check, for one line on stderr.
+struct Checks {
+  bool ok = true;
+  void expect(bool cond, const std::string& what) {
+    if (!cond && ok) std::cerr << program << ": check failed: " << what << "\n";
+    ok = ok && cond;
+  }
+};
+
+/// Each batch chunk's loss, gathered from the ranks that computed it; checks that exactly one did.
+std::vector<double> gather_losses(const std::vector<StepResult>& per_rank, int chunks, Checks& checks) {
+  std::vector<double> losses(chunks, std::numeric_limits<double>::quiet_NaN());
+  std::vector<int> count(chunks, 0);
+  for (const StepResult& r : per_rank)
+    for (int c = 0; c < chunks && c < static_cast<int>(r.losses.size()); ++c)
+      if (!std::isnan(r.losses[c])) {
+        losses[c] = r.losses[c];
+        ++count[c];
+      }
+  for (int c = 0; c < chunks; ++c)
+    checks.expect(count[c] == 1, "chunk " + std::to_string(c) + " has " + std::to_string(count[c]) + " losses");
+  return losses;
+}
+
+/// Checks one training step's gradients: each stage's copies summed (in rank, module order) against the
+/// sequential model's. Returns the sum of squares of the summed gradients (stage order, for grad_norm).
+template <class Schedule>
+double check_grads(std::vector<MlpStage>& model, const std::vector<std::unique_ptr<torch_mlp::RankStages<Schedule>>>& ranks,
+                   int step, Checks& checks, double& max_diff, double& max_err) {
+  double norm2 = 0;
+  for (int s = 0; s < static_cast<int>(model.size()); ++s) {
+    auto ref_params = model[s]->parameters();
+    for (std::size_t i = 0; i < ref_params.size(); ++i) {
+      torch::Tensor sum = torch::zeros_like(ref_params[i]);
+      int copies = 0;
+      for (const auto& rank : ranks)
+        for (int m = 0; m < Schedule::modules_per_rank; ++m)
+          if (rank->stage_of[m] == s) {
+            ++copies;
+            torch::Tensor g = rank->module_copies[m]->parameters()[i].grad();
+            if (g.defined()) sum += g;
+          }
+      checks.expect(copies >= 1, "stage " + std::to_string(s) + " is on no rank");
+      // The reference's criterion; and, stricter, the relative error: in float64 with only the order of the
+      // additions differing it is ~1e-16, while the criterion (quadratic in the error) allows ~4e-7.
+      const double diff = cal_diff(sum, ref_params[i].grad()), err = rel_err(sum, ref_params[i].grad());
+      const std::string where = "step " + std::to_string(step) + " stage " + std::to_string(s) + " parameter " +
+                                std::to_string(i) + " gradient: ";
+      checks.expect(diff < 1e-13, where + "1-2<x,y>/(|x|^2+|y|^2) = " + g17(diff) + ", not below 1e-13");
+      checks.expect(err < 1e-10, where + "relative error " + g17(err) + ", not below 1e-10");
+      max_diff = std::max(max_diff, diff);
+      max_err = std::max(max_err, err);
+      norm2 += (sum * sum).sum().item<double>();
+    }
+  }
+  for (const auto& rank : ranks)
+    for (const auto& stage : rank->stages)
+      checks.expect(stage->chunks_in_flight() == 0, "a stage still keeps a chunk's graph after the step");
+  return norm2;
+}
+
+/// Checks a forward-only step: every chunk's output returned once and equal to the sequential forward's,
+/// and its loss too, bitwise.
+void check_forward(const std::vector<StepResult>& eval, const torch_mlp::SequentialStep& ref, int chunks,
+                   std::size_t piece, Checks& checks) {
+  std::vector<double> losses = gather_losses(eval, chunks, checks);
+  for (int c = 0; c < chunks; ++c)
+    checks.expect(same_bits(losses[c], ref.losses[c]), "forward-only chunk " + std::to_string(c) + " loss differs");
+  auto ref_out = ref.outputs.chunk(chunks);
+  std::vector<int> seen(chunks, 0);
+  for (const StepResult& r : eval) {
+    checks.expect(r.outputs.size() == piece * r.output_chunks.size(), "forward-only outputs have the wrong size");
+    for (std::size_t k = 0; k < r.output_chunks.size() && r.outputs.size() >= (k + 1) * piece; ++k) {
+      const int c = r.output_chunks[k];
+      checks.expect(c >= 0 && c < chunks, "forward-only output of chunk " + std::to_string(c));
+      if (c < 0 || c >= chunks) continue;
+      ++seen[c];
+      torch::Tensor expected = ref_out[c].contiguous();
+      checks.expect(std::memcmp(r.outputs.data() + k * piece, expected.data_ptr(), piece) == 0,
+                    "forward-only output of chunk " + std::to_string(c) + " differs from the sequential forward");
+    }
+  }
+  for (int c = 0; c < chunks; ++c)
+    checks.expect(seen[c] == 1, "forward-only output of chunk " + std::to_string(c) + " returned " +
+                                    std::to_string(seen[c]) + " times");
+}
+
+template <class Schedule>
+int run(const Args& a) {
+  const int P = a.ranks, C = a.chunks;
+  const int stages = Schedule::placement(P, C, 0, 0).num_stages;
+  torch_mlp::Shape shape;
+  shape.hidden = a.hidden;
+
+  // The model, seeded as the reference's example is, and each rank's copies of its stages.
+  std::vector<MlpStage> model = torch_mlp::make_model(stages, a.hidden, 233);
+  std::vector<std::unique_ptr<torch_mlp::RankStages<Schedule>>> ranks;
+  for (int r = 0; r < P; ++r) ranks.push_back(std::make_unique<torch_mlp::RankStages<Schedule>>(model, shape, P, C, r));
+  InProcessWorld world(P);
+  using Pipe = Pipeline<Schedule, InProcessCommunicator, TorchStage>;
+  std::vector<std::unique_ptr<Pipe>> pipes;
+  for (int r = 0; r < P; ++r) pipes.push_back(std::make_unique<Pipe>(world.communicator(r), ranks[r]->pointers()));
+
+  Checks checks;
+  double loss_sum = 0, norm2 = 0, max_diff = 0, max_err = 0;
+  torch_mlp::SequentialStep reference;
+  torch::Tensor x, l;
+  for (int k = 0; k < a.steps; ++k) {
+    // A new batch each step; gradients start from zero in both runs (no optimizer: the weights stay).
+    x = torch::randn(shape.batch(C), torch::kFloat64);
+    l = torch::randn(shape.batch(C), torch::kFloat64);
+    for (MlpStage& m : model) m->zero_grad();
+    for (const auto& rank : ranks)
+      for (MlpStage& m : rank->module_copies) m->zero_grad();
+    // The sequential run: the whole model, chunk after chunk.
+    reference = torch_mlp::sequential_step(model, x, l, C, true);
+    // The pipeline: one thread per rank, the whole batch given to every rank.
+    std::vector<StepResult> results(P);
+    run_ranks(P, [&](int r) { results[r] = pipes[r]->step(C, torch_mlp::bytes_of(x), torch_mlp::bytes_of(l)); });
+
+    // Losses bitwise; loss_sum is the last step's, in batch-chunk order.
+    std::vector<double> losses = gather_losses(results, C, checks);
+    loss_sum = 0;
+    for (int c = 0; c < C; ++c) {
+      checks.expect(same_bits(losses[c], reference.losses[c]),
+                    "step " + std::to_string(k) + " chunk " + std::to_string(c) + " loss " + g17(losses[c]) +
+                        " != sequential " + g17(reference.losses[c]));
+      loss_sum += losses[c];
+    }
+    norm2 = check_grads<Schedule>(model, ranks, k, checks, max_diff, max_err);
+  }
+
+  // Forward-only, on the last step's batch.
+  std::vector<StepResult> eval(P);
+  StepOptions with_outputs;
+  with_outputs.return_outputs = true;
+  run_ranks(P, [&](int r) {
+    eval[r] = pipes[r]->eval(C, torch_mlp::bytes_of(x), torch_mlp::bytes_of(l), with_outputs);
+  });
+  check_forward(eval, reference, C, ranks[0]->stages[0]->output_bytes(), checks);
+
+  std::printf("model: stages=%d hidden=%d micro_batch=%lld seq_len=%lld dtype=float64 steps=%d torch_threads=%d\n",
+              stages, a.hidden, static_cast<long long>(shape.micro_batch), static_cast<long long>(shape.seq_len),
+              a.steps, torch::get_num_threads());
+  std::printf("grads: max 1-2<x,y>/(|x|^2+|y|^2) = %.3g (reference criterion: < 1e-13), max relative error %.3g\n",
+              max_diff, max_err);
+  std::printf("result: schedule=%s ranks=%d chunks=%d comm=inproc loss_sum=%.17g grad_norm=%.17g max_rel_err=%.3g "
+              "check=%s\n",
+              std::string(Schedule::name).c_str(), P, C, loss_sum, std::sqrt(norm2), max_err,
+              checks.ok ? "pass" : "FAIL");
+  return checks.ok ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args;
+  try {
+    args = parse_args(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << program << ": " << e.what() << "\n";
+    return 2;
+  }
+  // One intra-op thread: the P rank threads are the parallelism (and one thread keeps reductions in one order).
+  torch::set_num_threads(1);
+  try {
+    return visit_schedule(args.schedule, [&](auto schedule) { return run<decltype(schedule)>(args); });
+  } catch (const std::exception& e) {
+    std::cerr << program << ": error: " << e.what() << "\n";
+    return 1;
+  }
+}
