@@ -1,0 +1,476 @@
+// dualpipe/comm/inprocess.hpp: the in-process Communicator: the ranks are threads of one process.
+//
+//   InProcessWorld world(P);                  // owns every rank's communicator and the mailboxes
+//   run_ranks(P, [&](int r) { Pipeline<...> pipe(world.communicator(r), ...); pipe.step(...); });
+//
+// Posts only queue (they never block); commit() launches the queued ops as one group. A launched op looks
+// in the mailbox of its pair of ranks for a matching op of the peer (same tag, oldest first): if there is
+// one, the message is copied straight from the send buffer into the receive buffer and both ops are done;
+// if not, it waits in the mailbox for the peer. group.wait(timeout) sleeps on a condition variable until
+// every op of the group is done, the timeout passes (TimeoutError) or a rank aborts (CommAborted); a
+// failed wait takes its own unfinished ops back out of the mailboxes, so no peer ever touches its buffers
+// afterwards. A message whose size differs from the receive buffer fails both ranks' groups with an Error
+// naming both sizes, the tag and the ranks; nothing is copied. Mailboxes and op lists are reserved up front:
+// the happy path does not allocate.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "dualpipe/comm/communicator.hpp"
+#include "dualpipe/core/error.hpp"
+
+namespace dualpipe {
+
+class InProcessWorld;
+
+/// "(module 0, chunk 3, activation)": a tag in words, for messages.
+[[nodiscard]] inline std::string describe(const MessageTag& t) {
+  return "(module " + std::to_string(t.module) + ", chunk " + std::to_string(t.chunk) + ", " +
+         (t.payload == Payload::activation ? "activation" : "gradient") + ")";
+}
+
+/// One rank's end of an InProcessWorld. Models Communicator (and CommunicatorWithBarrier). Used by one
+/// thread at a time (its rank's); a group must be waited on before the next commit.
+class InProcessCommunicator {
+public:
+  /// What commit() returns. Waiting twice is harmless; dropping it unwaited takes its ops back.
+  class Group {
+  public:
+    explicit Group(InProcessCommunicator* c) noexcept : _comm(c) {}
+    Group(Group&& other) noexcept : _comm(std::exchange(other._comm, nullptr)) {}
+    Group& operator=(Group&&) = delete;
+    Group(const Group&) = delete;
+    Group& operator=(const Group&) = delete;
+    ~Group() {
+      if (_comm) _comm->abandon_group();
+    }
+    /// Blocks until every op of the group is done. Throws TimeoutError after `timeout`, CommAborted when a
+    /// rank aborted, Error on a size mismatch.
+    void wait(std::chrono::milliseconds timeout) {
+      if (InProcessCommunicator* c = std::exchange(_comm, nullptr)) c->wait_group(timeout);
+    }
+
+  private:
+    InProcessCommunicator* _comm;
+  };
+
+  InProcessCommunicator(const InProcessCommunicator&) = delete;
+  InProcessCommunicator& operator=(const InProcessCommunicator&) = delete;
+
+  /// This rank.
+  [[nodiscard]] int rank() const noexcept { return _rank; }
+  /// Number of ranks of the world.
+  [[nodiscard]] int size() const noexcept;
+  /// Queues a send of `bytes` to `peer`; `bytes` must stay valid until the group is done.
+  void post_send(int peer, MessageTag tag, ConstBytes bytes) {
+    check_peer(peer, "post_send");
+    _queued.push_back(Posted{true, peer, tag, const_cast<std::byte*>(bytes.data()), bytes.size(), false});
+  }
+  /// Queues a receive from `peer` into `bytes`.
+  void post_recv(int peer, MessageTag tag, MutableBytes bytes) {
+    check_peer(peer, "post_recv");
+    _queued.push_back(Posted{false, peer, tag, bytes.data(), bytes.size(), false});
+  }
+  /// Launches everything queued since the last commit as one group.
+  [[nodiscard]] Group commit();
+  /// Fails every rank's current and future waits with CommAborted(origin) until the world is reset.
+  /// The first origin is kept.
+  void abort(const FailureOrigin& origin);
+  /// Returns when every rank of the world called barrier(); throws CommAborted when the world is aborted,
+  /// TimeoutError after `timeout`. The executor calls it at the end of every step.
+  void barrier(std::chrono::milliseconds timeout);
+  /// Collective reset after a failed step: every rank calls it; the last to arrive clears the world's
+  /// abort. Throws TimeoutError when not every rank arrives within `timeout`.
+  void reset(std::chrono::milliseconds timeout = std::chrono::milliseconds(60'000));
+
+private:
+  friend class InProcessWorld;
+
+  struct Posted {
+    bool send;
+    int peer;
+    MessageTag tag;
+    std::byte* data;
+    std::size_t size;
+    bool done;  // guarded by _mutex once launched
+  };
+
+  InProcessCommunicator(InProcessWorld* world, int rank) : _world(world), _rank(rank) {
+    _queued.reserve(32);
+    _group.reserve(32);
+  }
+
+  void check_peer(int peer, const char* what) const;
+  void wait_group(std::chrono::milliseconds timeout);
+  void abandon_group() noexcept;
+  void cancel_unfinished() noexcept;
+  // Called (under the mailbox lock) by whichever thread matched op `index` of this rank's group.
+  void complete(std::size_t index, const std::string* error);
+  void clear_local() noexcept;
+  [[nodiscard]] std::string describe_unfinished();
+
+  InProcessWorld* _world;
+  int _rank;
+  std::vector<Posted> _queued;  // posted, not launched (owner thread only)
+  std::vector<Posted> _group;   // the launched group
+  bool _group_open = false;     // owner thread only
+  std::mutex _mutex;
+  std::condition_variable _cv;
+  std::atomic<int> _remaining{0};  // ops of the group not yet done (changed under _mutex)
+  bool _failed = false;            // under _mutex
+  std::string _error;              // under _mutex
+};
+
+/// P ranks in one process; owns their communicators and the mailboxes between every pair.
+class InProcessWorld {
+public:
+  /// A world of `size` ranks. `spin` is how many times a wait polls (yielding the core each time) before it
+  /// sleeps: a peer that is about to answer costs no sleep and wake-up.
+  explicit InProcessWorld(int size, int spin = 16) : _size(size), _spin(spin) {
+    if (size < 1) throw ConfigError("InProcessWorld: size must be at least 1 (got size=" + std::to_string(size) + ")");
+    for (int r = 0; r < size; ++r) _comms.emplace_back(new InProcessCommunicator(this, r));
+    _boxes.reserve(static_cast<std::size_t>(size) * static_cast<std::size_t>(size));
+    for (int i = 0; i < size * size; ++i) _boxes.push_back(std::make_unique<Mailbox>());
+  }
+  InProcessWorld(const InProcessWorld&) = delete;
+  InProcessWorld& operator=(const InProcessWorld&) = delete;
+
+  /// Rank `rank`'s communicator. Throws ConfigError for a rank outside [0, size).
+  [[nodiscard]] InProcessCommunicator& communicator(int rank) {
+    if (rank < 0 || rank >= _size)
+      throw ConfigError("InProcessWorld: rank must be in [0, " + std::to_string(_size) + ") (got rank=" +
+                        std::to_string(rank) + ")");
+    return *_comms[static_cast<std::size_t>(rank)];
+  }
+  /// Number of ranks.
+  [[nodiscard]] int size() const noexcept { return _size; }
+  /// Whether a rank aborted since the last reset.
+  [[nodiscard]] bool aborted() const noexcept { return _aborted.load(std::memory_order_acquire); }
+  /// Clears every mailbox, group and the abort, from outside the ranks: call it only while no rank is
+  /// inside the communicator (e.g. after run_ranks returned).
+  void reset() noexcept {
+    for (auto& b : _boxes) {
+      std::lock_guard lk(b->mutex);
+      b->sends.clear();
+      b->recvs.clear();
+    }
+    for (auto& c : _comms) c->clear_local();
+    std::scoped_lock lk(_abort_mutex, _barrier_mutex, _reset_mutex);
+    _aborted.store(false, std::memory_order_release);
+    _origin = FailureOrigin{};
+    _barrier_count = 0;
+    _reset_count = 0;
+  }
+
+private:
+  friend class InProcessCommunicator;
+
+  struct Entry {
+    MessageTag tag;
+    std::byte* data;
+    std::size_t size;
+    InProcessCommunicator* owner;
+    std::size_t index;  // in owner->_group
+  };
+  struct Mailbox {
+    Mailbox() {
+      sends.reserve(16);
+      recvs.reserve(16);
+    }
+    std::mutex mutex;
+    std::vector<Entry> sends;  // launched sends with no receive yet
+    std::vector<Entry> recvs;  // launched receives with no send yet
+  };
+
+  Mailbox& box(int src, int dst) { return *_boxes[static_cast<std::size_t>(src * _size + dst)]; }
+
+  static Entry* find(std::vector<Entry>& list, const MessageTag& tag) noexcept {
+    for (Entry& e : list)
+      if (e.tag == tag) return &e;
+    return nullptr;
+  }
+
+  // Launches op `index` of `self`'s group.
+  void launch(InProcessCommunicator& self, std::size_t index) {
+    const InProcessCommunicator::Posted& op = self._group[index];
+    const int src = op.send ? self._rank : op.peer;
+    const int dst = op.send ? op.peer : self._rank;
+    Mailbox& b = box(src, dst);
+    std::lock_guard lk(b.mutex);
+    std::vector<Entry>& other = op.send ? b.recvs : b.sends;
+    if (Entry* e = find(other, op.tag)) {
+      const Entry mine{op.tag, op.data, op.size, &self, index};
+      const Entry& send = op.send ? mine : *e;
+      const Entry& recv = op.send ? *e : mine;
+      if (send.size != recv.size) {
+        const std::string err = "in-process communicator: message from rank " + std::to_string(src) + " to rank " +
+                                std::to_string(dst) + " with tag " + describe(op.tag) + " has " +
+                                std::to_string(send.size) + " bytes but the receive buffer has " +
+                                std::to_string(recv.size) + " bytes";
+        e->owner->complete(e->index, &err);
+        self.complete(index, &err);
+      } else {
+        if (send.size > 0) std::memcpy(recv.data, send.data, send.size);
+        e->owner->complete(e->index, nullptr);
+        self.complete(index, nullptr);
+      }
+      other.erase(other.begin() + (e - other.data()));
+    } else {
+      (op.send ? b.sends : b.recvs).push_back(Entry{op.tag, op.data, op.size, &self, index});
+    }
+  }
+
+  // Takes `self`'s op `index` back out of its mailbox; false when a peer already completed it.
+  bool withdraw(InProcessCommunicator& self, std::size_t index) noexcept {
+    const InProcessCommunicator::Posted& op = self._group[index];
+    Mailbox& b = op.send ? box(self._rank, op.peer) : box(op.peer, self._rank);
+    std::lock_guard lk(b.mutex);
+    std::vector<Entry>& list = op.send ? b.sends : b.recvs;
+    for (auto it = list.begin(); it != list.end(); ++it)
+      if (it->owner == &self && it->index == index) {
+        list.erase(it);
+        return true;
+      }
+    return false;
+  }
+
+  void abort(const FailureOrigin& origin) {
+    {
+      std::lock_guard lk(_abort_mutex);
+      if (_aborted.load(std::memory_order_relaxed)) return;
+      _origin = origin;
+      _aborted.store(true, std::memory_order_release);
+    }
+    // Wake every waiter: each re-checks the abort under its own lock, so none can miss it.
+    for (auto& c : _comms) {
+      { std::lock_guard lk(c->_mutex); }
+      c->_cv.notify_all();
+    }
+    { std::lock_guard lk(_barrier_mutex); }
+    _barrier_cv.notify_all();
+  }
+
+  [[nodiscard]] CommAborted aborted_error() const { return CommAborted(_origin); }
+
+  void barrier(int rank, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    std::unique_lock lk(_barrier_mutex);
+    if (aborted()) throw aborted_error();
+    const std::size_t gen = _barrier_generation;
+    if (++_barrier_count == _size) {
+      _barrier_count = 0;
+      ++_barrier_generation;
+      lk.unlock();
+      _barrier_cv.notify_all();
+      return;
+    }
+    _barrier_cv.wait_until(lk, deadline, [&] { return _barrier_generation != gen || aborted(); });
+    if (_barrier_generation != gen) return;
+    --_barrier_count;
+    if (aborted()) throw aborted_error();
+    throw TimeoutError("in-process communicator: rank " + std::to_string(rank) + " timed out after " +
+                       std::to_string(timeout.count()) + " ms at the end-of-step barrier (" +
+                       std::to_string(_barrier_count + 1) + " of " + std::to_string(_size) + " ranks arrived)");
+  }
+
+  void reset_collective(int rank, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    std::unique_lock lk(_reset_mutex);
+    const std::size_t gen = _reset_generation;
+    if (++_reset_count == _size) {
+      // Every rank is here, so none is inside the communicator: clear the world.
+      for (auto& b : _boxes) {
+        std::lock_guard blk(b->mutex);
+        b->sends.clear();
+        b->recvs.clear();
+      }
+      {
+        std::scoped_lock alk(_abort_mutex, _barrier_mutex);
+        _aborted.store(false, std::memory_order_release);
+        _origin = FailureOrigin{};
+        _barrier_count = 0;
+      }
+      _reset_count = 0;
+      ++_reset_generation;
+      lk.unlock();
+      _reset_cv.notify_all();
+      return;
+    }
+    _reset_cv.wait_until(lk, deadline, [&] { return _reset_generation != gen; });
+    if (_reset_generation != gen) return;
+    --_reset_count;
+    throw TimeoutError("in-process communicator: rank " + std::to_string(rank) + " timed out after " +
+                       std::to_string(timeout.count()) + " ms in reset() (" + std::to_string(_reset_count + 1) +
+                       " of " + std::to_string(_size) + " ranks called it)");
+  }
+
+  int _size;
+  int _spin;
+  std::vector<std::unique_ptr<InProcessCommunicator>> _comms;
+  std::vector<std::unique_ptr<Mailbox>> _boxes;  // [src * size + dst]
+
+  std::atomic<bool> _aborted{false};
+  std::mutex _abort_mutex;
+  FailureOrigin _origin;  // written once per abort, before _aborted is set
+
+  std::mutex _barrier_mutex;
+  std::condition_variable _barrier_cv;
+  int _barrier_count = 0;
+  std::size_t _barrier_generation = 0;
+
+  std::mutex _reset_mutex;
+  std::condition_variable _reset_cv;
+  int _reset_count = 0;
+  std::size_t _reset_generation = 0;
+};
+
+// ---- InProcessCommunicator, defined after the world ------------------------------------------------
+
+inline int InProcessCommunicator::size() const noexcept { return _world->size(); }
+
+inline void InProcessCommunicator::check_peer(int peer, const char* what) const {
+  if (peer < 0 || peer >= _world->size())
+    throw Error(std::string("in-process communicator: rank ") + std::to_string(_rank) + " " + what + " to peer " +
+                std::to_string(peer) + " outside [0, " + std::to_string(_world->size()) + ")");
+}
+
+inline InProcessCommunicator::Group InProcessCommunicator::commit() {
+  if (_group_open)
+    throw Error("in-process communicator: rank " + std::to_string(_rank) +
+                " commits a new group before waiting on the previous one");
+  if (_queued.empty() || _world->aborted()) {
+    _queued.clear();
+    return Group(this);
+  }
+  _group.swap(_queued);  // both keep their capacity: no allocation
+  _queued.clear();
+  {
+    std::lock_guard lk(_mutex);
+    _failed = false;
+    _remaining.store(static_cast<int>(_group.size()), std::memory_order_relaxed);
+  }
+  _group_open = true;
+  for (std::size_t i = 0; i < _group.size(); ++i) _world->launch(*this, i);
+  return Group(this);
+}
+
+inline void InProcessCommunicator::complete(std::size_t index, const std::string* error) {
+  bool wake;
+  {
+    std::lock_guard lk(_mutex);
+    _group[index].done = true;
+    if (error && !_failed) {
+      _failed = true;
+      _error = *error;
+    }
+    wake = _remaining.fetch_sub(1, std::memory_order_acq_rel) == 1 || error != nullptr;
+  }
+  if (wake) _cv.notify_one();
+}
+
+inline void InProcessCommunicator::wait_group(std::chrono::milliseconds timeout) {
+  if (!_group_open) {
+    if (_world->aborted()) throw _world->aborted_error();
+    return;
+  }
+  // A peer that is about to answer is cheaper to yield to than to sleep on.
+  for (int i = 0; i < _world->_spin && _remaining.load(std::memory_order_acquire) != 0; ++i)
+    std::this_thread::yield();
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::unique_lock lk(_mutex);
+  _cv.wait_until(lk, deadline, [&] {
+    return _remaining.load(std::memory_order_relaxed) == 0 || _failed || _world->aborted();
+  });
+  if (_remaining.load(std::memory_order_relaxed) == 0 && !_failed) {
+    _group.clear();
+    _group_open = false;
+    return;
+  }
+  lk.unlock();
+  cancel_unfinished();
+  lk.lock();
+  const bool completed = _remaining.load(std::memory_order_relaxed) == 0;
+  const bool failed = _failed;
+  std::string what = failed ? _error : (completed ? std::string() : describe_unfinished());
+  _group.clear();
+  _group_open = false;
+  _failed = false;
+  _remaining.store(0, std::memory_order_relaxed);
+  lk.unlock();
+  if (failed) throw Error(what);
+  if (completed) return;  // every op finished while we were taking them back
+  if (_world->aborted()) throw _world->aborted_error();
+  throw TimeoutError("in-process communicator: rank " + std::to_string(_rank) + " timed out after " +
+                     std::to_string(timeout.count()) + " ms waiting for " + what);
+}
+
+inline std::string InProcessCommunicator::describe_unfinished() {
+  std::string out;
+  int n = 0;
+  for (const Posted& p : _group) {
+    if (p.done) continue;
+    out += (n++ ? ", " : "");
+    out += (p.send ? "send to rank " : "receive from rank ") + std::to_string(p.peer) + " " + describe(p.tag) + " " +
+           std::to_string(p.size) + " bytes";
+  }
+  return std::to_string(n) + " of " + std::to_string(_group.size()) + " operations: " + out;
+}
+
+inline void InProcessCommunicator::cancel_unfinished() noexcept {
+  for (std::size_t i = 0; i < _group.size(); ++i) {
+    bool done;
+    {
+      std::lock_guard lk(_mutex);
+      done = _group[i].done;
+    }
+    // Withdrawn under the mailbox lock: from here on no peer can match (and write into) this op.
+    if (!done && _world->withdraw(*this, i)) {
+      std::lock_guard lk(_mutex);
+      _group[i].done = true;
+    }
+  }
+}
+
+inline void InProcessCommunicator::abandon_group() noexcept {
+  if (!_group_open) return;
+  cancel_unfinished();
+  std::lock_guard lk(_mutex);
+  _group.clear();
+  _group_open = false;
+  _failed = false;
+  _remaining.store(0, std::memory_order_relaxed);
+}
+
+inline void InProcessCommunicator::clear_local() noexcept {
+  std::lock_guard lk(_mutex);
+  _queued.clear();
+  _group.clear();
+  _group_open = false;
+  _failed = false;
+  _remaining.store(0, std::memory_order_relaxed);
+}
+
+inline void InProcessCommunicator::abort(const FailureOrigin& origin) { _world->abort(origin); }
+
+inline void InProcessCommunicator::barrier(std::chrono::milliseconds timeout) { _world->barrier(_rank, timeout); }
+
+inline void InProcessCommunicator::reset(std::chrono::milliseconds timeout) {
+  abandon_group();
+  _queued.clear();
+  _world->reset_collective(_rank, timeout);
+}
+
+static_assert(check_communicator<InProcessCommunicator>());
+
+}  // namespace dualpipe

@@ -1,0 +1,427 @@
+// dualpipe/runtime/executor.hpp: the one executor behind every schedule.
+//
+// A step on one rank is a walk down that rank's op list (runtime/plan.hpp). Each op maps to a call:
+//   F<m>.<c>     stage m forward (and, at the last stage, its loss with that chunk's labels)
+//   B<m>.<c>     stage m's fused backward if it has one (StageWithFusedBackward), else backward_input then
+//                backward_weight
+//   B<m>.<c>w    backward_input now; the weight gradient is owed: (m, c) goes on the weight FIFO
+//   W            pop the oldest owed group and run its backward_weight
+//   FB..         S::forward_backward if the stage type offers it (StageWithOverlap), else forward then backward
+//   sF rF sB rB  comm.post_send / post_recv with tag (module, chunk, payload), to the placement's neighbour
+//   |            comm.commit() then wait on the group with the step's timeout
+// Where data comes from and goes to is the schedule's placement (schedule/placement.hpp) and nothing else;
+// the buffers are chunk_buffers.hpp's. A failure anywhere aborts the communicator, so that every rank's
+// step ends with a StepError naming where it started (rank, module, chunk, op token).
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "dualpipe/comm/communicator.hpp"
+#include "dualpipe/comm/null.hpp"
+#include "dualpipe/core/error.hpp"
+#include "dualpipe/core/op.hpp"
+#include "dualpipe/core/trace.hpp"
+#include "dualpipe/runtime/chunk_buffers.hpp"
+#include "dualpipe/runtime/plan.hpp"
+#include "dualpipe/runtime/recorder.hpp"
+#include "dualpipe/runtime/stage.hpp"
+#include "dualpipe/runtime/step_result.hpp"
+#include "dualpipe/runtime/weight_fifo.hpp"
+
+namespace dualpipe {
+
+/// A communicator that can also meet every rank at the end of a step (optional): `barrier(timeout)` returns
+/// when every rank arrived and throws CommAborted if the communicator was aborted. With it, a failure on
+/// one rank ends every rank's step with an error, even ranks that had already issued their last op.
+template <class C>
+concept CommunicatorWithBarrier = Communicator<C> && requires(C& c, std::chrono::milliseconds t) { c.barrier(t); };
+
+/// A stage with an optional reset(), called by Pipeline::reset() after a failed step.
+template <class S>
+concept StageWithReset = Stage<S> && requires(S& s) { s.reset(); };
+
+/// A RankPlan with everything sized for it: the buffers, the weight FIFO and where outputs go.
+struct StepProgram {
+  RankPlan plan;                            ///< The op list and placements.
+  ChunkBuffers buffers;                     ///< Every chunk buffer, sized from the plan's dry run.
+  WeightFifo fifo;                          ///< Deferred weight groups, sized from the dry run.
+  std::vector<std::size_t> output_offset;   ///< Batch chunk -> byte offset in StepResult::outputs.
+  std::size_t output_bytes = 0;             ///< Bytes of StepResult::outputs when outputs are returned.
+};
+
+/// What one run of the executor is given besides its program.
+struct ExecutorStep {
+  ConstBytes inputs;                        ///< The whole batch (read by first stages).
+  ConstBytes labels;                        ///< The whole batch's labels (read by last stages); may be empty.
+  double loss_scale = 1.0;                  ///< StageContext::loss_scale.
+  std::chrono::milliseconds timeout{60'000};  ///< Bound on every wait.
+  bool return_outputs = false;              ///< Copy last-stage outputs into StepResult::outputs.
+  bool record_timeline = false;             ///< Fill StepResult::spans.
+};
+
+namespace detail {
+/// The dry run's stage: does nothing, holds no bytes. Overlapped, so that an FB takes both of its buffers
+/// before giving any back: the largest need of the two ways of running an FB.
+struct SizingStage {
+  void forward(const StageContext&, ConstBytes, MutableBytes) noexcept {}
+  double loss(const StageContext&, ConstBytes, ConstBytes) noexcept { return 0; }
+  void backward_input(const StageContext&, ConstBytes, MutableBytes) noexcept {}
+  void backward_weight(const StageContext&) noexcept {}
+  [[nodiscard]] std::size_t input_bytes() const noexcept { return 0; }
+  [[nodiscard]] std::size_t output_bytes() const noexcept { return 0; }
+  static void forward_backward(SizingStage&, const StageContext&, ConstBytes, MutableBytes, SizingStage&,
+                               const StageContext&, ConstBytes, MutableBytes) noexcept {}
+};
+}  // namespace detail
+
+/// Runs one rank's op lists against `Modules` stages and a communicator.
+template <Communicator Comm, Stage S, std::size_t Modules>
+class Executor {
+public:
+  /// `stages[m]` computes module m (not owned, never null); `comm_rank_of[p]` is the communicator rank of
+  /// pipeline rank p; `rank` is this rank's pipeline rank.
+  Executor(Comm& comm, std::array<S*, Modules> stages, std::vector<int> comm_rank_of, int rank)
+      : _comm(comm), _stages(stages), _comm_rank_of(std::move(comm_rank_of)), _rank(rank) {}
+
+  /// Sizes `plan` (a dry run of its ops) and builds the buffers for this executor's stages. Throws
+  /// ConfigError when the plan does not fit the stages (a local hand-off between different sizes).
+  [[nodiscard]] StepProgram prepare(RankPlan plan) const {
+    size_plan(plan);
+    StepProgram prog;
+    std::vector<ModuleBuffersSpec> specs;
+    for (std::size_t m = 0; m < Modules; ++m) {
+      ModuleBuffersSpec s;
+      s.placement = plan.placements[m];
+      s.input_bytes = _stages[m]->input_bytes();
+      s.output_bytes = _stages[m]->output_bytes();
+      s.capacity = plan.capacity[m];
+      if (s.placement.local_prev_module >= 0) {
+        const std::size_t prev_out = _stages[static_cast<std::size_t>(s.placement.local_prev_module)]->output_bytes();
+        if (prev_out != s.input_bytes)
+          throw ConfigError("rank " + std::to_string(_rank) + ": module " + std::to_string(m) + " takes " +
+                            std::to_string(s.input_bytes) + " input bytes per chunk but module " +
+                            std::to_string(s.placement.local_prev_module) + " hands it " + std::to_string(prev_out));
+      }
+      specs.push_back(s);
+    }
+    prog.buffers = ChunkBuffers(plan.mode, specs, plan.pending_capacity);
+    prog.fifo.set_capacity(plan.weight_fifo_capacity);
+    prog.output_offset.assign(static_cast<std::size_t>(plan.chunks), 0);
+    for (int b : plan.output_chunks) {
+      prog.output_offset[static_cast<std::size_t>(b)] = prog.output_bytes;
+      prog.output_bytes += _stages[last_module_of(plan, b)]->output_bytes();
+    }
+    prog.plan = std::move(plan);
+    return prog;
+  }
+
+  /// Runs the program's ops once. `result` must have losses sized C (NaN) and, when outputs are returned,
+  /// outputs sized prog.output_bytes; spans, step_seconds and peak_buffers_in_use are filled here.
+  /// Throws StepError (with the original exception nested) when this rank or any other fails.
+  void run(StepProgram& prog, const ExecutorStep& step, StepResult& result) {
+    const std::vector<Op>& ops = prog.plan.ops;
+    _prog = &prog;
+    _step = &step;
+    _result = &result;
+    prog.buffers.reset();
+    prog.fifo.clear();
+    for (std::size_t m = 0; m < Modules; ++m) {
+      const ModulePlacement& p = prog.plan.placements[m];
+      StageContext& ctx = _ctx[m];
+      ctx.rank = _rank;
+      ctx.module = static_cast<int>(m);
+      ctx.stage = p.stage;
+      ctx.num_stages = p.num_stages;
+      ctx.num_batch_chunks = prog.plan.chunks;
+      ctx.is_first_stage = p.is_first_stage();
+      ctx.is_last_stage = p.is_last_stage();
+      ctx.mode = prog.plan.mode;
+      ctx.loss_scale = step.loss_scale;
+      _offset[m] = p.chunk_offset;
+      _input_bytes[m] = _stages[m]->input_bytes();
+    }
+    _label_bytes = step.labels.size() / static_cast<std::size_t>(prog.plan.chunks);
+    _recorder.begin(result.spans, prog.plan.compute_ops + prog.plan.commit_ops, step.record_timeline);
+    std::size_t i = 0;
+    try {
+      for (; i < ops.size(); ++i) execute(ops[i], static_cast<int>(i));
+      finish();
+    } catch (...) {
+      fail(i);
+    }
+    result.peak_buffers_in_use = prog.buffers.peak();
+    result.clock_start = _recorder.origin_seconds();
+    result.step_seconds = std::chrono::duration<double>(Recorder::clock::now() - _recorder.origin()).count();
+  }
+
+  /// This executor's pipeline rank.
+  [[nodiscard]] int rank() const noexcept { return _rank; }
+
+  /// Fills the plan's sizing fields with a dry run of its ops (no data, no communication).
+  static void size_plan(RankPlan& plan) {
+    std::vector<ModuleBuffersSpec> specs;
+    std::size_t chunks_total = 0;
+    for (const ModulePlacement& p : plan.placements) {
+      const auto n = static_cast<std::size_t>(p.num_chunks);
+      specs.push_back(ModuleBuffersSpec{p, 0, 0, {n, n, n, n}});
+      chunks_total += n;
+    }
+    std::array<detail::SizingStage, Modules> stages{};
+    std::array<detail::SizingStage*, Modules> ptrs{};
+    for (std::size_t m = 0; m < Modules; ++m) ptrs[m] = &stages[m];
+    std::vector<int> identity(static_cast<std::size_t>(plan.ranks));
+    for (int r = 0; r < plan.ranks; ++r) identity[static_cast<std::size_t>(r)] = r;
+    NullCommunicator comm(plan.rank, plan.ranks);
+    Executor<NullCommunicator, detail::SizingStage, Modules> dry(comm, ptrs, std::move(identity), plan.rank);
+    StepProgram prog;
+    prog.buffers = ChunkBuffers(plan.mode, specs, plan.ops.size());
+    prog.fifo.set_capacity(chunks_total);
+    prog.output_offset.assign(static_cast<std::size_t>(plan.chunks), 0);
+    prog.plan = std::move(plan);
+    StepResult result;
+    result.losses.assign(static_cast<std::size_t>(prog.plan.chunks), 0.0);
+    dry.run(prog, ExecutorStep{}, result);
+    plan = std::move(prog.plan);
+    plan.capacity.assign(Modules, {});
+    for (std::size_t m = 0; m < Modules; ++m)
+      for (int k = 0; k < 4; ++k)
+        plan.capacity[m][static_cast<std::size_t>(k)] = prog.buffers.pool_peak(static_cast<int>(m), static_cast<BufferKind>(k));
+    plan.weight_fifo_capacity = prog.fifo.peak();
+    plan.pending_capacity = prog.buffers.pending_peak();
+    plan.peak_buffers = prog.buffers.peak();
+  }
+
+private:
+  static std::size_t last_module_of(const RankPlan& plan, int batch_chunk) {
+    for (std::size_t m = 0; m < Modules; ++m) {
+      const ModulePlacement& p = plan.placements[m];
+      if (p.is_last_stage() && batch_chunk >= p.chunk_offset && batch_chunk < p.chunk_offset + p.num_chunks) return m;
+    }
+    return 0;
+  }
+
+  [[nodiscard]] int peer(int pipeline_rank) const noexcept {
+    return _comm_rank_of[static_cast<std::size_t>(pipeline_rank)];
+  }
+
+  [[nodiscard]] StageContext context(int m, int c) const noexcept {
+    StageContext ctx = _ctx[static_cast<std::size_t>(m)];
+    ctx.chunk = c;
+    ctx.batch_chunk = _offset[static_cast<std::size_t>(m)] + c;
+    return ctx;
+  }
+
+  [[nodiscard]] ConstBytes forward_input(int m, int c, const StageContext& ctx) {
+    if (ctx.is_first_stage) {
+      const std::size_t n = _input_bytes[static_cast<std::size_t>(m)];
+      return _step->inputs.subspan(static_cast<std::size_t>(ctx.batch_chunk) * n, n);
+    }
+    return _prog->buffers.forward_input(m, c);
+  }
+
+  // The last stage's loss and returned output, right after its forward.
+  void last_stage(S& stage, const StageContext& ctx, ConstBytes out) {
+    const auto b = static_cast<std::size_t>(ctx.batch_chunk);
+    if (_label_bytes > 0)
+      _result->losses[b] = static_cast<double>(stage.loss(ctx, out, _step->labels.subspan(b * _label_bytes, _label_bytes)));
+    if (_step->return_outputs && !out.empty())
+      std::memcpy(_result->outputs.data() + _prog->output_offset[b], out.data(), out.size());
+  }
+
+  void forward(int m, int c) {
+    S& stage = *_stages[static_cast<std::size_t>(m)];
+    const StageContext ctx = context(m, c);
+    const ConstBytes in = forward_input(m, c, ctx);
+    const MutableBytes out = _prog->buffers.forward_output(m, c);
+    _module = m;
+    _chunk = c;
+    stage.forward(ctx, in, out);
+    if (ctx.is_last_stage) last_stage(stage, ctx, out);
+    _prog->buffers.after_forward(m, c);
+  }
+
+  void backward(int m, int c, bool deferred, const Op& op) {
+    S& stage = *_stages[static_cast<std::size_t>(m)];
+    const StageContext ctx = context(m, c);
+    const ConstBytes grad = _prog->buffers.backward_output_grad(m, c);
+    const MutableBytes in_grad = _prog->buffers.backward_input_grad(m, c);
+    _module = m;
+    _chunk = c;
+    if (deferred) {
+      stage.backward_input(ctx, grad, in_grad);
+      _prog->fifo.push(WeightGroup{m, c}, op);
+    } else if constexpr (StageWithFusedBackward<S>) {
+      stage.backward(ctx, grad, in_grad);
+    } else {
+      stage.backward_input(ctx, grad, in_grad);
+      stage.backward_weight(ctx);
+    }
+    _prog->buffers.after_backward(m, c);
+  }
+
+  void forward_backward(const Op& op) {
+    if constexpr (StageWithOverlap<S>) {
+      const int m0 = op.module, c0 = op.chunk, m1 = op.module1, c1 = op.chunk1;
+      S& fstage = *_stages[static_cast<std::size_t>(m0)];
+      S& bstage = *_stages[static_cast<std::size_t>(m1)];
+      const StageContext fctx = context(m0, c0);
+      const StageContext bctx = context(m1, c1);
+      const ConstBytes in = forward_input(m0, c0, fctx);
+      const MutableBytes out = _prog->buffers.forward_output(m0, c0);
+      const ConstBytes grad = _prog->buffers.backward_output_grad(m1, c1);
+      const MutableBytes in_grad = _prog->buffers.backward_input_grad(m1, c1);
+      _module = m0;
+      _chunk = c0;
+      S::forward_backward(fstage, fctx, in, out, bstage, bctx, grad, in_grad);
+      if (fctx.is_last_stage) last_stage(fstage, fctx, out);
+      _prog->buffers.after_forward(m0, c0);
+      _prog->buffers.after_backward(m1, c1);
+    } else {
+      forward(op.module, op.chunk);
+      backward(op.module1, op.chunk1, false, op);
+    }
+  }
+
+  void weight(const Op& op, int index) {
+    const WeightGroup g = _prog->fifo.pop(op, index);
+    _module = g.module;
+    _chunk = g.chunk;
+    _stages[static_cast<std::size_t>(g.module)]->backward_weight(context(g.module, g.chunk));
+  }
+
+  void execute(const Op& op, int index) {
+    _module = op.module;
+    _chunk = op.chunk;
+    const std::size_t m = static_cast<std::size_t>(op.module);
+    switch (op.kind) {
+      case OpKind::forward: {
+        const auto t0 = _recorder.now();
+        forward(op.module, op.chunk);
+        _recorder.record(op, index, Span::Lane::compute, t0, _recorder.now());
+        break;
+      }
+      case OpKind::backward:
+      case OpKind::backward_input: {
+        const auto t0 = _recorder.now();
+        backward(op.module, op.chunk, op.kind == OpKind::backward_input, op);
+        _recorder.record(op, index, Span::Lane::compute, t0, _recorder.now());
+        break;
+      }
+      case OpKind::forward_backward: {
+        const auto t0 = _recorder.now();
+        forward_backward(op);
+        _recorder.record(op, index, Span::Lane::compute, t0, _recorder.now());
+        break;
+      }
+      case OpKind::weight: {
+        const auto t0 = _recorder.now();
+        weight(op, index);
+        _recorder.record(op, index, Span::Lane::compute, t0, _recorder.now());
+        break;
+      }
+      case OpKind::send_activation:
+        _comm.post_send(peer(_prog->plan.placements[m].next_rank), MessageTag{op.module, op.chunk, Payload::activation},
+                        _prog->buffers.send_output(op.module, op.chunk));
+        break;
+      case OpKind::recv_activation:
+        _comm.post_recv(peer(_prog->plan.placements[m].prev_rank), MessageTag{op.module, op.chunk, Payload::activation},
+                        _prog->buffers.recv_input(op.module, op.chunk));
+        break;
+      case OpKind::send_gradient:
+        _comm.post_send(peer(_prog->plan.placements[m].prev_rank), MessageTag{op.module, op.chunk, Payload::gradient},
+                        _prog->buffers.send_input_grad(op.module, op.chunk));
+        break;
+      case OpKind::recv_gradient:
+        _comm.post_recv(peer(_prog->plan.placements[m].next_rank), MessageTag{op.module, op.chunk, Payload::gradient},
+                        _prog->buffers.recv_output_grad(op.module, op.chunk));
+        break;
+      case OpKind::commit: {
+        const auto t0 = _recorder.now();
+        auto group = _comm.commit();
+        group.wait(_step->timeout);
+        _prog->buffers.after_commit();
+        _recorder.record(op, index, Span::Lane::wait, t0, _recorder.now());
+        break;
+      }
+    }
+  }
+
+  // After the last op: the FIFO and the buffers must be empty (else the op list is wrong), then every rank
+  // meets, when the communicator can, so that no rank reports success for a step another rank failed.
+  void finish() {
+    _module = -1;
+    _chunk = -1;
+    if (!_prog->fifo.empty())
+      throw Error("step ended with " + std::to_string(_prog->fifo.size()) +
+                  " deferred weight-gradient groups never run (a W is missing)");
+    _prog->buffers.check_all_free();
+    if constexpr (CommunicatorWithBarrier<Comm>) _comm.barrier(_step->timeout);
+  }
+
+  // Turns whatever was thrown into a StepError naming where the failure started; aborts the communicator
+  // when it started here, so that every other rank's waits end too.
+  [[noreturn]] void fail(std::size_t index) {
+    const std::vector<Op>& ops = _prog->plan.ops;
+    const bool in_ops = index < ops.size();
+    auto origin_of = [&](std::string what) {
+      FailureOrigin o;
+      o.rank = _rank;
+      o.module = _module;
+      o.chunk = _chunk;
+      o.op = in_ops ? to_token(ops[index]) : std::string("end of step");
+      o.what = std::move(what);
+      return o;
+    };
+    try {
+      throw;
+    } catch (const CommAborted& e) {
+      std::throw_with_nested(StepError(e.origin(), _rank));
+    } catch (const StepError& e) {
+      abort_quietly(e.origin());
+      throw;
+    } catch (const std::exception& e) {
+      FailureOrigin o = origin_of(e.what());
+      abort_quietly(o);
+      std::throw_with_nested(StepError(std::move(o), _rank));
+    } catch (...) {
+      FailureOrigin o = origin_of("unknown exception");
+      abort_quietly(o);
+      std::throw_with_nested(StepError(std::move(o), _rank));
+    }
+  }
+
+  void abort_quietly(const FailureOrigin& o) noexcept {
+    try {
+      _comm.abort(o);
+    } catch (...) {
+      // The step fails either way; an abort that cannot be delivered must not hide the original error.
+    }
+  }
+
+  Comm& _comm;
+  std::array<S*, Modules> _stages;
+  std::vector<int> _comm_rank_of;
+  int _rank;
+  Recorder _recorder;
+  StepProgram* _prog = nullptr;
+  const ExecutorStep* _step = nullptr;
+  StepResult* _result = nullptr;
+  std::array<StageContext, Modules> _ctx{};
+  std::array<int, Modules> _offset{};
+  std::array<std::size_t, Modules> _input_bytes{};
+  std::size_t _label_bytes = 0;
+  int _module = -1;
+  int _chunk = -1;
+};
+
+}  // namespace dualpipe

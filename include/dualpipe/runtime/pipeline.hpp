@@ -1,0 +1,237 @@
+// dualpipe/runtime/pipeline.hpp: Pipeline<Schedule, Communicator, Stage>, the user's entry point.
+//
+//   InProcessWorld world(4);
+//   run_ranks(4, [&](int r) {
+//     MyStage s0 = ..., s1 = ...;                             // module 0 and module 1 of rank r
+//     Pipeline<DualPipe, InProcessCommunicator, MyStage> pipe(world.communicator(r), {&s0, &s1});
+//     StepResult res = pipe.step(chunks, inputs, labels);    // whole batch on first / last stages
+//   });
+//
+// A Pipeline is one rank's part: it builds (once per chunk count and mode) the rank's plan and buffers,
+// checks every input before anything is communicated, and runs the executor. Everything a step needs
+// is allocated by the first step of a configuration; with step_into() / eval_into() reusing a StepResult,
+// later steps allocate nothing.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dualpipe/analysis/timeline.hpp"
+#include "dualpipe/comm/communicator.hpp"
+#include "dualpipe/core/error.hpp"
+#include "dualpipe/core/op.hpp"
+#include "dualpipe/runtime/executor.hpp"
+#include "dualpipe/runtime/plan.hpp"
+#include "dualpipe/runtime/recorder.hpp"
+#include "dualpipe/runtime/stage.hpp"
+#include "dualpipe/runtime/step_result.hpp"
+
+namespace dualpipe {
+
+/// Options fixed for the life of a Pipeline.
+struct PipelineOptions {
+  std::chrono::milliseconds timeout{60'000};  ///< Bound on every wait of a step.
+  std::vector<int> rank_mapping;              ///< Communicator rank -> pipeline rank (as the reference's
+                                              ///< rank_mapping); empty = identity.
+  bool scale_loss_by_chunks = false;          ///< StageContext::loss_scale = 1.0 / chunks.
+  bool record_timeline = true;                ///< Fill StepResult::spans with host-clock spans.
+};
+
+/// A Stage that says how many label bytes one chunk has (optional): the pipeline then checks labels exactly.
+template <class S>
+concept StageWithLabelBytes = Stage<S> && requires(const S& s) {
+  { s.label_bytes() } -> std::convertible_to<std::size_t>;
+};
+
+/// One rank of a pipeline: `Schedule`'s op lists run by the executor against `Comm` and the user's stages.
+template <class Schedule, Communicator Comm, Stage S>
+class Pipeline {
+  static_assert(SchedulePolicy<Schedule>,
+                "Pipeline's Schedule must be a schedule policy (name, modules_per_rank, check, ops, placement), "
+                "e.g. dualpipe::DualPipe or dualpipe::DualPipeV");
+
+public:
+  /// Modules (stages) each rank holds under this schedule.
+  static constexpr std::size_t modules = static_cast<std::size_t>(Schedule::modules_per_rank);
+
+  /// stages[m] computes module m of this rank (Schedule::modules_per_rank of them); not owned. Throws
+  /// ConfigError for a null stage, a non-positive timeout or a rank_mapping that is not a permutation of
+  /// the communicator's ranks.
+  Pipeline(Comm& comm, std::array<S*, modules> stages, PipelineOptions options = {})
+      : _comm(comm), _stages(stages), _options(std::move(options)),
+        _executor(comm, stages, comm_rank_of(comm, _options), pipeline_rank(comm, _options)) {
+    for (std::size_t m = 0; m < modules; ++m)
+      if (_stages[m] == nullptr)
+        throw ConfigError("Pipeline: the stage for module " + std::to_string(m) + " is null (" +
+                          std::string(Schedule::name) + " needs " + std::to_string(modules) + " stages per rank)");
+    if (_options.timeout.count() <= 0)
+      throw ConfigError("Pipeline: timeout must be positive (got " + std::to_string(_options.timeout.count()) + " ms)");
+  }
+
+  /// One training step over a batch of `chunks` chunks. `inputs` / `labels` hold the WHOLE batch, chunk after
+  /// chunk (chunk i = bytes [i*n, (i+1)*n), n = size/chunks); required on ranks holding a first / last stage,
+  /// may be empty elsewhere. Each module takes its batch chunks [chunk_offset, chunk_offset + num_chunks).
+  /// Throws ConfigError (before any communication) for a bad configuration or input size, StepError when
+  /// the step fails on any rank.
+  StepResult step(int chunks, ConstBytes inputs, ConstBytes labels, StepOptions options = {}) {
+    StepResult r;
+    run(r, chunks, inputs, labels, options, Mode::train);
+    return r;
+  }
+
+  /// Forward-only step (Mode::forward); labels optional (losses computed when given).
+  StepResult eval(int chunks, ConstBytes inputs, ConstBytes labels = {}, StepOptions options = {}) {
+    StepResult r;
+    run(r, chunks, inputs, labels, options, Mode::forward);
+    return r;
+  }
+
+  /// step(), writing into `result` and reusing its vectors: no allocation once they are big enough.
+  void step_into(StepResult& result, int chunks, ConstBytes inputs, ConstBytes labels, StepOptions options = {}) {
+    run(result, chunks, inputs, labels, options, Mode::train);
+  }
+
+  /// eval(), writing into `result` and reusing its vectors.
+  void eval_into(StepResult& result, int chunks, ConstBytes inputs, ConstBytes labels = {}, StepOptions options = {}) {
+    run(result, chunks, inputs, labels, options, Mode::forward);
+  }
+
+  /// After a failed step, on every rank: frees the buffers, empties the weight FIFO, calls the stages'
+  /// reset() where they have one, and resets the communicator where it has a reset (the in-process one's
+  /// is collective: every rank must call it).
+  void reset() {
+    for (auto& p : _programs) {
+      p->buffers.reset();
+      p->fifo.clear();
+    }
+    if constexpr (StageWithReset<S>) {
+      for (std::size_t m = 0; m < modules; ++m)
+        if (std::find(_stages.begin(), _stages.begin() + static_cast<std::ptrdiff_t>(m), _stages[m]) ==
+            _stages.begin() + static_cast<std::ptrdiff_t>(m))
+          _stages[m]->reset();
+    }
+    if constexpr (requires { _comm.reset(_options.timeout); }) _comm.reset(_options.timeout);
+    else if constexpr (requires { _comm.reset(); }) _comm.reset();
+  }
+
+  /// This rank's pipeline rank.
+  [[nodiscard]] int rank() const noexcept { return _executor.rank(); }
+  /// Number of ranks (the communicator's size).
+  [[nodiscard]] int ranks() const { return static_cast<int>(_comm.size()); }
+  /// The options this pipeline was built with.
+  [[nodiscard]] const PipelineOptions& options() const noexcept { return _options; }
+  /// The plan (op list, placements, buffer capacities) of a step of `chunks` chunks in `mode`, building
+  /// it if needed. Throws ConfigError for a bad configuration.
+  [[nodiscard]] const RankPlan& plan(int chunks, Mode mode = Mode::train) { return program(chunks, mode).plan; }
+
+private:
+  static std::vector<int> comm_rank_of(const Comm& comm, const PipelineOptions& o) {
+    const int n = static_cast<int>(comm.size());
+    if (n < 1) throw ConfigError("Pipeline: the communicator has size " + std::to_string(n));
+    std::vector<int> inverse(static_cast<std::size_t>(n), -1);
+    if (o.rank_mapping.empty()) {
+      for (int i = 0; i < n; ++i) inverse[static_cast<std::size_t>(i)] = i;
+      return inverse;
+    }
+    if (static_cast<int>(o.rank_mapping.size()) != n)
+      throw ConfigError("Pipeline: rank_mapping has " + std::to_string(o.rank_mapping.size()) +
+                        " entries but the communicator has " + std::to_string(n) + " ranks");
+    for (int c = 0; c < n; ++c) {
+      const int p = o.rank_mapping[static_cast<std::size_t>(c)];
+      if (p < 0 || p >= n)
+        throw ConfigError("Pipeline: rank_mapping[" + std::to_string(c) + "] = " + std::to_string(p) +
+                          " is outside [0, " + std::to_string(n) + ")");
+      if (inverse[static_cast<std::size_t>(p)] >= 0)
+        throw ConfigError("Pipeline: rank_mapping is not a permutation: pipeline rank " + std::to_string(p) +
+                          " appears twice");
+      inverse[static_cast<std::size_t>(p)] = c;
+    }
+    return inverse;
+  }
+  static int pipeline_rank(const Comm& comm, const PipelineOptions& o) {
+    const int r = static_cast<int>(comm.rank());
+    if (r < 0 || r >= static_cast<int>(comm.size()))
+      throw ConfigError("Pipeline: the communicator's rank " + std::to_string(r) + " is outside [0, " +
+                        std::to_string(comm.size()) + ")");
+    return o.rank_mapping.empty() ? r : o.rank_mapping[static_cast<std::size_t>(r)];
+  }
+
+  StepProgram& program(int chunks, Mode mode) {
+    for (auto& p : _programs)
+      if (p->plan.chunks == chunks && p->plan.mode == mode) return *p;
+    RankPlan plan = make_rank_plan<Schedule>(ranks(), chunks, rank(), mode);
+    _programs.push_back(std::make_unique<StepProgram>(_executor.prepare(std::move(plan))));
+    return *_programs.back();
+  }
+
+  void check_sizes(const StepProgram& prog, ConstBytes inputs, ConstBytes labels) const {
+    const RankPlan& plan = prog.plan;
+    const auto chunks = static_cast<std::size_t>(plan.chunks);
+    const std::string where = "Pipeline (" + std::string(Schedule::name) + ", rank " + std::to_string(plan.rank) + ")";
+    for (std::size_t m = 0; m < modules; ++m) {
+      const ModulePlacement& p = plan.placements[m];
+      if (p.is_first_stage()) {
+        const std::size_t expected = chunks * _stages[m]->input_bytes();
+        if (inputs.size() != expected)
+          throw ConfigError(where + ": module " + std::to_string(m) + " is the first stage, so inputs must hold the "
+                            "whole batch: chunks x input_bytes = " + std::to_string(chunks) + " x " +
+                            std::to_string(_stages[m]->input_bytes()) + " = " + std::to_string(expected) +
+                            " bytes, got " + std::to_string(inputs.size()) + " bytes");
+      }
+      if (p.is_last_stage()) {
+        if (plan.mode == Mode::train && labels.empty())
+          throw ConfigError(where + ": module " + std::to_string(m) + " is the last stage, so a training step needs "
+                            "labels for the whole batch (got 0 bytes)");
+        if (!labels.empty()) {
+          if constexpr (StageWithLabelBytes<S>) {
+            const std::size_t expected = chunks * _stages[m]->label_bytes();
+            if (labels.size() != expected)
+              throw ConfigError(where + ": labels must hold the whole batch: chunks x label_bytes = " +
+                                std::to_string(chunks) + " x " + std::to_string(_stages[m]->label_bytes()) + " = " +
+                                std::to_string(expected) + " bytes, got " + std::to_string(labels.size()) + " bytes");
+          } else if (labels.size() % chunks != 0) {
+            throw ConfigError(where + ": labels must hold the whole batch, a multiple of chunks=" +
+                              std::to_string(chunks) + " bytes; got " + std::to_string(labels.size()) + " bytes");
+          }
+        }
+      }
+    }
+  }
+
+  void run(StepResult& result, int chunks, ConstBytes inputs, ConstBytes labels, const StepOptions& options, Mode mode) {
+    StepProgram& prog = program(chunks, mode);
+    check_sizes(prog, inputs, labels);
+    result.rank = rank();
+    result.chunks = chunks;
+    result.losses.assign(static_cast<std::size_t>(chunks), std::numeric_limits<double>::quiet_NaN());
+    if (options.return_outputs) {
+      result.outputs.resize(prog.output_bytes);
+      result.output_chunks.assign(prog.plan.output_chunks.begin(), prog.plan.output_chunks.end());
+    } else {
+      result.outputs.clear();
+      result.output_chunks.clear();
+    }
+    ExecutorStep step;
+    step.inputs = inputs;
+    step.labels = labels;
+    step.loss_scale = _options.scale_loss_by_chunks ? 1.0 / chunks : 1.0;
+    step.timeout = _options.timeout;
+    step.return_outputs = options.return_outputs;
+    step.record_timeline = _options.record_timeline;
+    _executor.run(prog, step, result);
+  }
+
+  Comm& _comm;
+  std::array<S*, modules> _stages;
+  PipelineOptions _options;
+  Executor<Comm, S, modules> _executor;
+  std::vector<std::unique_ptr<StepProgram>> _programs;  // one per (chunks, mode) used so far
+};
+
+}  // namespace dualpipe
