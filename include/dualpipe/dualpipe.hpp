@@ -7,6 +7,8 @@
 #include "dualpipe/core/trace.hpp"
 #include "dualpipe/schedule/dualpipe.hpp"
 #include "dualpipe/schedule/dualpipev.hpp"
+#include "dualpipe/schedule/gpipe.hpp"
+#include "dualpipe/schedule/one_f_one_b.hpp"
 #include "dualpipe/schedule/placement.hpp"
 #include "dualpipe/schedule/registry.hpp"
 #include "dualpipe/analysis/timeline.hpp"
@@ -24,3 +26,4 @@
 #include "dualpipe/runtime/stage.hpp"
 #include "dualpipe/runtime/step_result.hpp"
 #include "dualpipe/runtime/weight_fifo.hpp"
+#include "dualpipe/schedule/zb1p.hpp"

@@ -12,15 +12,19 @@
 #include "dualpipe/core/trace.hpp"
 #include "dualpipe/schedule/dualpipe.hpp"
 #include "dualpipe/schedule/dualpipev.hpp"
+#include "dualpipe/schedule/gpipe.hpp"
+#include "dualpipe/schedule/one_f_one_b.hpp"
 #include "dualpipe/schedule/placement.hpp"
+#include "dualpipe/schedule/zb1p.hpp"
 
 namespace dualpipe {
 
 /// The schedules this library implements.
-enum class ScheduleKind { dualpipe, dualpipev };
+enum class ScheduleKind { dualpipe, dualpipev, one_f_one_b, gpipe, zb1p };
 
 /// Every ScheduleKind, in the order programs list them.
-inline constexpr std::array all_schedule_kinds{ScheduleKind::dualpipe, ScheduleKind::dualpipev};
+inline constexpr std::array all_schedule_kinds{ScheduleKind::dualpipe, ScheduleKind::dualpipev,
+                                               ScheduleKind::one_f_one_b, ScheduleKind::gpipe, ScheduleKind::zb1p};
 
 /// Calls `f(Schedule{})` with the policy type of `kind` and returns what it returns.
 template <class F>
@@ -28,6 +32,9 @@ decltype(auto) visit_schedule(ScheduleKind kind, F&& f) {
   switch (kind) {
     case ScheduleKind::dualpipe: return std::forward<F>(f)(DualPipe{});
     case ScheduleKind::dualpipev: return std::forward<F>(f)(DualPipeV{});
+    case ScheduleKind::one_f_one_b: return std::forward<F>(f)(OneFOneB{});
+    case ScheduleKind::gpipe: return std::forward<F>(f)(GPipe{});
+    case ScheduleKind::zb1p: return std::forward<F>(f)(ZB1P{});
   }
   throw ConfigError("unknown schedule kind " + std::to_string(static_cast<int>(kind)));
 }
