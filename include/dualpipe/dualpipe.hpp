@@ -2,6 +2,14 @@
 // (dualpipe/cuda.hpp, dualpipe/nccl.hpp, dualpipe/mpi.hpp).
 #pragma once
 
+#include "dualpipe/analysis/activations.hpp"
+#include "dualpipe/analysis/costs.hpp"
+#include "dualpipe/analysis/render_chrome.hpp"
+#include "dualpipe/analysis/render_grid.hpp"
+#include "dualpipe/analysis/render_svg.hpp"
+#include "dualpipe/analysis/simulator.hpp"
+#include "dualpipe/analysis/timeline.hpp"
+#include "dualpipe/analysis/validator.hpp"
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/core/op.hpp"
 #include "dualpipe/core/trace.hpp"
@@ -11,6 +19,7 @@
 #include "dualpipe/schedule/one_f_one_b.hpp"
 #include "dualpipe/schedule/placement.hpp"
 #include "dualpipe/schedule/registry.hpp"
+#include "dualpipe/schedule/zb1p.hpp"
 #include "dualpipe/analysis/timeline.hpp"
 #include "dualpipe/comm/communicator.hpp"
 #include "dualpipe/comm/inprocess.hpp"
@@ -26,4 +35,3 @@
 #include "dualpipe/runtime/stage.hpp"
 #include "dualpipe/runtime/step_result.hpp"
 #include "dualpipe/runtime/weight_fifo.hpp"
-#include "dualpipe/schedule/zb1p.hpp"

@@ -1,6 +1,6 @@
 // tests/baselines/rendezvous.hpp: a small, test-only model of the commit-rendezvous semantics of
-// spec/schedules.md, used to show that schedules cannot deadlock and to read off their idle times
-// until the library's own validator and simulator exist.
+// spec/schedules.md, written independently of analysis/simulator.hpp: it shows that schedules cannot
+// deadlock and reads off their idle times, and test_with_analysis.cpp checks that both agree.
 //
 // Ops on a rank run in order. A compute op takes its cost (Bw costs B-W). Posts accumulate; a commit
 // launches them all at the rank's current time and returns when every one has finished; a transfer

@@ -12,10 +12,11 @@
 namespace dualpipe {
 
 /// One interval on one rank. Compute spans are F, B, Bw, FB and W ops; transfer spans are posts (sF,
-/// rF, sB, rB) from their launch to their completion; wait spans are the time a commit blocked.
+/// rF, sB, rB) from their launch to their completion; wait spans are the time a commit blocked (or, in
+/// the simulator's async model, the time a compute op waited for the data it reads).
 struct Span {
   enum class Lane : unsigned char { compute, transfer, wait };
-  Op op;                      ///< The op (for a wait span: the commit op).
+  Op op;                      ///< The op (wait span: the commit that blocked, or the compute op that waited for data).
   double start = 0;           ///< Seconds, or cost units for a simulated step, from the step's start.
   double end = 0;             ///< end >= start.
   Lane lane = Lane::compute;  ///< Which kind of interval this is.

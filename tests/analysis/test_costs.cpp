@@ -1,0 +1,77 @@
+// Costs and communication models as given on command lines.
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "dualpipe/analysis/costs.hpp"
+
+using namespace dualpipe;
+
+namespace {
+std::string config_message(auto&& f) {
+  try {
+    f();
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "<no ConfigError>";
+}
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+}  // namespace
+
+TEST_CASE("Costs.ParseAllKeys") {
+  const Costs c = parse_costs("F=1.5,B=3,W=1.25,FB=4,latency=0.5,bytes=1024,bandwidth=256");
+  CHECK(c.forward == 1.5);
+  CHECK(c.backward == 3);
+  CHECK(c.weight == 1.25);
+  CHECK(c.forward_backward == 4);
+  CHECK(c.latency == 0.5);
+  CHECK(c.bytes == 1024);
+  CHECK(c.bandwidth == 256);
+  CHECK(c.transfer() == doctest::Approx(0.5 + 4));
+  CHECK(c.of(OpKind::backward_input) == doctest::Approx(3 - 1.25));
+  CHECK(c.of(OpKind::weight) == 1.25);
+  CHECK(c.of(OpKind::forward_backward) == 4);
+  CHECK(c.of(OpKind::send_activation) == 0);
+  CHECK(c.of(OpKind::commit) == 0);
+}
+
+TEST_CASE("Costs.ParseSubsetKeepsDefaults") {
+  const Costs c = parse_costs(" FB = 2.5 , latency=1e-1 ");
+  CHECK(c.forward_backward == 2.5);
+  CHECK(c.latency == doctest::Approx(0.1));
+  CHECK(c.forward == 1);
+  CHECK(c.backward == 2);
+  CHECK(c.weight == 1);
+  CHECK(c.bandwidth == 0);
+  CHECK(parse_costs("") == Costs{});
+  CHECK(parse_costs("forward=2,backward=4,weight=2,forward_backward=5") == Costs{2, 4, 2, 5, 0, 0, 0});
+  // Infinite bandwidth (0): bytes cost nothing.
+  CHECK(parse_costs("bytes=100,latency=2").transfer() == 2);
+}
+
+TEST_CASE("Costs.ParseErrorsNameTheKey") {
+  const auto unknown = config_message([] { (void)parse_costs("F=1,X=2"); });
+  CHECK(contains(unknown, "unknown cost key 'X'"));
+  CHECK(contains(unknown, "FB"));  // lists the choices
+  const auto bad = config_message([] { (void)parse_costs("B=two"); });
+  CHECK(contains(bad, "'B'"));
+  CHECK(contains(bad, "'two'"));
+  CHECK(contains(config_message([] { (void)parse_costs("W=1x"); }), "'1x'"));
+  CHECK(contains(config_message([] { (void)parse_costs("latency="); }), "'latency'"));
+  CHECK(contains(config_message([] { (void)parse_costs("F"); }), "key=value"));
+  const auto negative = config_message([] { (void)parse_costs("latency=-1"); });
+  CHECK(contains(negative, "'latency'"));
+  CHECK(contains(negative, ">= 0"));
+  CHECK(contains(config_message([] { (void)parse_costs("W=3"); }), "W must not exceed B"));
+  CHECK(contains(config_message([] { (void)parse_costs("F=inf"); }), "'F'"));
+}
+
+TEST_CASE("Costs.CommModel") {
+  CHECK(parse_comm_model("rendezvous") == CommModel::rendezvous);
+  CHECK(parse_comm_model("async") == CommModel::async);
+  CHECK(to_string(CommModel::async) == "async");
+  const auto bad = config_message([] { (void)parse_comm_model("eager"); });
+  CHECK(contains(bad, "'eager'"));
+  CHECK(contains(bad, "rendezvous, async"));
+}
