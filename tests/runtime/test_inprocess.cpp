@@ -1,0 +1,184 @@
+// The in-process communicator on its own: matching by tag, sizes, timeouts, aborts, barrier.
+#include <doctest/doctest.h>
+
+#include <array>
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "dualpipe/dualpipe.hpp"
+
+using namespace dualpipe;
+using namespace std::chrono_literals;
+
+namespace {
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+constexpr MessageTag tag(int m, int c, Payload p = Payload::activation) { return MessageTag{m, c, p}; }
+}  // namespace
+
+TEST_CASE("Runtime.InProcess.MatchesByTag" * doctest::timeout(30)) {
+  // Rank 0 sends chunk 0 then chunk 1 of two payloads; rank 1 posts its receives in another order.
+  InProcessWorld world(2);
+  std::array<int, 4> sent{10, 11, 20, 21};
+  std::array<int, 4> got{};
+  run_ranks(2, [&](int r) {
+    InProcessCommunicator& c = world.communicator(r);
+    CHECK(c.rank() == r);
+    CHECK(c.size() == 2);
+    if (r == 0) {
+      c.post_send(1, tag(0, 0), std::as_bytes(std::span(&sent[0], 1)));
+      c.post_send(1, tag(0, 1), std::as_bytes(std::span(&sent[1], 1)));
+      c.post_send(1, tag(0, 0, Payload::gradient), std::as_bytes(std::span(&sent[2], 1)));
+      c.post_send(1, tag(1, 0), std::as_bytes(std::span(&sent[3], 1)));
+    } else {
+      c.post_recv(0, tag(1, 0), std::as_writable_bytes(std::span(&got[3], 1)));
+      c.post_recv(0, tag(0, 1), std::as_writable_bytes(std::span(&got[1], 1)));
+      c.post_recv(0, tag(0, 0, Payload::gradient), std::as_writable_bytes(std::span(&got[2], 1)));
+      c.post_recv(0, tag(0, 0), std::as_writable_bytes(std::span(&got[0], 1)));
+    }
+    auto g = c.commit();
+    g.wait(10s);
+  });
+  CHECK(got == sent);
+}
+
+TEST_CASE("Runtime.InProcess.ManyGroupsAndSelfSend" * doctest::timeout(30)) {
+  // A ring: every rank sends to the next and receives from the previous, 200 rounds, plus a message to
+  // itself each round; the values prove that each round's message went to that round's buffer.
+  const int P = 4, rounds = 200;
+  InProcessWorld world(P);
+  std::vector<int> errors(P, 0);
+  run_ranks(P, [&](int r) {
+    InProcessCommunicator& c = world.communicator(r);
+    for (int i = 0; i < rounds; ++i) {
+      int out = r * 1000 + i, in = -1, self_in = -1;
+      c.post_send((r + 1) % P, tag(0, i), std::as_bytes(std::span(&out, 1)));
+      c.post_recv((r + P - 1) % P, tag(0, i), std::as_writable_bytes(std::span(&in, 1)));
+      c.post_send(r, tag(1, i), std::as_bytes(std::span(&out, 1)));
+      c.post_recv(r, tag(1, i), std::as_writable_bytes(std::span(&self_in, 1)));
+      c.commit().wait(10s);
+      if (in != ((r + P - 1) % P) * 1000 + i || self_in != out) ++errors[static_cast<std::size_t>(r)];
+    }
+    c.barrier(10s);
+  });
+  CHECK(errors == std::vector<int>(P, 0));
+}
+
+TEST_CASE("Runtime.InProcess.SizeMismatchIsAnError" * doctest::timeout(30)) {
+  InProcessWorld world(2);
+  std::vector<std::string> messages(2);
+  std::array<std::byte, 16> small{};
+  std::array<std::byte, 24> big{};
+  run_ranks(2, [&](int r) {
+    InProcessCommunicator& c = world.communicator(r);
+    if (r == 0) c.post_send(1, tag(1, 3, Payload::gradient), big);
+    else c.post_recv(0, tag(1, 3, Payload::gradient), small);
+    try {
+      c.commit().wait(10s);
+    } catch (const Error& e) {
+      messages[static_cast<std::size_t>(r)] = e.what();
+    }
+  });
+  for (const std::string& m : messages) {
+    CAPTURE(m);
+    CHECK(contains(m, "from rank 0 to rank 1"));
+    CHECK(contains(m, "(module 1, chunk 3, gradient)"));
+    CHECK(contains(m, "has 24 bytes but the receive buffer has 16 bytes"));
+  }
+  CHECK(small == std::array<std::byte, 16>{});  // nothing was copied
+}
+
+TEST_CASE("Runtime.InProcess.TimeoutNamesWhatIsMissing" * doctest::timeout(30)) {
+  InProcessWorld world(3);
+  InProcessCommunicator& c = world.communicator(1);
+  std::array<std::byte, 8> buf{};
+  c.post_recv(2, tag(0, 5), buf);
+  c.post_send(0, tag(1, 2, Payload::gradient), buf);
+  std::string what;
+  try {
+    c.commit().wait(100ms);
+  } catch (const TimeoutError& e) {
+    what = e.what();
+  }
+  CHECK(contains(what, "rank 1 timed out after 100 ms"));
+  CHECK(contains(what, "2 of 2 operations"));
+  CHECK(contains(what, "receive from rank 2 (module 0, chunk 5, activation) 8 bytes"));
+  CHECK(contains(what, "send to rank 0 (module 1, chunk 2, gradient)"));
+  // The ops were taken back: a late peer matches nothing, and the next group works.
+  std::array<std::byte, 8> other{};
+  run_ranks(3, [&](int r) {
+    if (r == 1) {
+      world.communicator(1).post_recv(2, tag(0, 6), other);
+      world.communicator(1).commit().wait(10s);
+    } else if (r == 2) {
+      std::array<std::byte, 8> v{std::byte{7}};
+      world.communicator(2).post_send(1, tag(0, 6), v);
+      world.communicator(2).commit().wait(10s);
+    }
+  });
+  CHECK(other[0] == std::byte{7});
+}
+
+TEST_CASE("Runtime.InProcess.AbortWakesEveryWaiter" * doctest::timeout(30)) {
+  // Ranks 1..3 wait (60 s timeout) on messages that never come; rank 0 aborts: all wake with its origin.
+  const int P = 4;
+  InProcessWorld world(P);
+  std::vector<std::string> origins(P);
+  const auto start = std::chrono::steady_clock::now();
+  run_ranks(P, [&](int r) {
+    InProcessCommunicator& c = world.communicator(r);
+    if (r == 0) {
+      std::this_thread::sleep_for(50ms);
+      c.abort(FailureOrigin{0, 1, 2, "FB1.2/0.0", "boom"});
+      return;
+    }
+    std::array<std::byte, 4> buf{};
+    c.post_recv(0, tag(0, r), buf);
+    try {
+      if (r == 3) c.barrier(60s);  // the barrier is woken too
+      else c.commit().wait(60s);
+    } catch (const CommAborted& e) {
+      origins[static_cast<std::size_t>(r)] = e.origin().describe();
+    }
+  });
+  CHECK(std::chrono::steady_clock::now() - start < 30s);
+  for (int r = 1; r < P; ++r) CHECK(origins[static_cast<std::size_t>(r)] == "rank 0, module 1, chunk 2, op FB1.2/0.0: boom");
+  // Later waits fail too, until the world is reset.
+  InProcessCommunicator& c = world.communicator(1);
+  CHECK_THROWS_AS(c.commit().wait(1s), CommAborted);
+  world.reset();
+  CHECK_NOTHROW(c.commit().wait(1s));
+}
+
+TEST_CASE("Runtime.InProcess.Misuse") {
+  InProcessWorld world(2);
+  InProcessCommunicator& c = world.communicator(0);
+  std::array<std::byte, 4> buf{};
+  CHECK_THROWS_AS(c.post_send(2, tag(0, 0), buf), Error);
+  CHECK_THROWS_AS(c.post_recv(-1, tag(0, 0), buf), Error);
+  c.post_recv(1, tag(0, 0), buf);
+  {
+    auto g = c.commit();
+    CHECK_THROWS_WITH_AS(c.commit(), doctest::Contains("before waiting on the previous one"), Error);
+  }  // dropped unwaited: its receive is taken back
+  CHECK_NOTHROW(c.commit().wait(10ms));
+  CHECK_THROWS_AS(InProcessWorld(0), ConfigError);
+  CHECK_THROWS_AS((void)world.communicator(2), ConfigError);
+}
+
+TEST_CASE("Runtime.RunRanks.RethrowsLowestRankAfterJoiningAll") {
+  std::vector<int> ran(4, 0);
+  try {
+    run_ranks(4, [&](int r) {
+      ran[static_cast<std::size_t>(r)] = 1;
+      if (r == 3) throw std::runtime_error("three");
+      if (r == 1) throw std::runtime_error("one");
+    });
+    FAIL("no exception");
+  } catch (const std::runtime_error& e) {
+    CHECK(std::string(e.what()) == "one");
+  }
+  CHECK(ran == std::vector<int>(4, 1));
+  CHECK_THROWS_AS(run_ranks(0, [](int) {}), ConfigError);
+}

@@ -434,11 +434,9 @@ inline void InProcessCommunicator::cancel_unfinished() noexcept {
       std::lock_guard lk(_mutex);
       done = _group[i].done;
     }
-    // Withdrawn under the mailbox lock: from here on no peer can match (and write into) this op.
-    if (!done && _world->withdraw(*this, i)) {
-      std::lock_guard lk(_mutex);
-      _group[i].done = true;
-    }
+    // Withdrawn under the mailbox lock: from here on no peer can match (and write into) this op. It stays
+    // not done, so that the timeout message names it.
+    if (!done) (void)_world->withdraw(*this, i);
   }
 }
 

@@ -173,30 +173,31 @@ private:
   void check_sizes(const StepProgram& prog, ConstBytes inputs, ConstBytes labels) const {
     const RankPlan& plan = prog.plan;
     const auto chunks = static_cast<std::size_t>(plan.chunks);
-    const std::string where = "Pipeline (" + std::string(Schedule::name) + ", rank " + std::to_string(plan.rank) + ")";
+    // Built only on failure: a step that passes its checks allocates nothing.
+    auto where = [&] { return "Pipeline (" + std::string(Schedule::name) + ", rank " + std::to_string(plan.rank) + ")"; };
     for (std::size_t m = 0; m < modules; ++m) {
       const ModulePlacement& p = plan.placements[m];
       if (p.is_first_stage()) {
         const std::size_t expected = chunks * _stages[m]->input_bytes();
         if (inputs.size() != expected)
-          throw ConfigError(where + ": module " + std::to_string(m) + " is the first stage, so inputs must hold the "
+          throw ConfigError(where() + ": module " + std::to_string(m) + " is the first stage, so inputs must hold the "
                             "whole batch: chunks x input_bytes = " + std::to_string(chunks) + " x " +
                             std::to_string(_stages[m]->input_bytes()) + " = " + std::to_string(expected) +
                             " bytes, got " + std::to_string(inputs.size()) + " bytes");
       }
       if (p.is_last_stage()) {
         if (plan.mode == Mode::train && labels.empty())
-          throw ConfigError(where + ": module " + std::to_string(m) + " is the last stage, so a training step needs "
+          throw ConfigError(where() + ": module " + std::to_string(m) + " is the last stage, so a training step needs "
                             "labels for the whole batch (got 0 bytes)");
         if (!labels.empty()) {
           if constexpr (StageWithLabelBytes<S>) {
             const std::size_t expected = chunks * _stages[m]->label_bytes();
             if (labels.size() != expected)
-              throw ConfigError(where + ": labels must hold the whole batch: chunks x label_bytes = " +
+              throw ConfigError(where() + ": labels must hold the whole batch: chunks x label_bytes = " +
                                 std::to_string(chunks) + " x " + std::to_string(_stages[m]->label_bytes()) + " = " +
                                 std::to_string(expected) + " bytes, got " + std::to_string(labels.size()) + " bytes");
           } else if (labels.size() % chunks != 0) {
-            throw ConfigError(where + ": labels must hold the whole batch, a multiple of chunks=" +
+            throw ConfigError(where() + ": labels must hold the whole batch, a multiple of chunks=" +
                               std::to_string(chunks) + " bytes; got " + std::to_string(labels.size()) + " bytes");
           }
         }
