@@ -7,6 +7,9 @@
 //   mpi_failure_probe --escape R    rank R's exception leaves the MpiSession: the session aborts the job
 //   mpi_failure_probe --silent R    rank R stops sending at round 10 and waits forever on a barrier-free
 //                                   sleep: the others time out and abort
+//   mpi_failure_probe --pipeline-throw R | --pipeline-kill R | --pipeline-silent R
+//                                   the same three failures inside a stage of a DualPipe Pipeline over MPI:
+//                                   the runtime's own failure handling (abort on a stage error, on a timeout)
 //   [--timeout-ms T]                bound on every wait (default 3000)
 #include <chrono>
 #include <csignal>
@@ -17,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "dualpipe/dualpipe.hpp"
 #include "dualpipe/mpi.hpp"
 
 using namespace dualpipe;
@@ -53,6 +57,33 @@ void ring(MpiCommunicator& comm, const std::string& mode, int victim, std::chron
   }
 }
 
+/// A stage that does nothing, except fail (throw, die or hang) in the forward of one chunk on one rank.
+struct FailingStage {
+  std::string mode;  // "throw", "kill", "silent" or "" (never fails)
+  void forward(const StageContext& ctx, ConstBytes, MutableBytes) {
+    if (mode.empty() || ctx.chunk != 1) return;
+    if (mode == "kill") std::raise(SIGKILL);
+    if (mode == "silent") std::this_thread::sleep_for(std::chrono::hours(1));
+    throw std::runtime_error("injected stage failure");
+  }
+  double loss(const StageContext&, ConstBytes, ConstBytes) { return 0; }
+  void backward_input(const StageContext&, ConstBytes, MutableBytes) {}
+  void backward_weight(const StageContext&) {}
+  [[nodiscard]] std::size_t input_bytes() const { return 16; }
+  [[nodiscard]] std::size_t output_bytes() const { return 16; }
+};
+
+void pipeline(MpiCommunicator& comm, const std::string& mode, int victim, std::chrono::milliseconds timeout) {
+  const int chunks = 2 * comm.size();
+  FailingStage s0, s1;
+  if (comm.rank() == victim) s0.mode = mode;
+  PipelineOptions options;
+  options.timeout = timeout;
+  Pipeline<DualPipe, MpiCommunicator, FailingStage> pipe(comm, {&s0, &s1}, options);
+  const std::vector<std::byte> in(static_cast<std::size_t>(chunks) * 16), labels(static_cast<std::size_t>(chunks));
+  for (int step = 0; step < 3; ++step) (void)pipe.step(chunks, in, labels);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -68,14 +99,21 @@ int main(int argc, char** argv) {
       victim = std::atoi(argv[i + 1]);
     }
   }
+  const bool in_pipeline = mode.starts_with("pipeline-");
+  if (in_pipeline) mode = mode.substr(9);
   if (mode != "throw" && mode != "kill" && mode != "escape" && mode != "silent") {
-    std::fprintf(stderr, "usage: mpi_failure_probe --throw|--kill|--escape|--silent RANK [--timeout-ms T]\n");
+    std::fprintf(stderr, "usage: mpi_failure_probe --[pipeline-]throw|kill|silent RANK | --escape RANK "
+                         "[--timeout-ms T]\n");
     return 2;
   }
   try {
     MpiSession session(argc, argv);
     MpiCommunicator comm;
-    ring(comm, mode, victim, timeout);
+    if (in_pipeline) {
+      pipeline(comm, mode, victim, timeout);
+    } else {
+      ring(comm, mode, victim, timeout);
+    }
     comm.barrier();
   } catch (const std::exception& e) {
     // Only reached after the session has aborted the job; kept so that the exception is not unhandled.
