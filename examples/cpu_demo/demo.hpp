@@ -51,6 +51,7 @@ struct DemoConfig {
   std::chrono::milliseconds timeout{60'000};      ///< Bound on every wait (PipelineOptions::timeout).
   int inject_failure = -1;                        ///< Rank whose module 0 throws mid-way through step 0; -1: none.
   double tolerance = 1e-12;                       ///< Largest max relative error that passes.
+  std::string comm = "inproc";                    ///< Communicator name for the report ("mpi" with one rank per process).
 };
 
 /// Where every copy of every stage sits, for schedule `Schedule` on (P, C).
@@ -137,7 +138,7 @@ struct RankReport {
 /// What one run of the demo found (built on rank 0).
 struct DemoReport {
   std::string schedule;
-  std::string comm = "inproc";
+  std::string comm = "inproc";      ///< DemoConfig::comm.
   int ranks = 0;
   int chunks = 0;
   int stages = 0;
@@ -327,6 +328,7 @@ inline DemoReport build_report(const DemoConfig& cfg, std::string schedule, cons
   const int steps = cfg.model.steps;
   DemoReport rep;
   rep.schedule = std::move(schedule);
+  rep.comm = cfg.comm;
   rep.ranks = cfg.ranks;
   rep.chunks = C;
   rep.stages = layout.stages;
@@ -479,6 +481,7 @@ std::optional<DemoReport> run_rank(Comm& comm, const DemoConfig& cfg, const Sequ
             parts[static_cast<std::size_t>(m)].push_back(modules[static_cast<std::size_t>(m)].gradients().data());
             continue;
           }
+          // Growing the outer vector moves the inner ones, whose buffers (posted above) stay put.
           if (slot >= received.size()) received.resize(slot + 1);
           auto& buf = received[slot++];
           buf.resize(cfg.model.stage_params());
@@ -545,7 +548,9 @@ std::optional<DemoReport> run_rank(Comm& comm, const DemoConfig& cfg, const Sequ
 /// Runs the demo on cfg.ranks threads of this process (InProcessWorld, run_ranks) and returns rank 0's
 /// report. `seq` defaults to sequential_for(cfg); pass another to check against something else.
 /// Throws ConfigError (before anything runs) for a bad configuration, StepError when a step fails.
-[[nodiscard]] inline DemoReport run_demo_inproc(const DemoConfig& cfg, const SequentialRun* seq = nullptr) {
+[[nodiscard]] inline DemoReport run_demo_inproc(const DemoConfig& config, const SequentialRun* seq = nullptr) {
+  DemoConfig cfg = config;
+  cfg.comm = "inproc";
   validate(cfg);
   std::optional<SequentialRun> own;
   if (seq == nullptr) seq = &own.emplace(sequential_for(cfg));
@@ -554,9 +559,7 @@ std::optional<DemoReport> run_rank(Comm& comm, const DemoConfig& cfg, const Sequ
     InProcessWorld world(cfg.ranks);
     std::vector<std::optional<DemoReport>> out(static_cast<std::size_t>(cfg.ranks));
     run_ranks(cfg.ranks, [&](int r) { out[static_cast<std::size_t>(r)] = run_rank<Schedule>(world.communicator(r), cfg, *seq); });
-    DemoReport rep = std::move(*out[0]);
-    rep.comm = "inproc";
-    return rep;
+    return std::move(*out[0]);
   });
 }
 

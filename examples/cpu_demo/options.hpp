@@ -195,6 +195,7 @@ inline double parse_real(std::string_view opt, std::string_view text) {
     c.model.lr = o.lr;
     c.timeout = std::chrono::milliseconds(o.timeout_ms);
     c.inject_failure = o.inject_failure;
+    c.comm = o.comm;
     validate(c);
     out.push_back(c);
   }

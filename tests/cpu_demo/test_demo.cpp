@@ -59,7 +59,9 @@ TEST_CASE("CpuDemo.Core.EveryScheduleMatchesTheSequentialRun" * doctest::timeout
     CAPTURE(g.chunks);
     const DemoConfig cfg = small(g.schedule, g.ranks, g.chunks);
     const DemoReport r = run_demo_inproc(cfg);
-    for (const auto& p : r.problems) INFO(p);
+    std::string problems;
+    for (const auto& p : r.problems) problems += p + "; ";
+    CAPTURE(problems);
     CHECK(r.pass());
     CHECK(r.problems.empty());
     CHECK(r.max_rel_err <= 1e-12);

@@ -241,7 +241,7 @@ TEST_CASE("Runtime.Recorder.MergeTimelines") {
   CHECK(contains(error_message([&] { (void)merge_timelines("x", 2, Mode::train, {a, dup}); }), "chunks=3"));
 }
 
-TEST_CASE("Runtime.Recorder.MeasuredStep") {
+TEST_CASE("Runtime.Recorder.MeasuredStep" * doctest::timeout(60)) {
   // A measured step of the in-process pipeline: one compute span per compute op, one wait span per
   // commit, in op order, on a common time axis.
   const int P = 4, C = 8;

@@ -72,13 +72,13 @@ void check_training(int P, int C, bool scale_loss) {
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("Runtime.Equivalence.Train", Schedule, DualPipe, DualPipeV) {
+TEST_CASE_TEMPLATE("Runtime.Equivalence.Train" * doctest::timeout(300), Schedule, DualPipe, DualPipeV) {
   const auto configs = grid<Schedule>();
   REQUIRE(!configs.empty());
   for (auto [P, C] : configs) check_training<Schedule, PlainStage>(P, C, false);
 }
 
-TEST_CASE_TEMPLATE("Runtime.Equivalence.FusedAndOverlapped", Schedule, DualPipe, DualPipeV) {
+TEST_CASE_TEMPLATE("Runtime.Equivalence.FusedAndOverlapped" * doctest::timeout(300), Schedule, DualPipe, DualPipeV) {
   // The fused backward (B ops) and the overlapped forward+backward hook (FB ops), with 1/C loss scaling.
   for (auto [P, C] : grid<Schedule>()) {
     if (P != 2 && P != 4) continue;
@@ -87,12 +87,12 @@ TEST_CASE_TEMPLATE("Runtime.Equivalence.FusedAndOverlapped", Schedule, DualPipe,
   }
 }
 
-TEST_CASE("Runtime.Equivalence.DualPipeV.OneRank") {
+TEST_CASE("Runtime.Equivalence.DualPipeV.OneRank" * doctest::timeout(300)) {
   // P = 1: both modules on one rank, the turn is a local hand-off, nothing is communicated.
   for (int C : {2, 3, 7}) check_training<DualPipeV, PlainStage>(1, C, false);
 }
 
-TEST_CASE("Runtime.Equivalence.HooksAreUsed") {
+TEST_CASE("Runtime.Equivalence.HooksAreUsed" * doctest::timeout(300)) {
   Harness<DualPipe, OverlapStage> h(4, 8);
   (void)h.step();
   int overlap = 0;
@@ -116,7 +116,7 @@ TEST_CASE("Runtime.Equivalence.HooksAreUsed") {
   CHECK(fused == expected_fused);
 }
 
-TEST_CASE_TEMPLATE("Runtime.Equivalence.ForwardOnly", Schedule, DualPipe, DualPipeV) {
+TEST_CASE_TEMPLATE("Runtime.Equivalence.ForwardOnly" * doctest::timeout(300), Schedule, DualPipe, DualPipeV) {
   for (auto [P, C] : grid<Schedule>()) {
     if (P > 4) continue;
     CAPTURE(P);
@@ -139,7 +139,7 @@ TEST_CASE_TEMPLATE("Runtime.Equivalence.ForwardOnly", Schedule, DualPipe, DualPi
   }
 }
 
-TEST_CASE_TEMPLATE("Runtime.Equivalence.TrainThenEval", Schedule, DualPipe, DualPipeV) {
+TEST_CASE_TEMPLATE("Runtime.Equivalence.TrainThenEval" * doctest::timeout(300), Schedule, DualPipe, DualPipeV) {
   // Alternating modes on the same pipelines: each mode keeps its own plan and buffers.
   const int P = 2, C = 4;
   Harness<Schedule, PlainStage> h(P, C);
@@ -152,7 +152,7 @@ TEST_CASE_TEMPLATE("Runtime.Equivalence.TrainThenEval", Schedule, DualPipe, Dual
   }
 }
 
-TEST_CASE_TEMPLATE("Runtime.Equivalence.RankMapping", Schedule, DualPipe, DualPipeV) {
+TEST_CASE_TEMPLATE("Runtime.Equivalence.RankMapping" * doctest::timeout(300), Schedule, DualPipe, DualPipeV) {
   // A permuted rank_mapping (communicator rank c runs pipeline rank mapping[c]) gives identical results.
   const int P = 4, C = 8;
   Harness<Schedule, PlainStage> identity(P, C);

@@ -151,7 +151,7 @@ TEST_CASE("Runtime.InProcess.AbortWakesEveryWaiter" * doctest::timeout(30)) {
   CHECK_NOTHROW(c.commit().wait(1s));
 }
 
-TEST_CASE("Runtime.InProcess.Misuse") {
+TEST_CASE("Runtime.InProcess.Misuse" * doctest::timeout(30)) {
   InProcessWorld world(2);
   InProcessCommunicator& c = world.communicator(0);
   std::array<std::byte, 4> buf{};
@@ -167,7 +167,7 @@ TEST_CASE("Runtime.InProcess.Misuse") {
   CHECK_THROWS_AS((void)world.communicator(2), ConfigError);
 }
 
-TEST_CASE("Runtime.RunRanks.RethrowsLowestRankAfterJoiningAll") {
+TEST_CASE("Runtime.RunRanks.RethrowsLowestRankAfterJoiningAll" * doctest::timeout(30)) {
   std::vector<int> ran(4, 0);
   try {
     run_ranks(4, [&](int r) {
