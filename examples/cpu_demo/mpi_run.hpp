@@ -34,7 +34,9 @@ namespace dualpipe::cpu_demo {
 /// the report on world rank 0 and nothing elsewhere. Throws ConfigError on every process (before anything
 /// is sent) when the job has fewer processes than cfg.ranks or the chunks do not fit the MPI tags. A failing
 /// rank ends the whole job (MpiCommunicator::abort), naming itself on stderr.
-[[nodiscard]] inline std::optional<DemoReport> run_demo_mpi(const DemoConfig& cfg) {
+[[nodiscard]] inline std::optional<DemoReport> run_demo_mpi(const DemoConfig& config) {
+  DemoConfig cfg = config;
+  cfg.comm = "mpi";
   validate(cfg);
   int world_rank = 0, world_size = 1;
   dualpipe::detail::mpi_check(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank), "MPI_Comm_rank");
@@ -62,9 +64,7 @@ namespace dualpipe::cpu_demo {
 
   const SequentialRun seq = sequential_for(cfg);
   return visit_schedule(cfg.schedule, [&](auto schedule) -> std::optional<DemoReport> {
-    std::optional<DemoReport> rep = run_rank<decltype(schedule)>(*comm, cfg, seq);
-    if (rep) rep->comm = "mpi";
-    return rep;
+    return run_rank<decltype(schedule)>(*comm, cfg, seq);
   });
 }
 
