@@ -49,8 +49,8 @@ namespace dualpipe::cpu_demo {
 
   // The first cfg.ranks processes, as a communicator of their own (MPI_COMM_NULL on the others).
   MPI_Comm first = MPI_COMM_NULL;
-  dualpipe::detail::mpi_check(MPI_Comm_split(MPI_COMM_WORLD, world_rank < cfg.ranks ? 0 : MPI_UNDEFINED, world_rank, &first),
-                    "MPI_Comm_split");
+  const int color = world_rank < cfg.ranks ? 0 : MPI_UNDEFINED;
+  dualpipe::detail::mpi_check(MPI_Comm_split(MPI_COMM_WORLD, color, world_rank, &first), "MPI_Comm_split");
   if (first == MPI_COMM_NULL) return std::nullopt;
   std::optional<MpiCommunicator> comm;
   try {

@@ -185,10 +185,11 @@ inline bool MpiCommitGroup::progress() {
     for (std::size_t i = 0; i < _messages.size(); ++i) {
       Message& m = _messages[i];
       if (m.send || m.matched) continue;
-      const bool earlier_waits = std::any_of(_messages.begin(), _messages.begin() + static_cast<std::ptrdiff_t>(i),
-                                             [&m](const Message& e) {
-                                               return !e.send && !e.matched && e.peer == m.peer && e.mpi_tag == m.mpi_tag;
-                                             });
+      const auto same_and_waiting = [&m](const Message& e) {
+        return !e.send && !e.matched && e.peer == m.peer && e.mpi_tag == m.mpi_tag;
+      };
+      const bool earlier_waits =
+          std::any_of(_messages.begin(), _messages.begin() + static_cast<std::ptrdiff_t>(i), same_and_waiting);
       if (earlier_waits) continue;
       int found = 0;
       MPI_Message handle = MPI_MESSAGE_NULL;
@@ -263,7 +264,7 @@ inline std::string MpiCommitGroup::describe_pending(std::chrono::milliseconds ti
     text += (pending++ ? "; " : " ");
     text += (m.send ? "send to rank " : "receive from rank ") + std::to_string(m.peer) + " (" +
             detail::describe_tag(m.tag) + ", " + std::to_string(m.bytes) + " bytes, MPI tag " +
-            std::to_string(m.mpi_tag) + (m.send || m.matched ? ", in flight)" : ", peer never sent it)");
+            std::to_string(m.mpi_tag) + (m.send || m.matched ? ", in flight)" : ", nothing arrived)");
   }
   return text;
 }
@@ -271,8 +272,10 @@ inline std::string MpiCommitGroup::describe_pending(std::chrono::milliseconds ti
 inline void MpiCommitGroup::release() noexcept {
   // Receives not matched yet have nothing to cancel. Requests in flight cannot be waited for (the peer may
   // be gone): cancel what MPI can cancel and leave the rest to complete in the background.
+  int finalized = 0;
+  MPI_Finalized(&finalized);
   for (MPI_Request& request : _requests) {
-    if (request == MPI_REQUEST_NULL) continue;
+    if (request == MPI_REQUEST_NULL || finalized) continue;
     MPI_Cancel(&request);
     MPI_Request_free(&request);
   }
