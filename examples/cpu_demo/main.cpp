@@ -15,6 +15,9 @@
 #include "dualpipe/analysis/render_chrome.hpp"
 #include "dualpipe/analysis/render_svg.hpp"
 #include "options.hpp"
+#ifdef DUALPIPE_HAS_MPI
+#include "mpi_run.hpp"  // --comm mpi: one rank per process
+#endif
 
 using namespace dualpipe;
 using namespace dualpipe::cpu_demo;
@@ -50,6 +53,9 @@ void print_report(const DemoConfig& cfg, const DemoReport& r) {
 /// (always, in-process; rank 0 alone with one rank per process).
 std::optional<DemoReport> run_one(const DemoConfig& cfg, const ProgramOptions& options) {
   if (options.comm == "inproc") return run_demo_inproc(cfg);
+#ifdef DUALPIPE_HAS_MPI
+  if (options.comm == "mpi") return run_demo_mpi(cfg);
+#endif
   throw ConfigError("unknown --comm '" + options.comm + "'");
 }
 
@@ -73,6 +79,11 @@ int main(int argc, char** argv) {
       return 0;
     }
     configs = make_configs(options);
+#ifndef DUALPIPE_HAS_MPI
+    if (options.comm == "mpi")
+      throw ConfigError("--comm mpi: this dualpipe-cpu-demo was built without MPI (configure with an MPI installed "
+                        "and DUALPIPE_ENABLE_MPI=ON)");
+#endif
     if (!options.trace_dir.empty()) {
       std::error_code ec;
       std::filesystem::create_directories(options.trace_dir, ec);
@@ -85,9 +96,17 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  std::printf("dualpipe-cpu-demo: MLP stages Linear(h,4h) -> GELU(erf) -> Linear(4h,h), double, comm=%s\n",
+#ifdef DUALPIPE_HAS_MPI
+  // With --comm mpi: MPI lives for the rest of main (finalized at return); only world rank 0 prints.
+  std::optional<MpiSession> mpi_session;
+  if (options.comm == "mpi") mpi_session.emplace();
+  const bool prints = mpi_prints();
+#else
+  const bool prints = true;
+#endif
+  if (prints) std::printf("dualpipe-cpu-demo: MLP stages Linear(h,4h) -> GELU(erf) -> Linear(4h,h), double, comm=%s\n",
               options.comm.c_str());
-  std::printf("checked every step against a sequential run: max relative error = max over tensors of "
+  if (prints) std::printf("checked every step against a sequential run: max relative error = max over tensors of "
               "max|a-b| / max|b| (normwise)\n");
   std::vector<DemoReport> reports;
   for (const DemoConfig& cfg : configs) {

@@ -63,7 +63,8 @@ inline constexpr std::string_view default_schedules[] = {"dualpipe", "dualpipev"
          "  --trace-dir DIR      write the last step's measured timeline as DIR/<schedule>.svg and .json\n"
          "  --inject-failure R   rank R's stage throws mid-way through the first step (the program exits 1)\n"
          "  --timeout-ms T       bound on every wait of a step (default 60000)\n"
-         "  --comm NAME          communicator: inproc (one thread per rank; the default)\n"
+         "  --comm NAME          communicator: inproc (one thread per rank; the default), or mpi (one rank per\n"
+         "                       process: mpirun -np P dualpipe-cpu-demo --comm mpi ...; rank 0 prints)\n"
          "  -h, --help           this text\n"
          "\n"
          "exit status: 0 all checks passed, 1 a check failed or a step failed, 2 bad arguments.\n"
@@ -158,7 +159,8 @@ inline double parse_real(std::string_view opt, std::string_view text) {
       o.timeout_ms = detail::parse_integer<long>(opt, value(), 1, 86'400'000);
     } else if (opt == "--comm") {
       o.comm = std::string(value());
-      if (o.comm != "inproc") detail::bad_argument("unknown --comm '" + o.comm + "' (choose from inproc)");
+      if (o.comm != "inproc" && o.comm != "mpi")
+        detail::bad_argument("unknown --comm '" + o.comm + "' (choose from inproc, mpi)");
     } else {
       detail::bad_argument("unknown option '" + std::string(args[i]) + "' (see --help)");
     }

@@ -1,0 +1,425 @@
+// dualpipe/comm/mpi_communicator.hpp: the Communicator model for one pipeline rank per MPI process.
+//
+// Buffers are host memory. A send starts (MPI_Isend) when it is posted; a receive is matched when its group
+// is waited on: the wait probes for the message (MPI_Improbe), compares its size with the buffer's, and only
+// then receives it in place (MPI_Imrecv). Probing first is what makes a size mismatch a clean Error naming
+// both sizes: receiving a larger message straight into the buffer relies on MPI_ERR_TRUNCATE, and Open MPI
+// 4.1 writes past the end of the buffer before it reports that. The wait polls (MPI_Testall, yield, short
+// sleeps) instead of blocking in MPI_Waitall, so that it can give up with a TimeoutError naming the
+// messages still pending.
+//
+// abort(origin) prints where the failure started on stderr and ends the whole job (MPI_Abort): every
+// process exits non-zero. Tags keep messages of different modules, chunks and payloads apart:
+//   tag = (chunk * max_modules + module) * 2 + payload     (payload: 0 activation, 1 gradient)
+// which must stay within the library's MPI_TAG_UB (at least 32767; 2^31-1 with Open MPI); a chunk or
+// module beyond the bound is a ConfigError.
+#pragma once
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "dualpipe/comm/communicator.hpp"
+#include "dualpipe/comm/mpi_session.hpp"
+
+namespace dualpipe {
+
+/// Knobs of an MpiCommunicator.
+struct MpiOptions {
+  int max_modules = 4;                   ///< Modules per rank the tags tell apart (DualPipe uses 2).
+  std::chrono::microseconds spin{200};   ///< A wait polls and yields this long before it starts to sleep.
+  std::chrono::microseconds sleep{50};   ///< Sleep between polls after the spin (keeps idle ranks off the CPU).
+};
+
+/// What a commit of an MpiCommunicator returns: the messages posted since the previous commit.
+class MpiCommitGroup {
+public:
+  /// An empty group (nothing to wait for).
+  MpiCommitGroup() = default;
+  MpiCommitGroup(MpiCommitGroup&& other) noexcept { *this = std::move(other); }
+  MpiCommitGroup& operator=(MpiCommitGroup&& other) noexcept;
+  MpiCommitGroup(const MpiCommitGroup&) = delete;
+  MpiCommitGroup& operator=(const MpiCommitGroup&) = delete;
+  /// Leaves what is still in flight to MPI (requests freed) when the group was not waited to the end.
+  ~MpiCommitGroup() { release(); }
+
+  /// Blocks until every message of the group is done. Throws TimeoutError after `timeout` naming the peers
+  /// and tags still pending; Error when a message's size differs from its receive buffer's (both named) or
+  /// an MPI call fails.
+  void wait(std::chrono::milliseconds timeout);
+
+  /// Messages in the group.
+  [[nodiscard]] std::size_t size() const noexcept { return _messages.size(); }
+  /// Whether every message of the group is done.
+  [[nodiscard]] bool done() const noexcept { return _pending == 0; }
+
+private:
+  friend class MpiCommunicator;
+
+  struct Message {
+    bool send = false;
+    int peer = 0;
+    MessageTag tag;
+    int mpi_tag = 0;
+    std::byte* data = nullptr;  // receive buffer (null for sends)
+    std::size_t bytes = 0;
+    bool matched = false;       // a send, or a receive whose message was probed and is being received
+  };
+
+  /// Probes the receives not matched yet and tests the requests in flight; true when all are done.
+  bool progress();
+  [[nodiscard]] std::string describe_pending(std::chrono::milliseconds timeout) const;
+  void release() noexcept;
+
+  MPI_Comm _comm = MPI_COMM_NULL;
+  int _rank = -1;
+  MpiOptions _options;
+  std::vector<Message> _messages;
+  std::vector<MPI_Request> _requests;  // one per message; MPI_REQUEST_NULL until a receive is matched
+  std::size_t _pending = 0;            // messages not done yet
+  std::size_t _unmatched = 0;          // receives not matched yet
+};
+
+/// A Communicator over MPI: pipeline ranks are the ranks of a duplicate of MPI_COMM_WORLD (or of the
+/// communicator given), one per process. Create it inside an MpiSession; creation is collective.
+class MpiCommunicator {
+public:
+  /// Duplicates `parent` (collective over it); its errors are returned to the library, which throws them.
+  /// Throws ConfigError when MPI is not initialized or the options are out of range.
+  explicit MpiCommunicator(MPI_Comm parent = MPI_COMM_WORLD, MpiOptions options = {});
+  /// Frees the duplicate.
+  ~MpiCommunicator();
+  MpiCommunicator(const MpiCommunicator&) = delete;
+  MpiCommunicator& operator=(const MpiCommunicator&) = delete;
+
+  /// This process's rank in the communicator.
+  [[nodiscard]] int rank() const noexcept { return _rank; }
+  /// The number of ranks (processes).
+  [[nodiscard]] int size() const noexcept { return _size; }
+  /// The underlying MPI communicator (the duplicate), for collectives of the program's own.
+  [[nodiscard]] MPI_Comm native() const noexcept { return _comm; }
+  /// The knobs it was made with.
+  [[nodiscard]] const MpiOptions& options() const noexcept { return _options; }
+
+  /// The MPI tag of a message tag. Throws ConfigError when the module or chunk does not fit the tag bound.
+  [[nodiscard]] int mpi_tag(MessageTag tag) const;
+  /// Chunks per module the tags can tell apart: a chunk index must stay below this.
+  [[nodiscard]] std::int64_t max_chunks() const noexcept;
+  /// Throws ConfigError when a step of `chunks` chunks could produce a tag beyond MPI_TAG_UB. Programs call
+  /// it before a step, so that every rank refuses the configuration before any message is sent.
+  void check_chunks(std::int64_t chunks) const;
+
+  /// Starts sending `bytes` to `peer` (MPI_Isend); the bytes stay valid and unchanged until the group is done.
+  /// Throws ConfigError for a peer out of range, a tag beyond the bound, or a message of 2 GiB or more.
+  void post_send(int peer, MessageTag tag, ConstBytes bytes);
+  /// Queues a receive of exactly `bytes.size()` bytes from `peer` into `bytes`. Same errors as post_send.
+  void post_recv(int peer, MessageTag tag, MutableBytes bytes);
+  /// Everything posted since the previous commit, as one group to wait on.
+  [[nodiscard]] MpiCommitGroup commit();
+  /// Prints where the failure started (rank, module, chunk, op, what) on stderr and ends the whole MPI job
+  /// (MPI_Abort): every process exits non-zero. Does not return.
+  [[noreturn]] void abort(const FailureOrigin& origin);
+  /// Drops the messages posted and not committed (after a failed step; their requests are freed).
+  void reset() noexcept { release_posted(); }
+
+  /// Rank `root` gets every rank's bytes, in rank order (collective; other ranks get an empty vector).
+  [[nodiscard]] std::vector<std::vector<std::byte>> gather(ConstBytes local, int root = 0) const;
+  /// Waits until every rank has arrived (collective).
+  void barrier() const;
+
+private:
+  void check_post(int peer, std::size_t bytes, const char* what) const;
+  void release_posted() noexcept;
+
+  MPI_Comm _comm = MPI_COMM_NULL;
+  int _rank = 0;
+  int _size = 1;
+  std::int64_t _tag_ub = 32767;
+  MpiOptions _options;
+  MpiCommitGroup _posted;  // messages posted since the previous commit
+};
+
+static_assert(check_communicator<MpiCommunicator>());
+
+// ---- Definitions --------------------------------------------------------------------------------------
+
+namespace detail {
+[[nodiscard]] inline const char* payload_name(Payload p) noexcept {
+  return p == Payload::activation ? "activation" : "gradient";
+}
+[[nodiscard]] inline std::string describe_tag(MessageTag tag) {
+  return "module " + std::to_string(tag.module) + ", chunk " + std::to_string(tag.chunk) + ", " +
+         payload_name(tag.payload);
+}
+}  // namespace detail
+
+inline MpiCommitGroup& MpiCommitGroup::operator=(MpiCommitGroup&& other) noexcept {
+  if (this != &other) {
+    release();
+    _comm = other._comm;
+    _rank = other._rank;
+    _options = other._options;
+    _messages = std::move(other._messages);
+    _requests = std::move(other._requests);
+    _pending = std::exchange(other._pending, 0);
+    _unmatched = std::exchange(other._unmatched, 0);
+    other._messages.clear();
+    other._requests.clear();
+  }
+  return *this;
+}
+
+inline bool MpiCommitGroup::progress() {
+  if (_unmatched > 0) {
+    // Receives with the same peer and tag must take the messages in post order (MPI keeps the messages of
+    // one sender and tag in order): a receive probes only when no earlier one of its peer and tag is waiting.
+    for (std::size_t i = 0; i < _messages.size(); ++i) {
+      Message& m = _messages[i];
+      if (m.send || m.matched) continue;
+      const auto same_and_waiting = [&m](const Message& e) {
+        return !e.send && !e.matched && e.peer == m.peer && e.mpi_tag == m.mpi_tag;
+      };
+      const bool earlier_waits =
+          std::any_of(_messages.begin(), _messages.begin() + static_cast<std::ptrdiff_t>(i), same_and_waiting);
+      if (earlier_waits) continue;
+      int found = 0;
+      MPI_Message handle = MPI_MESSAGE_NULL;
+      MPI_Status status;
+      detail::mpi_check(MPI_Improbe(m.peer, m.mpi_tag, _comm, &found, &handle, &status), "MPI_Improbe");
+      if (!found) continue;
+      int count = 0;
+      detail::mpi_check(MPI_Get_count(&status, MPI_BYTE, &count), "MPI_Get_count");
+      if (static_cast<std::size_t>(count) != m.bytes) {
+        // Take the message off the queue so that it cannot be matched by a later receive, then report.
+        std::vector<std::byte> scratch(static_cast<std::size_t>(count));
+        detail::mpi_check(MPI_Mrecv(scratch.data(), count, MPI_BYTE, &handle, MPI_STATUS_IGNORE), "MPI_Mrecv");
+        m.matched = true;
+        --_unmatched;
+        --_pending;
+        throw Error("message size mismatch on rank " + std::to_string(_rank) + ": the message from rank " +
+                    std::to_string(m.peer) + " (" + detail::describe_tag(m.tag) + "; MPI tag " +
+                    std::to_string(m.mpi_tag) + ") has " + std::to_string(count) +
+                    " bytes but the receive buffer has " + std::to_string(m.bytes) + " bytes");
+      }
+      detail::mpi_check(MPI_Imrecv(m.data, count, MPI_BYTE, &handle, &_requests[i]), "MPI_Imrecv");
+      m.matched = true;
+      --_unmatched;
+    }
+  }
+  int all_done = 0;
+  detail::mpi_check(MPI_Testall(static_cast<int>(_requests.size()), _requests.data(), &all_done,
+                                MPI_STATUSES_IGNORE),
+                    "MPI_Testall");
+  if (all_done && _unmatched == 0) {
+    _pending = 0;
+    return true;
+  }
+  return false;
+}
+
+inline void MpiCommitGroup::wait(std::chrono::milliseconds timeout) {
+  using clock = std::chrono::steady_clock;
+  if (_pending == 0) return;
+  const auto start = clock::now();
+  const auto deadline = start + timeout;
+  while (!progress()) {
+    const auto now = clock::now();
+    if (now >= deadline) {
+      std::string message = describe_pending(timeout);
+      release();
+      throw TimeoutError(message);
+    }
+    if (now - start < _options.spin) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(_options.sleep);
+    }
+  }
+}
+
+inline std::string MpiCommitGroup::describe_pending(std::chrono::milliseconds timeout) const {
+  // Which requests are still active (MPI_Testall leaves them all untouched when not all are done);
+  // MPI_Request_get_status asks without freeing them.
+  std::vector<int> done(_requests.size(), 0);
+  for (std::size_t i = 0; i < _requests.size(); ++i) {
+    if (_requests[i] == MPI_REQUEST_NULL) continue;
+    MPI_Request_get_status(_requests[i], &done[i], MPI_STATUS_IGNORE);
+  }
+  std::string text = "MPI wait timed out after " + std::to_string(timeout.count()) + " ms on rank " +
+                     std::to_string(_rank) + "; still pending:";
+  std::size_t pending = 0;
+  for (std::size_t i = 0; i < _messages.size(); ++i) {
+    const Message& m = _messages[i];
+    const bool finished = m.matched && (_requests[i] == MPI_REQUEST_NULL || done[i]);
+    if (finished) continue;
+    text += (pending++ ? "; " : " ");
+    text += (m.send ? "send to rank " : "receive from rank ") + std::to_string(m.peer) + " (" +
+            detail::describe_tag(m.tag) + ", " + std::to_string(m.bytes) + " bytes, MPI tag " +
+            std::to_string(m.mpi_tag) + (m.send || m.matched ? ", in flight)" : ", nothing arrived)");
+  }
+  return text;
+}
+
+inline void MpiCommitGroup::release() noexcept {
+  // Receives not matched yet have nothing to cancel. Requests in flight cannot be waited for (the peer may
+  // be gone): cancel what MPI can cancel and leave the rest to complete in the background.
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  for (MPI_Request& request : _requests) {
+    if (request == MPI_REQUEST_NULL || finalized) continue;
+    MPI_Cancel(&request);
+    MPI_Request_free(&request);
+  }
+  _requests.clear();
+  _messages.clear();
+  _pending = 0;
+  _unmatched = 0;
+}
+
+inline MpiCommunicator::MpiCommunicator(MPI_Comm parent, MpiOptions options) : _options(options) {
+  int initialized = 0;
+  detail::mpi_check(MPI_Initialized(&initialized), "MPI_Initialized");
+  if (!initialized) throw ConfigError("MpiCommunicator needs MPI to be initialized: create an MpiSession first");
+  if (options.max_modules < 1)
+    throw ConfigError("MpiOptions::max_modules must be at least 1, got " + std::to_string(options.max_modules));
+  detail::mpi_check(MPI_Comm_dup(parent, &_comm), "MPI_Comm_dup");
+  MPI_Comm_set_errhandler(_comm, MPI_ERRORS_RETURN);
+  detail::mpi_check(MPI_Comm_rank(_comm, &_rank), "MPI_Comm_rank");
+  detail::mpi_check(MPI_Comm_size(_comm, &_size), "MPI_Comm_size");
+  void* value = nullptr;
+  int flag = 0;
+  detail::mpi_check(MPI_Comm_get_attr(_comm, MPI_TAG_UB, &value, &flag), "MPI_Comm_get_attr(MPI_TAG_UB)");
+  if (flag && value) _tag_ub = *static_cast<int*>(value);
+  _posted._comm = _comm;
+  _posted._rank = _rank;
+  _posted._options = _options;
+}
+
+inline MpiCommunicator::~MpiCommunicator() {
+  release_posted();
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized && _comm != MPI_COMM_NULL) MPI_Comm_free(&_comm);
+}
+
+inline std::int64_t MpiCommunicator::max_chunks() const noexcept {
+  return (_tag_ub + 1) / (2 * static_cast<std::int64_t>(_options.max_modules));
+}
+
+inline void MpiCommunicator::check_chunks(std::int64_t chunks) const {
+  if (chunks > max_chunks())
+    throw ConfigError("MPI tags hold at most " + std::to_string(max_chunks()) + " chunks per module (MPI_TAG_UB " +
+                      std::to_string(_tag_ub) + ", " + std::to_string(_options.max_modules) +
+                      " modules, 2 payloads), got " + std::to_string(chunks) + " chunks");
+}
+
+inline int MpiCommunicator::mpi_tag(MessageTag tag) const {
+  if (tag.module < 0 || tag.module >= _options.max_modules)
+    throw ConfigError("MPI message tag: module must be in [0, " + std::to_string(_options.max_modules) +
+                      ") (MpiOptions::max_modules), got " + std::to_string(tag.module));
+  if (tag.chunk < 0 || tag.chunk >= max_chunks())
+    throw ConfigError("MPI message tag: chunk must be in [0, " + std::to_string(max_chunks()) +
+                      ") to fit MPI_TAG_UB " + std::to_string(_tag_ub) + ", got " + std::to_string(tag.chunk));
+  const std::int64_t value =
+      (static_cast<std::int64_t>(tag.chunk) * _options.max_modules + tag.module) * 2 +
+      (tag.payload == Payload::gradient ? 1 : 0);
+  return static_cast<int>(value);
+}
+
+inline void MpiCommunicator::check_post(int peer, std::size_t bytes, const char* what) const {
+  if (peer < 0 || peer >= _size)
+    throw ConfigError(std::string("MPI ") + what + ": peer must be in [0, " + std::to_string(_size) + "), got " +
+                      std::to_string(peer));
+  if (bytes > static_cast<std::size_t>(INT_MAX))
+    throw ConfigError(std::string("MPI ") + what + ": a message must be under 2 GiB (" + std::to_string(INT_MAX) +
+                      " bytes), got " + std::to_string(bytes));
+}
+
+inline void MpiCommunicator::post_send(int peer, MessageTag tag, ConstBytes bytes) {
+  check_post(peer, bytes.size(), "post_send");
+  MpiCommitGroup::Message m;
+  m.send = true;
+  m.peer = peer;
+  m.tag = tag;
+  m.mpi_tag = mpi_tag(tag);
+  m.bytes = bytes.size();
+  m.matched = true;
+  MPI_Request request = MPI_REQUEST_NULL;
+  detail::mpi_check(MPI_Isend(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, peer, m.mpi_tag, _comm,
+                              &request),
+                    "MPI_Isend");
+  _posted._messages.push_back(m);
+  _posted._requests.push_back(request);
+  ++_posted._pending;
+}
+
+inline void MpiCommunicator::post_recv(int peer, MessageTag tag, MutableBytes bytes) {
+  check_post(peer, bytes.size(), "post_recv");
+  MpiCommitGroup::Message m;
+  m.peer = peer;
+  m.tag = tag;
+  m.mpi_tag = mpi_tag(tag);
+  m.data = bytes.data();
+  m.bytes = bytes.size();
+  _posted._messages.push_back(m);
+  _posted._requests.push_back(MPI_REQUEST_NULL);
+  ++_posted._pending;
+  ++_posted._unmatched;
+}
+
+inline MpiCommitGroup MpiCommunicator::commit() {
+  MpiCommitGroup group = std::move(_posted);
+  _posted._comm = _comm;
+  _posted._rank = _rank;
+  _posted._options = _options;
+  return group;
+}
+
+inline void MpiCommunicator::abort(const FailureOrigin& origin) {
+  std::fprintf(stderr, "dualpipe: rank %d aborts the MPI job: failure on %s\n", _rank, origin.describe().c_str());
+  std::fflush(stderr);
+  MPI_Abort(MPI_COMM_WORLD, 1);
+  std::abort();  // MPI_Abort does not return; should it, the process must still end
+}
+
+inline std::vector<std::vector<std::byte>> MpiCommunicator::gather(ConstBytes local, int root) const {
+  if (root < 0 || root >= _size)
+    throw ConfigError("MPI gather: root must be in [0, " + std::to_string(_size) + "), got " + std::to_string(root));
+  if (local.size() > static_cast<std::size_t>(INT_MAX))
+    throw ConfigError("MPI gather: at most " + std::to_string(INT_MAX) + " bytes per rank, got " +
+                      std::to_string(local.size()));
+  const int count = static_cast<int>(local.size());
+  std::vector<int> counts(root == _rank ? static_cast<std::size_t>(_size) : 0);
+  detail::mpi_check(MPI_Gather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, root, _comm), "MPI_Gather");
+  std::vector<int> offsets(counts.size());
+  std::int64_t total = 0;
+  for (std::size_t r = 0; r < counts.size(); ++r) {
+    offsets[r] = static_cast<int>(total);
+    total += counts[r];
+  }
+  if (total > INT_MAX)
+    throw Error("MPI gather: " + std::to_string(total) + " bytes in all is more than one gather can carry");
+  std::vector<std::byte> all(static_cast<std::size_t>(total));
+  detail::mpi_check(MPI_Gatherv(local.data(), count, MPI_BYTE, all.data(), counts.data(), offsets.data(), MPI_BYTE,
+                                root, _comm),
+                    "MPI_Gatherv");
+  std::vector<std::vector<std::byte>> per_rank(counts.size());
+  for (std::size_t r = 0; r < counts.size(); ++r)
+    per_rank[r].assign(all.begin() + offsets[r], all.begin() + offsets[r] + counts[r]);
+  return per_rank;
+}
+
+inline void MpiCommunicator::barrier() const { detail::mpi_check(MPI_Barrier(_comm), "MPI_Barrier"); }
+
+inline void MpiCommunicator::release_posted() noexcept { _posted.release(); }
+
+}  // namespace dualpipe

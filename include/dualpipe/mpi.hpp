@@ -1,0 +1,7 @@
+// dualpipe/mpi.hpp: the opt-in MPI part of the library (link dualpipe::mpi). One pipeline rank per process:
+// MpiSession (MPI_Init_thread / MPI_Finalize guard) and MpiCommunicator (the Communicator model over MPI).
+// The umbrella dualpipe/dualpipe.hpp does not include it, so programs without MPI never see mpi.h.
+#pragma once
+
+#include "dualpipe/comm/mpi_communicator.hpp"
+#include "dualpipe/comm/mpi_session.hpp"

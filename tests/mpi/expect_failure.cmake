@@ -1,0 +1,21 @@
+# Runs an MPI job that must fail, and checks that it ends (no rank left hanging), non-zero, with its
+# output matching EXPECT. Usage:
+#   cmake -DCOMMAND="mpiexec;-n;4;...;prog;args" -DEXPECT=<regex> -DLIMIT=<seconds> -P expect_failure.cmake
+if(NOT DEFINED LIMIT)
+  set(LIMIT 60)
+endif()
+string(TIMESTAMP start "%s")
+execute_process(COMMAND ${COMMAND} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT ${LIMIT})
+string(TIMESTAMP end "%s")
+math(EXPR seconds "${end} - ${start}")
+message("exit: '${rc}' after ${seconds} s\n--- stdout\n${out}\n--- stderr\n${err}")
+if(rc MATCHES "timeout")
+  message(FATAL_ERROR "the job did not end within ${LIMIT} s: some rank was left hanging")
+endif()
+if(rc STREQUAL "0")
+  message(FATAL_ERROR "the job exited 0, but a rank failed: it must exit non-zero")
+endif()
+if(DEFINED EXPECT AND NOT "${out}${err}" MATCHES "${EXPECT}")
+  message(FATAL_ERROR "the job's output does not match '${EXPECT}'")
+endif()
+message("ok: the job ended non-zero (${rc}) within ${LIMIT} s and its output matches '${EXPECT}'")
