@@ -6,6 +6,7 @@
 //   dualpipe-schedule --compare --ranks P --chunks C [--costs ...] [--model ...]
 //
 // Bad arguments: exit code 2, one line on stderr, nothing on stdout.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -70,11 +71,22 @@ int parse_int(std::string_view flag, std::string_view text) {
   }
 }
 
+// Beyond these a step's op lists would not fit in memory; refuse them instead of dying of bad_alloc.
+constexpr int max_ranks = 4096;
+constexpr int max_chunks = 1 << 20;
+constexpr long long max_rank_chunks = 1LL << 24;  // ranks x chunks: about 14 ops each
+
 Args parse_args(int argc, char** argv) {
   Args a;
   bool have_ranks = false, have_chunks = false;
+  std::vector<std::string_view> seen;
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
+    if (arg.starts_with("--") && arg != "--help") {
+      if (std::find(seen.begin(), seen.end(), arg) != seen.end())
+        throw UsageError{std::string(arg) + " given twice"};
+      seen.push_back(arg);
+    }
     auto value = [&]() -> std::string_view {
       if (i + 1 >= argc) throw UsageError{std::string(arg) + " needs a value"};
       return argv[++i];
@@ -96,6 +108,16 @@ Args parse_args(int argc, char** argv) {
   if (!have_ranks) throw UsageError{"--ranks P is required"};
   if (!have_chunks) throw UsageError{"--chunks C is required"};
   if (a.compare && a.schedule) throw UsageError{"--compare and --schedule exclude each other"};
+  if (a.compare && (a.forward_only || a.format != "trace"))
+    throw UsageError{"--compare prints its own table: --format and --forward-only do not apply"};
+  if (a.ranks < 1) throw UsageError{"ranks must be at least 1 (got ranks=" + std::to_string(a.ranks) + ")"};
+  if (a.chunks < 1) throw UsageError{"chunks must be at least 1 (got chunks=" + std::to_string(a.chunks) + ")"};
+  if (a.ranks > max_ranks || a.chunks > max_chunks ||
+      static_cast<long long>(a.ranks) * a.chunks > max_rank_chunks)
+    throw UsageError{"ranks x chunks too large for one program run (got ranks=" + std::to_string(a.ranks) +
+                     ", chunks=" + std::to_string(a.chunks) + "; limits: ranks <= " + std::to_string(max_ranks) +
+                     ", chunks <= " + std::to_string(max_chunks) + ", ranks x chunks <= " +
+                     std::to_string(max_rank_chunks) + ")"};
   if (!a.compare && !a.schedule) throw UsageError{"--schedule NAME (or --compare) is required"};
   if (a.format != "trace" && a.format != "grid" && a.format != "svg" && a.format != "chrome" &&
       a.format != "summary")
@@ -168,7 +190,6 @@ int run(const Args& a) {
   const CommModel model = parse_comm_model(a.model);
   std::string text;
   if (a.compare) {
-    if (a.ranks < 1) throw ConfigError("--ranks must be at least 1 (got ranks=" + std::to_string(a.ranks) + ")");
     text = compare_text(a.ranks, a.chunks, costs, model);
   } else {
     const ScheduleKind kind = parse_schedule_kind(*a.schedule);

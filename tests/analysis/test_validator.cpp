@@ -332,3 +332,11 @@ TEST_CASE("Validator.UnknownScheduleIsAConfigError") {
   t.schedule = "nope";
   CHECK_THROWS_AS((void)validate(t), ConfigError);
 }
+
+TEST_CASE("Validator.Break.OverlapOfOneChunk") {
+  // Rank 0 of DualPipeV 1x2 runs "FB1.1/0.0"; make both halves chunk 1 of module 1.
+  Trace t = make_trace<DualPipeV>(1, 2);
+  const int i = find(t, 0, "FB1.1/0.0");
+  replace_at(t, 0, i, "FB1.1/1.1");
+  expect_failure(t, ValidationRule::overlap_of_one_chunk, 0, i);
+}

@@ -71,7 +71,11 @@ set(bad_cases
   "--schedule 1f1b --ranks 4 --chunks 8 --model magic|magic"
   "--schedule 1f1b --ranks 4 --chunks 8 --costs F=-1|F"
   "--schedule 1f1b --ranks 4 --chunks 8 --costs Q=1|Q"
-  "--bogus|unknown argument '--bogus'")
+  "--bogus|unknown argument '--bogus'"
+  "--compare --ranks 4 --chunks 0|chunks must be at least 1"
+  "--compare --ranks 4 --chunks 8 --format svg|--compare prints its own table"
+  "--schedule dualpipe --ranks 2000000000 --chunks 4|too large"
+  "--schedule 1f1b --schedule gpipe --ranks 4 --chunks 8|--schedule given twice")
 foreach(case IN LISTS bad_cases)
   string(FIND "${case}" "|" bar)
   string(SUBSTRING "${case}" 0 ${bar} cmdline)

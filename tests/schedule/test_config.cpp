@@ -84,3 +84,11 @@ TEST_CASE("Placement.DualPipeVTurnsLocallyOnTheLastRank") {
   CHECK(DualPipeV::placement(3, 6, 0, 1).is_last_stage());
   CHECK(DualPipeV::placement(1, 2, 0, 0).is_first_stage());
 }
+
+TEST_CASE("Config.HugeRankCountsDoNotOverflowTheRule") {
+  // 2 * ranks would overflow int here and let the configuration through.
+  CHECK(contains(config_message([] { DualPipe::check(2'000'000'000, 4); }), "at least 2 * ranks"));
+  CHECK(contains(config_message([] { DualPipeV::check(1'500'000'000, 4); }), "at least 2 * ranks"));
+  CHECK_NOTHROW(DualPipeV::check(3, 6));
+  CHECK(contains(config_message([] { DualPipeV::check(3, 5); }), "chunks=5"));
+}

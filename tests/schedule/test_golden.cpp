@@ -40,16 +40,31 @@ TEST_CASE("Golden.EveryConfigurationIsCovered") {
 }
 
 // Computed by the compiler: the schedules are usable in constant expressions.
-constexpr std::size_t ops_on_rank(int rank) { return DualPipe::ops(8, 20, rank).size(); }
+struct HalfCounts {
+  int forwards = 0, backwards = 0, deferred = 0, weights = 0;
+};
+constexpr HalfCounts count_halves(int rank) {
+  HalfCounts n;
+  for (const Op& op : DualPipe::ops(8, 20, rank)) {
+    n.forwards += op.has_forward();
+    n.backwards += op.has_backward();
+    n.deferred += op.kind == OpKind::backward_input;
+    n.weights += op.kind == OpKind::weight;
+  }
+  return n;
+}
 constexpr int compute_ops_on_rank(int rank) {
   int n = 0;
   for (const Op& op : DualPipe::ops(8, 20, rank))
     if (is_compute(op.kind)) ++n;
   return n;
 }
-// Every rank of DualPipe 8x20 runs 10 forwards and 10 backwards per module; FB pairs count once.
-static_assert(DualPipeV::ops(1, 2, 0).size() == 8);
-static_assert(ops_on_rank(0) > 0 && ops_on_rank(0) == DualPipe::ops(8, 20, 0).size());
+// DualPipe 8x20: every rank forwards and backwards its 10 chunks of each module (20 halves each), and
+// runs one W per deferred backward.
+static_assert(count_halves(0).forwards == 20 && count_halves(0).backwards == 20);
+static_assert(count_halves(3).forwards == 20 && count_halves(3).backwards == 20);
+static_assert(count_halves(0).deferred == count_halves(0).weights && count_halves(0).weights > 0);
+static_assert(DualPipeV::ops(1, 2, 0).size() == 8);  // "F0.0 F1.0 F0.1 B1.0 FB1.1/0.0 B1.1 B0.1w W"
 
 TEST_CASE("Golden.ConstexprAgreesWithRuntime") {
   constexpr int c0 = compute_ops_on_rank(0);

@@ -53,3 +53,8 @@ TEST_CASE("Trace.ParseErrorsNameTheTokenAndPosition") {
   CHECK_THROWS_AS((void)parse_trace("# dualpipe ranks=1 chunks=4 mode=fast\nrank 0: F0.0\n"), TraceParseError);
   CHECK_THROWS_AS((void)parse_trace("# dualpipe ranks=1 chunks=4 mode=train\nrank 1: F0.0\n"), TraceParseError);
 }
+
+TEST_CASE("Trace.ModuleIndexMustFitTheIR") {
+  CHECK(parse_token("F32767.1") == Op::F(32767, 1));
+  CHECK_THROWS_AS((void)parse_token("F70000.1"), TraceParseError);  // would wrap to 4464
+}

@@ -65,12 +65,14 @@ enum class ValidationRule : std::uint8_t {
   leftover_deferred_group,        ///< Deferred weight groups still stored at the end.
   missing_send,                   ///< A chunk with a remote consumer (producer) never sent (its gradient).
   deadlock,                       ///< No rank can progress under the commit-rendezvous model.
+  overlap_of_one_chunk,           ///< An FB whose forward and backward halves are the same (module, chunk).
 };
 
 /// The rule's name, e.g. "forward_before_receive".
 [[nodiscard]] constexpr std::string_view to_string(ValidationRule r) noexcept {
   switch (r) {
     case ValidationRule::none: return "none";
+    case ValidationRule::overlap_of_one_chunk: return "overlap_of_one_chunk";
     case ValidationRule::malformed_trace: return "malformed_trace";
     case ValidationRule::op_out_of_range: return "op_out_of_range";
     case ValidationRule::not_in_forward_mode: return "not_in_forward_mode";
@@ -269,6 +271,11 @@ private:
           return fail(ValidationRule::op_out_of_range, r, i, range_message(r, o.module, o.chunk));
         if (o.kind == OpKind::forward_backward && !in_range(r, o.module1, o.chunk1))
           return fail(ValidationRule::op_out_of_range, r, i, range_message(r, o.module1, o.chunk1));
+        // A chunk's backward needs its own forward finished: the two halves of an FB cannot be one chunk.
+        if (o.kind == OpKind::forward_backward && o.module == o.module1 && o.chunk == o.chunk1)
+          return fail(ValidationRule::overlap_of_one_chunk, r, i,
+                      "FB overlaps the forward and the backward of the same chunk " + std::to_string(o.chunk) +
+                          " of module " + std::to_string(o.module));
         if (!is_post(o.kind)) continue;
         const ModulePlacement& p = _ix.at(r, o.module);
         const bool towards_next = o.kind == OpKind::send_activation || o.kind == OpKind::recv_gradient;

@@ -108,6 +108,7 @@ struct TokenCursor {
   }
   void module_chunk(int& m, int& c) {
     m = number("module index");
+    if (m > 32767) fail("module index " + std::to_string(m) + " is larger than 32767");
     if (!eat('.')) fail("expected '.' between module and chunk");
     c = number("chunk index");
   }

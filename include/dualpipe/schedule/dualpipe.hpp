@@ -25,7 +25,7 @@ struct DualPipe {
       detail::config_fail(name, "ranks must be even (got ranks=" + std::to_string(ranks) + ")");
     if (chunks % 2 != 0)
       detail::config_fail(name, "chunks must be even (got chunks=" + std::to_string(chunks) + ")");
-    if (chunks < 2 * ranks)
+    if (chunks / 2 < ranks)  // not 2 * ranks: that overflows for huge P
       detail::config_fail(name, "chunks must be at least 2 * ranks (got chunks=" + std::to_string(chunks) +
                                     ", ranks=" + std::to_string(ranks) + ")");
   }

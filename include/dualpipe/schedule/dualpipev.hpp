@@ -21,7 +21,7 @@ struct DualPipeV {
   /// Throws ConfigError unless P >= 1, C >= 1 and C >= 2P.
   static constexpr void check(int ranks, int chunks) {
     detail::check_ranks_chunks(name, ranks, chunks);
-    if (chunks < 2 * ranks)
+    if (chunks / 2 < ranks)  // not 2 * ranks: that overflows for huge P
       detail::config_fail(name, "chunks must be at least 2 * ranks (got chunks=" + std::to_string(chunks) +
                                     ", ranks=" + std::to_string(ranks) + ")");
   }
