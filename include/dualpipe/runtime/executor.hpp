@@ -164,6 +164,7 @@ public:
     }
     _label_bytes = step.labels.size() / static_cast<std::size_t>(prog.plan.chunks);
     _recorder.begin(result.spans, prog.plan.compute_ops + prog.plan.commit_ops, step.record_timeline);
+    result.clock_start = _recorder.origin_seconds();  // a device with its own clock may change it at the end
     std::size_t i = 0;
     try {
       if (_device.begin_step(prog.plan, step)) {
@@ -176,7 +177,6 @@ public:
       fail(i);
     }
     result.peak_buffers_in_use = prog.buffers.peak();
-    result.clock_start = _recorder.origin_seconds();
     result.step_seconds = std::chrono::duration<double>(Recorder::clock::now() - _recorder.origin()).count();
   }
 
