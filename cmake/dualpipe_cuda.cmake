@@ -110,19 +110,20 @@ function(dualpipe_cuda_target target)
     $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra --Werror=all-warnings>)
 endfunction()
 
-# dualpipe_mpi_target(<out-var>): the MPI target our NCCL bootstrap test and example may use: dualpipe::mpi
-# when the build defines it, else MPI::MPI_C when MPI is found; empty otherwise. Call it late (from the
-# folders of tests and examples), so that a dualpipe::mpi defined anywhere in the build is seen.
+# dualpipe_mpi_target(<out-var>): the MPI target our NCCL bootstrap example may use: dualpipe::mpi when the
+# build defines it, else MPI::MPI_CXX when MPI is found (the CXX component: this project enables no C
+# language; only MPI's C API is called); empty otherwise. Call it late (from the folders of tests and
+# examples), so that a dualpipe::mpi defined anywhere in the build is seen.
 function(dualpipe_mpi_target out)
   if(TARGET dualpipe::mpi)
     set(${out} dualpipe::mpi PARENT_SCOPE)
     return()
   endif()
-  if(NOT MPI_C_FOUND)
-    find_package(MPI QUIET COMPONENTS C)
+  if(NOT TARGET MPI::MPI_CXX)
+    find_package(MPI QUIET COMPONENTS CXX)
   endif()
-  if(MPI_C_FOUND)
-    set(${out} MPI::MPI_C PARENT_SCOPE)
+  if(TARGET MPI::MPI_CXX)
+    set(${out} MPI::MPI_CXX PARENT_SCOPE)
   else()
     set(${out} "" PARENT_SCOPE)
   endif()
