@@ -176,8 +176,16 @@ Report run_local(const Options& o) {
   if (ranks < 1) throw ConfigError(std::string(Schedule::name) + ": --ranks " + std::to_string(o.ranks) + " gives no rank");
   RunConfig rc = run_config(o, ranks, "cuda-local");
   const Layout layout = make_layout<Schedule>(ranks, o.chunks);
-  const Batches batches(o.model, o.chunks, o.steps);
-  const SequentialRun seq = run_sequential(o.model, layout.stages, o.chunks, o.steps, o.lr, batches);
+  if (o.devices > cuda_device_count())
+    throw ConfigError("--devices " + std::to_string(o.devices) + ": this machine has " +
+                      std::to_string(cuda_device_count()) + " CUDA devices");
+  // The batch on every device a rank sits on (a stage reads its chunk's labels in a kernel).
+  std::vector<std::unique_ptr<Batches>> batches;
+  for (int d = 0; d < o.devices; ++d) {
+    DeviceGuard on(d);
+    batches.push_back(std::make_unique<Batches>(o.model, o.chunks, o.steps));
+  }
+  const SequentialRun seq = run_sequential(o.model, layout.stages, o.chunks, o.steps, o.lr, *batches[0]);
   std::vector<int> devices(static_cast<std::size_t>(ranks));
   for (int r = 0; r < ranks; ++r) devices[static_cast<std::size_t>(r)] = r % o.devices;
   CudaLocalWorld world(devices);
@@ -189,11 +197,18 @@ Report run_local(const Options& o) {
   std::vector<std::vector<double>> all(static_cast<std::size_t>(ranks));
   std::vector<StepResult> last(static_cast<std::size_t>(ranks));
   run_ranks(ranks, [&](int r) {
-    DUALPIPE_CUDA_CHECK(cudaSetDevice(devices[static_cast<std::size_t>(r)]));
+    const int d = devices[static_cast<std::size_t>(r)];
+    DUALPIPE_CUDA_CHECK(cudaSetDevice(d));
     auto& comm = world.communicator(r);
-    all[static_cast<std::size_t>(r)] =
-        o.hook ? run_rank<Schedule, MlpHookStage>(comm, rc, layout, seq, batches, &last[static_cast<std::size_t>(r)])
-               : run_rank<Schedule, MlpStage>(comm, rc, layout, seq, batches, &last[static_cast<std::size_t>(r)]);
+    const Batches& b = *batches[static_cast<std::size_t>(d)];
+    StepResult* l = &last[static_cast<std::size_t>(r)];
+    auto& out = all[static_cast<std::size_t>(r)];
+    if (o.devices == 1)
+      out = o.hook ? run_rank<Schedule, MlpHookStage>(comm, rc, layout, seq, b, l)
+                   : run_rank<Schedule, MlpStage>(comm, rc, layout, seq, b, l);
+    else  // peers' copies read the chunk buffers: cudaMalloc memory (a default memory pool is not shared)
+      out = o.hook ? run_rank<Schedule, MlpHookStage, CudaLocalCommunicator, BasicCudaDevice<SyncAllocator>>(comm, rc, layout, seq, b, l)
+                   : run_rank<Schedule, MlpStage, CudaLocalCommunicator, BasicCudaDevice<SyncAllocator>>(comm, rc, layout, seq, b, l);
   });
   Report rep = build_report(rc, std::string(Schedule::name), layout, seq, all);
   if (rc.gpu_timeline) rep.bubble = merge_timelines(rep.schedule, o.chunks, Mode::train, last).bubble_ratio();

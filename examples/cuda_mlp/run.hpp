@@ -92,7 +92,9 @@ struct Report {
 }
 
 /// One rank's whole run; returns its summary (see Summary) and, through `last`, its last StepResult.
-template <class Schedule, class StageT, class Comm>
+/// `Device` is the device policy (BasicCudaDevice<SyncAllocator> when ranks sit on several GPUs, so that the
+/// chunk buffers are cudaMalloc memory the peer copies can read).
+template <class Schedule, class StageT, class Comm, class Device = dualpipe::CudaDevice>
 std::vector<double> run_rank(Comm& comm, const RunConfig& rc, const Layout& layout, const SequentialRun& seq,
                              const Batches& batches, dualpipe::StepResult* last = nullptr) {
   using namespace dualpipe;
@@ -121,7 +123,7 @@ std::vector<double> run_rank(Comm& comm, const RunConfig& rc, const Layout& layo
   CudaDeviceOptions dopt;
   dopt.gpu_timeline = rc.gpu_timeline;
   dopt.timeline_epoch = rc.epoch;
-  Pipeline<Schedule, Comm, StageT, CudaDevice> pipe(comm, ptrs, po, CudaDevice(dopt));
+  Pipeline<Schedule, Comm, StageT, Device> pipe(comm, ptrs, po, Device(dopt));
   const StreamRef main = pipe.device().main_stream();
 
   // Modules in stage order: the gradient exchange posts in this order on both copies (NCCL matches by order).
