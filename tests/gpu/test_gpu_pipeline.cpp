@@ -280,7 +280,7 @@ TEST_CASE("Gpu.Pipeline.StreamsOfEachCall" * doctest::timeout(300)) {
         if (std::find(streams.begin(), streams.end(), c.stream) == streams.end()) streams.push_back(c.stream);
         if (c.kind == 'H') ++hooks;
       }
-      CHECK(streams.size() == 2);  // main and second, nothing else
+      CHECK(streams.size() <= 2);  // main and (for FB backward halves) second, nothing else
       // Forwards and losses always run on the first stream the rank used (main); so do W ops.
       void* main = calls.front().stream;
       for (const Call& c : calls)
