@@ -18,6 +18,7 @@
 #include "dualpipe/core/trace.hpp"
 #include "dualpipe/runtime/chunk_buffers.hpp"
 #include "dualpipe/runtime/chunk_queue.hpp"
+#include "dualpipe/runtime/device.hpp"
 #include "dualpipe/runtime/executor.hpp"
 #include "dualpipe/runtime/pipeline.hpp"
 #include "dualpipe/runtime/plan.hpp"

@@ -55,8 +55,10 @@ class ChunkBuffers {
 public:
   ChunkBuffers() = default;
 
-  /// Pools for each module as `modules` describes; `pending_capacity` bounds the sends of one group.
-  ChunkBuffers(Mode mode, const std::vector<ModuleBuffersSpec>& modules, std::size_t pending_capacity)
+  /// Pools for each module as `modules` describes; `pending_capacity` bounds the sends of one group. The
+  /// slots are host memory, or `memory`'s (a device policy's) when given.
+  ChunkBuffers(Mode mode, const std::vector<ModuleBuffersSpec>& modules, std::size_t pending_capacity,
+               SlotMemory* memory = nullptr)
       : _mode(mode), _pending(pending_capacity) {
     _modules.reserve(modules.size());
     for (std::size_t m = 0; m < modules.size(); ++m) {
@@ -69,7 +71,7 @@ public:
         const bool input_side = kind == BufferKind::input || kind == BufferKind::input_grad;
         mod.pools[static_cast<std::size_t>(k)] =
             ChunkPool("module " + std::to_string(m) + " " + to_string(kind), s.capacity[static_cast<std::size_t>(k)],
-                      input_side ? s.input_bytes : s.output_bytes, chunks);
+                      input_side ? s.input_bytes : s.output_bytes, chunks, memory);
       }
       _modules.push_back(std::move(mod));
     }

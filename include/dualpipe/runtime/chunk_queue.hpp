@@ -4,7 +4,8 @@
 // equal slots, allocated once; a chunk takes a slot when the first op that needs its buffer runs and gives
 // it back when the last one is done. The capacity comes from the schedule's peak in-flight count (a dry
 // run of the op list), so the steady state allocates nothing; running out of slots is an error, never a
-// silent allocation.
+// silent allocation. The slots are host memory unless a SlotMemory (a device policy's, e.g. CUDA device
+// memory) provides them.
 #pragma once
 
 #include <cstddef>
@@ -18,6 +19,16 @@
 
 namespace dualpipe {
 
+/// Where the slots of a pool live when they are not host memory (a device policy provides one). Called
+/// only while a step's buffers are built (never during a step).
+class SlotMemory {
+public:
+  virtual ~SlotMemory() = default;
+  /// Storage for `slots` slots of `stride` bytes each (stride is a multiple of ChunkPool::alignment),
+  /// alive as long as this object. Never null; throws on failure.
+  virtual std::byte* allocate_slots(std::size_t stride, std::size_t slots) = 0;
+};
+
 /// Fixed-capacity pool of equal byte buffers, each lent to one module-local chunk at a time.
 class ChunkPool {
 public:
@@ -28,13 +39,19 @@ public:
   ChunkPool() = default;
 
   /// `capacity` slots of `slot_bytes` bytes for chunks 0..chunks-1; `name` appears in error messages.
-  /// Allocates here, once.
-  ChunkPool(std::string name, std::size_t capacity, std::size_t slot_bytes, int chunks)
+  /// Allocates here, once: host memory, or `memory`'s when given (not owned; it owns what it hands out).
+  ChunkPool(std::string name, std::size_t capacity, std::size_t slot_bytes, int chunks, SlotMemory* memory = nullptr)
       : _name(std::move(name)), _capacity(capacity), _slot_bytes(slot_bytes),
         _stride((slot_bytes + alignment - 1) / alignment * alignment), _free(capacity),
         _slot_of(static_cast<std::size_t>(chunks < 0 ? 0 : chunks), -1) {
-    if (_stride * _capacity > 0)
-      _storage.reset(static_cast<std::byte*>(::operator new(_stride * _capacity, std::align_val_t{alignment})));
+    if (_stride * _capacity > 0) {
+      if (memory) {
+        _base = memory->allocate_slots(_stride, _capacity);
+      } else {
+        _storage.reset(static_cast<std::byte*>(::operator new(_stride * _capacity, std::align_val_t{alignment})));
+        _base = _storage.get();
+      }
+    }
     reset();
   }
 
@@ -95,6 +112,8 @@ public:
   [[nodiscard]] std::size_t slot_bytes() const noexcept { return _slot_bytes; }
   /// Chunks the pool can be asked about (0..chunks()-1).
   [[nodiscard]] int chunks() const noexcept { return static_cast<int>(_slot_of.size()); }
+  /// Bytes from one slot's start to the next's (slot_bytes rounded up to the alignment).
+  [[nodiscard]] std::size_t stride() const noexcept { return _stride; }
   /// The name used in error messages.
   [[nodiscard]] const std::string& name() const noexcept { return _name; }
 
@@ -110,15 +129,16 @@ private:
     return _slot_of[static_cast<std::size_t>(chunk)];
   }
   [[nodiscard]] MutableBytes bytes_of(int slot) const noexcept {
-    if (!_storage) return {};
-    return {_storage.get() + static_cast<std::size_t>(slot) * _stride, _slot_bytes};
+    if (!_base) return {};
+    return {_base + static_cast<std::size_t>(slot) * _stride, _slot_bytes};
   }
 
   std::string _name;
   std::size_t _capacity = 0;
   std::size_t _slot_bytes = 0;
   std::size_t _stride = 0;
-  std::unique_ptr<std::byte[], AlignedDelete> _storage;
+  std::unique_ptr<std::byte[], AlignedDelete> _storage;  // host slots (when no SlotMemory was given)
+  std::byte* _base = nullptr;                             // first slot: _storage or the SlotMemory's
   std::vector<int> _free;     // stack of free slots; _free[0.._free_top) are free
   std::size_t _free_top = 0;
   std::vector<int> _slot_of;  // chunk -> slot, -1 when none

@@ -12,6 +12,9 @@
 // Where data comes from and goes to is the schedule's placement (schedule/placement.hpp) and nothing else;
 // the buffers are chunk_buffers.hpp's. A failure anywhere aborts the communicator, so that every rank's
 // step ends with a StepError naming where it started (rank, module, chunk, op token).
+// The Device policy (runtime/device.hpp; HostDevice by default, whose hooks do nothing) is told about every
+// compute op, buffer use, post and commit, so that a GPU device can order them with streams and events
+// instead of host waits; it also says where buffers live and which stream a stage computes on.
 #pragma once
 
 #include <array>
@@ -32,6 +35,7 @@
 #include "dualpipe/core/op.hpp"
 #include "dualpipe/core/trace.hpp"
 #include "dualpipe/runtime/chunk_buffers.hpp"
+#include "dualpipe/runtime/device.hpp"
 #include "dualpipe/runtime/plan.hpp"
 #include "dualpipe/runtime/recorder.hpp"
 #include "dualpipe/runtime/stage.hpp"
@@ -84,18 +88,25 @@ struct SizingStage {
 };
 }  // namespace detail
 
-/// Runs one rank's op lists against `Modules` stages and a communicator.
-template <Communicator Comm, Stage S, std::size_t Modules>
+/// Runs one rank's op lists against `Modules` stages, a communicator and a device policy.
+template <Communicator Comm, Stage S, std::size_t Modules, DevicePolicy Device = HostDevice>
 class Executor {
 public:
   /// `stages[m]` computes module m (not owned, never null); `comm_rank_of[p]` is the communicator rank of
-  /// pipeline rank p; `rank` is this rank's pipeline rank.
-  Executor(Comm& comm, std::array<S*, Modules> stages, std::vector<int> comm_rank_of, int rank)
-      : _comm(comm), _stages(stages), _comm_rank_of(std::move(comm_rank_of)), _rank(rank) {}
+  /// pipeline rank p; `rank` is this rank's pipeline rank; `device` is owned. A device with
+  /// `attach(comm)` is attached to the communicator here (a CUDA device takes its communication stream).
+  Executor(Comm& comm, std::array<S*, Modules> stages, std::vector<int> comm_rank_of, int rank,
+           Device device = Device())
+      : _comm(comm), _stages(stages), _comm_rank_of(std::move(comm_rank_of)), _rank(rank), _device(std::move(device)) {
+    if constexpr (requires { _device.attach(comm); }) _device.attach(comm);
+  }
+
+  /// The device policy.
+  [[nodiscard]] Device& device() noexcept { return _device; }
 
   /// Sizes `plan` (a dry run of its ops) and builds the buffers for this executor's stages. Throws
   /// ConfigError when the plan does not fit the stages (a local hand-off between different sizes).
-  [[nodiscard]] StepProgram prepare(RankPlan plan) const {
+  [[nodiscard]] StepProgram prepare(RankPlan plan) {
     size_plan(plan);
     StepProgram prog;
     std::vector<ModuleBuffersSpec> specs;
@@ -114,7 +125,7 @@ public:
       }
       specs.push_back(s);
     }
-    prog.buffers = ChunkBuffers(plan.mode, specs, plan.pending_capacity);
+    prog.buffers = ChunkBuffers(plan.mode, specs, plan.pending_capacity, _device.slot_memory());
     prog.fifo.set_capacity(plan.weight_fifo_capacity);
     prog.output_offset.assign(static_cast<std::size_t>(plan.chunks), 0);
     for (int b : plan.output_chunks) {
@@ -147,20 +158,25 @@ public:
       ctx.is_last_stage = p.is_last_stage();
       ctx.mode = prog.plan.mode;
       ctx.loss_scale = step.loss_scale;
+      ctx.stream = _device.stream(ComputeLane::main);
       _offset[m] = p.chunk_offset;
       _input_bytes[m] = _stages[m]->input_bytes();
     }
     _label_bytes = step.labels.size() / static_cast<std::size_t>(prog.plan.chunks);
     _recorder.begin(result.spans, prog.plan.compute_ops + prog.plan.commit_ops, step.record_timeline);
+    result.clock_start = _recorder.origin_seconds();  // a device with its own clock may change it at the end
     std::size_t i = 0;
     try {
-      for (; i < ops.size(); ++i) execute(ops[i], static_cast<int>(i));
+      if (_device.begin_step(prog.plan, step)) {
+        i = ops.size();  // the device ran the whole step (a replayed graph)
+      } else {
+        for (; i < ops.size(); ++i) execute(ops[i], static_cast<int>(i));
+      }
       finish();
     } catch (...) {
       fail(i);
     }
     result.peak_buffers_in_use = prog.buffers.peak();
-    result.clock_start = _recorder.origin_seconds();
     result.step_seconds = std::chrono::duration<double>(Recorder::clock::now() - _recorder.origin()).count();
   }
 
@@ -214,11 +230,19 @@ private:
     return _comm_rank_of[static_cast<std::size_t>(pipeline_rank)];
   }
 
-  [[nodiscard]] StageContext context(int m, int c) const noexcept {
+  [[nodiscard]] StageContext context(int m, int c, ComputeLane lane = ComputeLane::main) const noexcept {
     StageContext ctx = _ctx[static_cast<std::size_t>(m)];
     ctx.chunk = c;
     ctx.batch_chunk = _offset[static_cast<std::size_t>(m)] + c;
+    if (lane != ComputeLane::main) ctx.stream = _device.stream(lane);
     return ctx;
+  }
+
+  // The chunk buffer a backward may still read besides its gradients: its forward input (held until the
+  // backward input part is done). Looked up only for a device that orders buffer uses.
+  [[nodiscard]] ConstBytes saved_input(int m, int c) {
+    if constexpr (Device::tracks_buffers) return _prog->buffers.forward_input(m, c);
+    else return {};
   }
 
   [[nodiscard]] ConstBytes forward_input(int m, int c, const StageContext& ctx) {
@@ -232,31 +256,41 @@ private:
   // The last stage's loss and returned output, right after its forward.
   void last_stage(S& stage, const StageContext& ctx, ConstBytes out) {
     const auto b = static_cast<std::size_t>(ctx.batch_chunk);
-    if (_label_bytes > 0)
-      _result->losses[b] = static_cast<double>(stage.loss(ctx, out, _step->labels.subspan(b * _label_bytes, _label_bytes)));
-    if (_step->return_outputs && !out.empty())
-      std::memcpy(_result->outputs.data() + _prog->output_offset[b], out.data(), out.size());
+    if (_label_bytes > 0) {
+      const ConstBytes labels = _step->labels.subspan(b * _label_bytes, _label_bytes);
+      if constexpr (StageWithAsyncLoss<S>) stage.loss_to(ctx, out, labels, _device.loss_slot(*_result, b));
+      else _result->losses[b] = static_cast<double>(stage.loss(ctx, out, labels));
+    }
+    if (_step->return_outputs && !out.empty()) _device.copy_output(*_result, _prog->output_offset[b], out);
   }
 
-  void forward(int m, int c) {
+  void forward(int m, int c, ComputeLane lane = ComputeLane::main) {
     S& stage = *_stages[static_cast<std::size_t>(m)];
-    const StageContext ctx = context(m, c);
+    const StageContext ctx = context(m, c, lane);
     const ConstBytes in = forward_input(m, c, ctx);
     const MutableBytes out = _prog->buffers.forward_output(m, c);
     _module = m;
     _chunk = c;
+    _device.use(lane, in);
+    _device.use(lane, out);
     stage.forward(ctx, in, out);
     if (ctx.is_last_stage) last_stage(stage, ctx, out);
+    _device.used(lane, in);
+    _device.used(lane, out);
     _prog->buffers.after_forward(m, c);
   }
 
-  void backward(int m, int c, bool deferred, const Op& op) {
+  void backward(int m, int c, bool deferred, const Op& op, ComputeLane lane = ComputeLane::main) {
     S& stage = *_stages[static_cast<std::size_t>(m)];
-    const StageContext ctx = context(m, c);
+    const StageContext ctx = context(m, c, lane);
     const ConstBytes grad = _prog->buffers.backward_output_grad(m, c);
     const MutableBytes in_grad = _prog->buffers.backward_input_grad(m, c);
+    const ConstBytes saved = saved_input(m, c);
     _module = m;
     _chunk = c;
+    _device.use(lane, grad);
+    _device.use(lane, in_grad);
+    _device.use(lane, saved);
     if (deferred) {
       stage.backward_input(ctx, grad, in_grad);
       _prog->fifo.push(WeightGroup{m, c}, op);
@@ -266,6 +300,9 @@ private:
       stage.backward_input(ctx, grad, in_grad);
       stage.backward_weight(ctx);
     }
+    _device.used(lane, grad);
+    _device.used(lane, in_grad);
+    _device.used(lane, saved);
     _prog->buffers.after_backward(m, c);
   }
 
@@ -275,20 +312,35 @@ private:
       S& fstage = *_stages[static_cast<std::size_t>(m0)];
       S& bstage = *_stages[static_cast<std::size_t>(m1)];
       const StageContext fctx = context(m0, c0);
-      const StageContext bctx = context(m1, c1);
+      const StageContext bctx = context(m1, c1, ComputeLane::second);
       const ConstBytes in = forward_input(m0, c0, fctx);
       const MutableBytes out = _prog->buffers.forward_output(m0, c0);
       const ConstBytes grad = _prog->buffers.backward_output_grad(m1, c1);
       const MutableBytes in_grad = _prog->buffers.backward_input_grad(m1, c1);
+      const ConstBytes saved = saved_input(m1, c1);
       _module = m0;
       _chunk = c0;
+      // The hook runs both halves (on fctx.stream and bctx.stream as it likes); the lanes are forked before
+      // and joined after, so whatever it issues is ordered with the rest of the step.
+      _device.fork();
+      _device.use(ComputeLane::main, in);
+      _device.use(ComputeLane::main, out);
+      _device.use(ComputeLane::second, grad);
+      _device.use(ComputeLane::second, in_grad);
+      _device.use(ComputeLane::second, saved);
       S::forward_backward(fstage, fctx, in, out, bstage, bctx, grad, in_grad);
       if (fctx.is_last_stage) last_stage(fstage, fctx, out);
+      _device.join();
+      for (const ConstBytes b : {ConstBytes(in), ConstBytes(out), grad, ConstBytes(in_grad), saved})
+        _device.used(ComputeLane::main, b);
       _prog->buffers.after_forward(m0, c0);
       _prog->buffers.after_backward(m1, c1);
     } else {
-      forward(op.module, op.chunk);
-      backward(op.module1, op.chunk1, false, op);
+      // The forward on the main lane and the backward on the second, so that a device can run them at once.
+      _device.fork();
+      forward(op.module, op.chunk, ComputeLane::main);
+      backward(op.module1, op.chunk1, false, op, ComputeLane::second);
+      _device.join();
     }
   }
 
@@ -299,56 +351,70 @@ private:
     _stages[static_cast<std::size_t>(g.module)]->backward_weight(context(g.module, g.chunk));
   }
 
+  // A compute op between the device's op_begin and op_end, recorded on the host clock.
+  template <class F>
+  void compute(const Op& op, int index, F&& run) {
+    const auto t0 = _recorder.now();
+    _device.op_begin(op, index);
+    run();
+    _device.op_end(op, index);
+    _recorder.record(op, index, Span::Lane::compute, t0, _recorder.now());
+  }
+
+  void post(ConstBytes b) {
+    if constexpr (Device::tracks_buffers) _device.post(b);
+  }
+
   void execute(const Op& op, int index) {
     _module = op.module;
     _chunk = op.chunk;
     const std::size_t m = static_cast<std::size_t>(op.module);
     switch (op.kind) {
-      case OpKind::forward: {
-        const auto t0 = _recorder.now();
-        forward(op.module, op.chunk);
-        _recorder.record(op, index, Span::Lane::compute, t0, _recorder.now());
+      case OpKind::forward:
+        compute(op, index, [&] { forward(op.module, op.chunk); });
         break;
-      }
       case OpKind::backward:
-      case OpKind::backward_input: {
-        const auto t0 = _recorder.now();
-        backward(op.module, op.chunk, op.kind == OpKind::backward_input, op);
-        _recorder.record(op, index, Span::Lane::compute, t0, _recorder.now());
+      case OpKind::backward_input:
+        compute(op, index, [&] { backward(op.module, op.chunk, op.kind == OpKind::backward_input, op); });
+        break;
+      case OpKind::forward_backward:
+        compute(op, index, [&] { forward_backward(op); });
+        break;
+      case OpKind::weight:
+        compute(op, index, [&] { weight(op, index); });
+        break;
+      case OpKind::send_activation: {
+        const ConstBytes b = _prog->buffers.send_output(op.module, op.chunk);
+        post(b);
+        _comm.post_send(peer(_prog->plan.placements[m].next_rank), MessageTag{op.module, op.chunk, Payload::activation}, b);
         break;
       }
-      case OpKind::forward_backward: {
-        const auto t0 = _recorder.now();
-        forward_backward(op);
-        _recorder.record(op, index, Span::Lane::compute, t0, _recorder.now());
+      case OpKind::recv_activation: {
+        const MutableBytes b = _prog->buffers.recv_input(op.module, op.chunk);
+        post(b);
+        _comm.post_recv(peer(_prog->plan.placements[m].prev_rank), MessageTag{op.module, op.chunk, Payload::activation}, b);
         break;
       }
-      case OpKind::weight: {
-        const auto t0 = _recorder.now();
-        weight(op, index);
-        _recorder.record(op, index, Span::Lane::compute, t0, _recorder.now());
+      case OpKind::send_gradient: {
+        const ConstBytes b = _prog->buffers.send_input_grad(op.module, op.chunk);
+        post(b);
+        _comm.post_send(peer(_prog->plan.placements[m].prev_rank), MessageTag{op.module, op.chunk, Payload::gradient}, b);
         break;
       }
-      case OpKind::send_activation:
-        _comm.post_send(peer(_prog->plan.placements[m].next_rank), MessageTag{op.module, op.chunk, Payload::activation},
-                        _prog->buffers.send_output(op.module, op.chunk));
+      case OpKind::recv_gradient: {
+        const MutableBytes b = _prog->buffers.recv_output_grad(op.module, op.chunk);
+        post(b);
+        _comm.post_recv(peer(_prog->plan.placements[m].next_rank), MessageTag{op.module, op.chunk, Payload::gradient}, b);
         break;
-      case OpKind::recv_activation:
-        _comm.post_recv(peer(_prog->plan.placements[m].prev_rank), MessageTag{op.module, op.chunk, Payload::activation},
-                        _prog->buffers.recv_input(op.module, op.chunk));
-        break;
-      case OpKind::send_gradient:
-        _comm.post_send(peer(_prog->plan.placements[m].prev_rank), MessageTag{op.module, op.chunk, Payload::gradient},
-                        _prog->buffers.send_input_grad(op.module, op.chunk));
-        break;
-      case OpKind::recv_gradient:
-        _comm.post_recv(peer(_prog->plan.placements[m].next_rank), MessageTag{op.module, op.chunk, Payload::gradient},
-                        _prog->buffers.recv_output_grad(op.module, op.chunk));
-        break;
+      }
       case OpKind::commit: {
         const auto t0 = _recorder.now();
+        _device.op_begin(op, index);
+        _device.before_commit();
         auto group = _comm.commit();
         group.wait(_step->timeout);
+        _device.after_commit();
+        _device.op_end(op, index);
         _prog->buffers.after_commit();
         _recorder.record(op, index, Span::Lane::wait, t0, _recorder.now());
         break;
@@ -365,12 +431,18 @@ private:
       throw Error("step ended with " + std::to_string(_prog->fifo.size()) +
                   " deferred weight-gradient groups never run (a W is missing)");
     _prog->buffers.check_all_free();
+    _device.end_step(*_result, _step->timeout);
     if constexpr (CommunicatorWithBarrier<Comm>) _comm.barrier(_step->timeout);
   }
 
   // Turns whatever was thrown into a StepError naming where the failure started; aborts the communicator
   // when it started here, so that every other rank's waits end too.
   [[noreturn]] void fail(std::size_t index) {
+    // Runs last, after the communicator was aborted (which may be what lets the device's work finish).
+    struct Quiet {
+      Device& device;
+      ~Quiet() { device.abandon_step(); }
+    } quiet{_device};
     const std::vector<Op>& ops = _prog->plan.ops;
     const bool in_ops = index < ops.size();
     auto origin_of = [&](std::string what) {
@@ -412,6 +484,7 @@ private:
   std::array<S*, Modules> _stages;
   std::vector<int> _comm_rank_of;
   int _rank;
+  Device _device;
   Recorder _recorder;
   StepProgram* _prog = nullptr;
   const ExecutorStep* _step = nullptr;

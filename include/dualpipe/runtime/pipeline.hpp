@@ -8,7 +8,9 @@
 //   });
 //
 // A Pipeline is one rank's part: it builds (once per chunk count and mode) the rank's plan and buffers,
-// checks every input before anything is communicated, and runs the executor. Everything a step needs
+// checks every input before anything is communicated, and runs the executor. A fourth, optional policy is
+// the Device (runtime/device.hpp): HostDevice by default; dualpipe::CudaDevice (dualpipe/cuda.hpp) runs the
+// stages on CUDA streams with the buffers in device memory. Everything a step needs
 // is allocated by the first step of a configuration; with step_into() / eval_into() reusing a StepResult,
 // later steps allocate nothing.
 #pragma once
@@ -26,6 +28,7 @@
 #include "dualpipe/comm/communicator.hpp"
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/core/op.hpp"
+#include "dualpipe/runtime/device.hpp"
 #include "dualpipe/runtime/executor.hpp"
 #include "dualpipe/runtime/plan.hpp"
 #include "dualpipe/runtime/recorder.hpp"
@@ -49,8 +52,9 @@ concept StageWithLabelBytes = Stage<S> && requires(const S& s) {
   { s.label_bytes() } -> std::convertible_to<std::size_t>;
 };
 
-/// One rank of a pipeline: `Schedule`'s op lists run by the executor against `Comm` and the user's stages.
-template <class Schedule, Communicator Comm, Stage S>
+/// One rank of a pipeline: `Schedule`'s op lists run by the executor against `Comm`, the user's stages and
+/// the `Device` policy.
+template <class Schedule, Communicator Comm, Stage S, DevicePolicy Device = HostDevice>
 class Pipeline {
   static_assert(SchedulePolicy<Schedule>,
                 "Pipeline's Schedule must be a schedule policy (name, modules_per_rank, check, ops, placement), "
@@ -60,12 +64,12 @@ public:
   /// Modules (stages) each rank holds under this schedule.
   static constexpr std::size_t modules = static_cast<std::size_t>(Schedule::modules_per_rank);
 
-  /// stages[m] computes module m of this rank (Schedule::modules_per_rank of them); not owned. Throws
-  /// ConfigError for a null stage, a non-positive timeout or a rank_mapping that is not a permutation of
-  /// the communicator's ranks.
-  Pipeline(Comm& comm, std::array<S*, modules> stages, PipelineOptions options = {})
+  /// stages[m] computes module m of this rank (Schedule::modules_per_rank of them); not owned. `device` is
+  /// owned. Throws ConfigError for a null stage, a non-positive timeout or a rank_mapping that is not a
+  /// permutation of the communicator's ranks (and whatever the device's attach to `comm` throws).
+  Pipeline(Comm& comm, std::array<S*, modules> stages, PipelineOptions options = {}, Device device = Device())
       : _comm(comm), _stages(stages), _options(std::move(options)),
-        _executor(comm, stages, comm_rank_of(comm, _options), pipeline_rank(comm, _options)) {
+        _executor(comm, stages, comm_rank_of(comm, _options), pipeline_rank(comm, _options), std::move(device)) {
     for (std::size_t m = 0; m < modules; ++m)
       if (_stages[m] == nullptr)
         throw ConfigError("Pipeline: the stage for module " + std::to_string(m) + " is null (" +
@@ -126,6 +130,8 @@ public:
   [[nodiscard]] int ranks() const { return static_cast<int>(_comm.size()); }
   /// The options this pipeline was built with.
   [[nodiscard]] const PipelineOptions& options() const noexcept { return _options; }
+  /// The device policy (its streams, for example).
+  [[nodiscard]] Device& device() noexcept { return _executor.device(); }
   /// The plan (op list, placements, buffer capacities) of a step of `chunks` chunks in `mode`, building
   /// it if needed. Throws ConfigError for a bad configuration.
   [[nodiscard]] const RankPlan& plan(int chunks, Mode mode = Mode::train) { return program(chunks, mode).plan; }
@@ -231,7 +237,7 @@ private:
   Comm& _comm;
   std::array<S*, modules> _stages;
   PipelineOptions _options;
-  Executor<Comm, S, modules> _executor;
+  Executor<Comm, S, modules, Device> _executor;
   std::vector<std::unique_ptr<StepProgram>> _programs;  // one per (chunks, mode) used so far
 };
 

@@ -19,6 +19,10 @@
 //   static forward_backward(fwd_stage, fctx, input, output, bwd_stage, bctx, output_grad, input_grad)
 //                                            an overlapped forward of one chunk and backward of another (the
 //                                            reference's overlapped_forward_backward), used for `FB` ops.
+//   loss_to(ctx, output, labels, double* loss)
+//                                            an asynchronous loss (a GPU stage): writes the chunk's loss to
+//                                            *loss in the order of ctx.stream (e.g. cudaMemcpyAsync); read
+//                                            only after the step's end. Used instead of loss() when present.
 #pragma once
 
 #include <concepts>
@@ -88,6 +92,13 @@ template <class S>
 concept StageWithOverlap = Stage<S> && requires(S& f, S& b, const StageContext& ctx, ConstBytes in, MutableBytes out) {
   S::forward_backward(f, ctx, in, out, b, ctx, in, out);
 };
+
+/// A Stage that writes its loss asynchronously (a device stage), used instead of loss() for the last stage:
+/// `loss_to(ctx, output, labels, loss)` must have written *loss (host memory the device can write, e.g.
+/// pinned) by the time the step's work on ctx.stream is done; the executor reads it at the end of the step.
+template <class S>
+concept StageWithAsyncLoss = Stage<S> && requires(S& s, const StageContext& ctx, ConstBytes out, ConstBytes labels,
+                                                  double* loss) { s.loss_to(ctx, out, labels, loss); };
 
 /// Compile-time check with messages in plain words: `static_assert(check_stage<MyStage>())`.
 template <class S>

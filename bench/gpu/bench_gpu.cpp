@@ -1,0 +1,299 @@
+// dualpipe-bench-gpu: the GPU figures (Google Benchmark, manual time from CUDA events or GPU timelines).
+// Without a CUDA device it prints "no CUDA device" and exits 77.
+//
+//   FB/<stage>/<mode>            one FB op of a synthetic stage: mode two_stream is the device's default
+//                                (forward on the main stream, backward on the second, fork/join with events),
+//                                f_then_b runs both halves on the main stream. stage comm_heavy: each half
+//                                is a short narrow kernel plus a large device copy (memory bound, like an MoE
+//                                layer's all-to-all); compute_heavy: each half a kernel filling the whole GPU.
+//                                Time: CUDA events around the op.
+//   Step/dualpipe/<transfers>    a DualPipe step, 4 ranks on one GPU (CudaLocalCommunicator), chunk messages
+//                                of 8 MiB, with the copies (transfers) or without (copy = false: the same
+//                                events, no bytes moved). Time: the slowest rank's step. Target: within 5%.
+//   HostOverhead/<mode>          ZB1P on one rank with tiny ops: eager (op by op) or graph (a captured step
+//                                replayed). Counters ns_per_op = step wall time / ops, issue_ns_per_op
+//                                (eager: the host's issue time alone, from its own spans).
+//   HostAhead/op_us:50           the same with 50 us ops: issue_fraction = the host's issue time / step time
+//                                (below 1: the host ran ahead of the GPU and waited only at the end).
+//   Bubble/<schedule>            measured bubble ratio of a step (GPU timeline, 4 ranks on one GPU) against
+//                                the simulator's (async model) for the F, B, W and FB times measured on the
+//                                same stage alone; counters measured, simulated, rel_diff. Target: within 10%.
+#include <benchmark/benchmark.h>
+
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bench_kernels.hpp"
+#include "bench_stage.hpp"
+#include "dualpipe/cuda.hpp"
+#include "dualpipe/dualpipe.hpp"
+
+namespace {
+
+using namespace dualpipe;
+using gpubench::BenchStage;
+using gpubench::StageCost;
+
+int sm_count() {
+  int n = 0;
+  DUALPIPE_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, 0));
+  return n;
+}
+
+StageCost comm_heavy() {
+  StageCost c;
+  c.forward_ns = c.backward_input_ns = c.weight_ns = 60'000;
+  c.blocks = 4;                 // a few SMs: most of the GPU is free for the other half's copy
+  c.copy_bytes = 256u << 20;    // 128 MiB copied per half: ~100 us of HBM traffic on an H100
+  return c;
+}
+StageCost compute_heavy() {
+  StageCost c;
+  c.forward_ns = c.backward_input_ns = c.weight_ns = 200'000;
+  c.blocks = static_cast<unsigned>(4 * sm_count());  // fills every SM: the other half cannot run beside it
+  c.copy_bytes = 0;
+  return c;
+}
+
+// One rank (CudaLocalWorld of one) with its device, for single-op measurements.
+struct Solo {
+  CudaLocalWorld world{1};
+  CudaDevice device{CudaDeviceOptions{}};
+  Solo() { device.attach(world.communicator(0)); }
+  StageContext ctx(ComputeLane lane, bool last = false) {
+    StageContext c;
+    c.stream = device.stream(lane);
+    c.is_last_stage = last;
+    c.num_batch_chunks = 1;
+    return c;
+  }
+};
+
+void fb_bench(benchmark::State& state, StageCost cost, bool two_stream) {
+  Solo solo;
+  BenchStage f(cost), b(cost);
+  DeviceBuffer<SyncAllocator> in(cost.message_bytes, StreamRef()), out(cost.message_bytes, StreamRef()),
+      grad(cost.message_bytes, StreamRef()), in_grad(cost.message_bytes, StreamRef());
+  const ConstBytes cin(static_cast<const std::byte*>(in.data()), in.size());
+  const MutableBytes mout(static_cast<std::byte*>(out.data()), out.size());
+  const ConstBytes cgrad(static_cast<const std::byte*>(grad.data()), grad.size());
+  const MutableBytes mig(static_cast<std::byte*>(in_grad.data()), in_grad.size());
+  const StreamRef main = solo.device.main_stream();
+  Event t0(Event::timing), t1(Event::timing);
+  auto one = [&] {
+    t0.record(main);
+    if (two_stream) {
+      solo.device.fork();
+      f.forward(solo.ctx(ComputeLane::main), cin, mout);
+      b.backward_input(solo.ctx(ComputeLane::second), cgrad, mig);
+      b.backward_weight(solo.ctx(ComputeLane::second));
+      solo.device.join();
+    } else {
+      f.forward(solo.ctx(ComputeLane::main), cin, mout);
+      b.backward_input(solo.ctx(ComputeLane::main), cgrad, mig);
+      b.backward_weight(solo.ctx(ComputeLane::main));
+    }
+    t1.record(main);
+    t1.synchronize();
+  };
+  one();  // warm-up
+  for (auto _ : state) {
+    one();
+    state.SetIterationTime(t1.elapsed_ms_since(t0) * 1e-3);
+  }
+}
+
+// P pipelines on one GPU, built once; step() runs one step on every rank (a thread each) and returns the
+// slowest rank's step seconds.
+template <class Schedule, class Stage = BenchStage>
+struct Team {
+  using Pipe = Pipeline<Schedule, CudaLocalCommunicator, Stage, CudaDevice>;
+  static constexpr int M = Schedule::modules_per_rank;
+  int P, C;
+  CudaLocalWorld world;
+  std::vector<std::unique_ptr<Stage>> stages;
+  std::vector<std::unique_ptr<Pipe>> pipes;
+  DeviceBuffer<SyncAllocator> inputs, labels;
+  std::vector<StepResult> results;
+
+  Team(int ranks, int chunks, StageCost cost, CudaLocalOptions wo = {}, CudaDeviceOptions dopt = {},
+       bool record_host_spans = false)
+      : P(ranks), C(chunks), world(ranks, 0, wo), inputs(cost.message_bytes * static_cast<std::size_t>(chunks), StreamRef()),
+        labels(8 * static_cast<std::size_t>(chunks), StreamRef()), results(static_cast<std::size_t>(ranks)) {
+    PipelineOptions po;
+    po.record_timeline = record_host_spans;
+    for (int r = 0; r < P; ++r) {
+      std::array<Stage*, M> ptrs{};
+      for (int m = 0; m < M; ++m) {
+        stages.push_back(std::make_unique<Stage>(cost));
+        ptrs[static_cast<std::size_t>(m)] = stages.back().get();
+      }
+      pipes.push_back(std::make_unique<Pipe>(world.communicator(r), ptrs, po, CudaDevice(dopt)));
+    }
+    step();  // plans, buffers, cuBLAS-free warm-up
+  }
+  double step() {
+    run_ranks(P, [&](int r) {
+      DUALPIPE_CUDA_CHECK(cudaSetDevice(0));
+      pipes[static_cast<std::size_t>(r)]->step_into(results[static_cast<std::size_t>(r)], C,
+                                                   ConstBytes(static_cast<const std::byte*>(inputs.data()), inputs.size()),
+                                                   ConstBytes(static_cast<const std::byte*>(labels.data()), labels.size()));
+    });
+    double slowest = 0;
+    for (const StepResult& r : results) slowest = std::max(slowest, r.step_seconds);
+    return slowest;
+  }
+};
+
+void step_bench(benchmark::State& state, bool transfers) {
+  StageCost cost;
+  cost.forward_ns = cost.backward_input_ns = cost.weight_ns = 150'000;
+  cost.blocks = static_cast<unsigned>(sm_count() / 8);  // four ranks' kernels fit side by side
+  cost.message_bytes = 8u << 20;
+  Team<DualPipe> team(4, 16, cost, CudaLocalOptions{transfers});
+  for (auto _ : state) state.SetIterationTime(team.step());
+  state.counters["copies_per_step"] = static_cast<double>(team.world.copies()) /
+                                      static_cast<double>(state.iterations() + 1);
+}
+
+std::size_t ops_of(const RankPlan& p) { return p.ops.size(); }
+
+void host_overhead_bench(benchmark::State& state, bool graph, unsigned op_ns) {
+  StageCost cost;
+  cost.forward_ns = cost.backward_input_ns = cost.weight_ns = op_ns;
+  cost.blocks = 1;
+  cost.message_bytes = 4096;
+  CudaDeviceOptions dopt;
+  if (graph) dopt.graph = GraphMode::capture;
+  const int C = 32;
+  Team<ZB1P> team(1, C, cost, {}, dopt, /*record_host_spans=*/!graph);
+  team.step();  // graph: the capture (warm-up was the constructor's step)
+  const double ops = static_cast<double>(ops_of(team.pipes[0]->plan(C)));
+  double issue = 0, wall = 0;
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    team.step();
+    const double w = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    state.SetIterationTime(w);
+    wall += w;
+    double end = 0;
+    for (const Span& s : team.results[0].spans) end = std::max(end, s.end);
+    issue += end;
+  }
+  const double n = static_cast<double>(state.iterations());
+  state.counters["ops_per_step"] = ops;
+  state.counters["ns_per_op"] = 1e9 * wall / (n * ops);
+  if (!graph) {
+    state.counters["issue_ns_per_op"] = 1e9 * issue / (n * ops);
+    state.counters["issue_fraction"] = issue / wall;
+  } else {
+    state.counters["replays"] = static_cast<double>(team.pipes[0]->device().graph_replays());
+  }
+}
+
+// GPU time of `fn` issued on the main stream of `solo` (mean of a few runs).
+template <class F>
+double gpu_seconds(Solo& solo, F&& fn) {
+  Event t0(Event::timing), t1(Event::timing);
+  double total = 0;
+  for (int i = 0; i < 6; ++i) {
+    t0.record(solo.device.main_stream());
+    fn();
+    t1.record(solo.device.main_stream());
+    t1.synchronize();
+    if (i > 0) total += t1.elapsed_ms_since(t0) * 1e-3;  // the first is a warm-up
+  }
+  return total / 5;
+}
+
+template <class Schedule>
+void bubble_bench(benchmark::State& state) {
+  StageCost cost;
+  cost.forward_ns = 120'000;
+  cost.backward_input_ns = 120'000;
+  cost.weight_ns = 120'000;
+  cost.blocks = static_cast<unsigned>(sm_count() / 8);
+  cost.message_bytes = 1u << 20;
+  const int P = 4, C = 16;
+  // The op times, measured on the same stage alone.
+  Costs costs;
+  {
+    Solo solo;
+    BenchStage a(cost), b(cost);
+    DeviceBuffer<SyncAllocator> x(cost.message_bytes, StreamRef()), y(cost.message_bytes, StreamRef());
+    const ConstBytes cx(static_cast<const std::byte*>(x.data()), x.size());
+    const MutableBytes my(static_cast<std::byte*>(y.data()), y.size());
+    costs.forward = gpu_seconds(solo, [&] { a.forward(solo.ctx(ComputeLane::main), cx, my); });
+    costs.weight = gpu_seconds(solo, [&] { a.backward_weight(solo.ctx(ComputeLane::main)); });
+    costs.backward = gpu_seconds(solo, [&] {
+      a.backward_input(solo.ctx(ComputeLane::main), cx, my);
+      a.backward_weight(solo.ctx(ComputeLane::main));
+    });
+    costs.forward_backward = gpu_seconds(solo, [&] {
+      solo.device.fork();
+      a.forward(solo.ctx(ComputeLane::main), cx, my);
+      b.backward_input(solo.ctx(ComputeLane::second), cx, my);
+      b.backward_weight(solo.ctx(ComputeLane::second));
+      solo.device.join();
+    });
+    costs.latency = gpu_seconds(solo, [&] {
+      DUALPIPE_CUDA_CHECK(cudaMemcpyAsync(y.data(), x.data(), x.size(), cudaMemcpyDeviceToDevice, solo.device.main_stream()));
+    });
+  }
+  const Trace trace = make_trace<Schedule>(P, C);
+  const double simulated = simulate(trace, costs, CommModel::async).bubble_ratio();
+  Event epoch(Event::timing);
+  epoch.record(StreamRef());
+  epoch.synchronize();
+  CudaDeviceOptions dopt;
+  dopt.gpu_timeline = true;
+  dopt.timeline_epoch = &epoch;
+  Team<Schedule> team(P, C, cost, {}, dopt);
+  double measured = 0;
+  for (auto _ : state) {
+    state.SetIterationTime(team.step());
+    measured = merge_timelines(std::string(Schedule::name), C, Mode::train, team.results).bubble_ratio();
+  }
+  state.counters["measured"] = measured;
+  state.counters["simulated"] = simulated;
+  state.counters["rel_diff"] = simulated > 0 ? std::abs(measured - simulated) / simulated : 0.0;
+  state.counters["F_us"] = costs.forward * 1e6;
+  state.counters["B_us"] = costs.backward * 1e6;
+  state.counters["W_us"] = costs.weight * 1e6;
+  state.counters["FB_us"] = costs.forward_backward * 1e6;
+}
+
+void register_all() {
+  using benchmark::RegisterBenchmark;
+  RegisterBenchmark("FB/comm_heavy/two_stream", [](benchmark::State& s) { fb_bench(s, comm_heavy(), true); })->UseManualTime();
+  RegisterBenchmark("FB/comm_heavy/f_then_b", [](benchmark::State& s) { fb_bench(s, comm_heavy(), false); })->UseManualTime();
+  RegisterBenchmark("FB/compute_heavy/two_stream", [](benchmark::State& s) { fb_bench(s, compute_heavy(), true); })->UseManualTime();
+  RegisterBenchmark("FB/compute_heavy/f_then_b", [](benchmark::State& s) { fb_bench(s, compute_heavy(), false); })->UseManualTime();
+  RegisterBenchmark("Step/dualpipe/with_transfers", [](benchmark::State& s) { step_bench(s, true); })->UseManualTime();
+  RegisterBenchmark("Step/dualpipe/without_transfers", [](benchmark::State& s) { step_bench(s, false); })->UseManualTime();
+  RegisterBenchmark("HostOverhead/eager", [](benchmark::State& s) { host_overhead_bench(s, false, 0); })->UseManualTime();
+  RegisterBenchmark("HostOverhead/graph", [](benchmark::State& s) { host_overhead_bench(s, true, 0); })->UseManualTime();
+  RegisterBenchmark("HostAhead/op_us:50", [](benchmark::State& s) { host_overhead_bench(s, false, 50'000); })->UseManualTime();
+  RegisterBenchmark("Bubble/dualpipe", [](benchmark::State& s) { bubble_bench<DualPipe>(s); })->UseManualTime();
+  RegisterBenchmark("Bubble/dualpipev", [](benchmark::State& s) { bubble_bench<DualPipeV>(s); })->UseManualTime();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (!cuda_device_available()) {
+    std::fprintf(stderr, "no CUDA device\n");
+    return 77;
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
+  register_all();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

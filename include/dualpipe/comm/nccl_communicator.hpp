@@ -1,0 +1,462 @@
+// dualpipe/comm/nccl_communicator.hpp: NcclCommunicator, one pipeline rank per process (one GPU each),
+// transfers with NCCL point-to-point calls on the communicator's stream, and a watchdog that turns a hang
+// into an error.
+//
+//   const LaunchInfo who = launch_info_from_env();
+//   NcclCommunicator comm(who.rank, who.size, unique_id_from_env(), who.local_rank);
+//   Pipeline<DualPipe, NcclCommunicator, MyGpuStage, CudaDevice> pipe(comm, {&s0, &s1});
+//
+// - Posts queue; commit() issues everything queued between ncclGroupStart and ncclGroupEnd on stream(), so
+//   the sends and receives of one commit are one NCCL group; group.wait(timeout) returns once the group is
+//   enqueued on the stream (not when its data arrived: the device policy orders the compute after it with
+//   events). NCCL matches a pair's sends and receives in the order they are posted; tags are not sent. The
+//   schedules post every pair's messages in the same order on both sides (a CPU test checks every schedule),
+//   and a message and its receive buffer must have the same size (NCCL does not check it).
+// - The communicator is non-blocking (ncclConfig_t::blocking = 0): no NCCL call blocks the host; waits
+//   poll ncclCommGetAsyncError with the caller's timeout.
+// - The watchdog thread polls ncclCommGetAsyncError and the groups in flight (an event recorded after
+//   each): on an asynchronous error, or a group not done within the timeout its wait was given, it aborts
+//   the communicator (ncclCommAbort, which also ends the kernels still waiting for a peer), so that this
+//   rank's step ends with CommAborted naming "watchdog" and what it saw, instead of hanging. Another rank
+//   whose peer died sees its own watchdog fire the same way.
+// - After an abort the communicator is dead (NCCL's communicator is freed): build a new one with a new id.
+// - barrier(timeout), called by the executor at the end of a step: a one-integer ncclAllReduce on the stream,
+//   waited for on the host (bounded, abort-aware).
+#pragma once
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "dualpipe/comm/communicator.hpp"
+#include "dualpipe/comm/inprocess.hpp"
+#include "dualpipe/core/error.hpp"
+#include "dualpipe/cuda/error.hpp"
+#include "dualpipe/cuda/nccl_error.hpp"
+#include "dualpipe/cuda/stream.hpp"
+
+namespace dualpipe {
+
+/// Options of an NcclCommunicator.
+struct NcclOptions {
+  std::chrono::milliseconds init_timeout{120'000};  ///< Bound on creating the communicator (every rank must join).
+  std::chrono::milliseconds watchdog_period{50};    ///< How often the watchdog looks.
+};
+
+/// One rank of an NCCL communicator (see the file comment). Models Communicator and
+/// CommunicatorWithBarrier. Used by one thread (its rank's) plus its own watchdog; abort() may be called
+/// from any thread.
+class NcclCommunicator {
+public:
+  /// What commit() returns.
+  class Group {
+  public:
+    Group(NcclCommunicator* c, std::size_t ops) noexcept : _comm(c), _ops(ops) {}
+    Group(Group&& o) noexcept : _comm(std::exchange(o._comm, nullptr)), _ops(o._ops) {}
+    Group& operator=(Group&&) = delete;
+    Group(const Group&) = delete;
+    Group& operator=(const Group&) = delete;
+    ~Group() {
+      if (_comm) _comm->_group_open = false;  // dropped unwaited: the watchdog still guards its transfers
+    }
+    /// Returns once the group is enqueued on the stream (its data moves later, in stream order). Throws
+    /// CommAborted (this communicator was aborted), TimeoutError (not enqueued within `timeout`: the
+    /// communicator is aborted), NcclError (an NCCL error: the communicator is aborted).
+    void wait(std::chrono::milliseconds timeout) {
+      if (NcclCommunicator* c = std::exchange(_comm, nullptr)) c->wait_group(_ops, timeout);
+    }
+
+  private:
+    NcclCommunicator* _comm;
+    std::size_t _ops;
+  };
+
+  /// Rank `rank` of `size`, joining the communicator of `id` on CUDA device `device` (-1: the current one).
+  /// Every rank must construct its communicator within options.init_timeout. Throws ConfigError (bad rank,
+  /// size or device), NcclError, CudaError, TimeoutError.
+  NcclCommunicator(int rank, int size, const ncclUniqueId& id, int device = -1, NcclOptions options = {})
+      : _rank(rank), _size(size), _device(device >= 0 ? device : current_device()), _options(options) {
+    if (size < 1 || rank < 0 || rank >= size)
+      throw ConfigError("NcclCommunicator: rank " + std::to_string(rank) + " is outside a world of size " +
+                        std::to_string(size));
+    if (_device >= cuda_device_count())
+      throw ConfigError("NcclCommunicator: device " + std::to_string(_device) + " does not exist (" +
+                        std::to_string(cuda_device_count()) + " CUDA devices)");
+    DeviceGuard on(_device);
+    _stream = std::make_unique<Stream>(cudaStreamNonBlocking);
+    _done = std::make_unique<Event>(Event::ordering);
+    DUALPIPE_CUDA_CHECK(cudaMalloc(&_barrier_value, sizeof(int)));
+    DUALPIPE_CUDA_CHECK(cudaMemset(_barrier_value, 0, sizeof(int)));
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;
+    const ncclResult_t r = ncclCommInitRankConfig(&_comm, size, id, rank, &config);
+    if (r != ncclSuccess && r != ncclInProgress) {
+      const std::string what = format_nccl_error(r, "ncclCommInitRankConfig", __FILE__, __LINE__);
+      if (_comm) (void)ncclCommAbort(_comm);
+      release_cuda();
+      throw NcclError(what, static_cast<int>(r));
+    }
+    try {
+      poll_until_launched("creating the communicator", _options.init_timeout);
+    } catch (...) {
+      if (_comm) (void)ncclCommAbort(_comm);
+      _comm = nullptr;
+      release_cuda();
+      throw;
+    }
+    _queued.reserve(32);
+    _watchdog = std::thread([this] { watchdog(); });
+  }
+
+  NcclCommunicator(const NcclCommunicator&) = delete;
+  NcclCommunicator& operator=(const NcclCommunicator&) = delete;
+
+  /// Stops the watchdog, then finalizes and destroys the NCCL communicator (or nothing, after an abort).
+  ~NcclCommunicator() {
+    {
+      std::lock_guard lk(_flight_mutex);
+      _stop = true;
+    }
+    _flight_cv.notify_all();
+    if (_watchdog.joinable()) _watchdog.join();
+    try {
+      DeviceGuard on(_device);
+      std::lock_guard lk(_nccl_mutex);
+      if (_comm && !_aborted.load()) {
+        ncclResult_t st = ncclCommFinalize(_comm);
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+        while (st == ncclInProgress && std::chrono::steady_clock::now() < deadline) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+          if (ncclCommGetAsyncError(_comm, &st) != ncclSuccess) break;
+        }
+        if (st == ncclSuccess) (void)ncclCommDestroy(_comm);
+        else (void)ncclCommAbort(_comm);
+      }
+      _comm = nullptr;
+    } catch (...) {
+      // Destructors never throw.
+    }
+    release_cuda();
+  }
+
+  // ---- Queries ----------------------------------------------------------------------------------------
+  /// This rank.
+  [[nodiscard]] int rank() const noexcept { return _rank; }
+  /// Number of ranks.
+  [[nodiscard]] int size() const noexcept { return _size; }
+  /// The CUDA device of this rank.
+  [[nodiscard]] int device() const noexcept { return _device; }
+  /// The stream every transfer is issued to.
+  [[nodiscard]] cudaStream_t stream() const noexcept { return _stream ? _stream->get() : nullptr; }
+  /// NCCL's point-to-point calls can be captured into a CUDA graph.
+  [[nodiscard]] static constexpr bool graph_capturable() noexcept { return true; }
+  /// Whether the communicator was aborted (by abort() or the watchdog).
+  [[nodiscard]] bool aborted() const noexcept { return _aborted.load(std::memory_order_acquire); }
+  /// Where the abort started, once aborted.
+  [[nodiscard]] std::optional<FailureOrigin> failure() const {
+    std::lock_guard lk(_origin_mutex);
+    if (!aborted()) return std::nullopt;
+    return _origin;
+  }
+  /// Groups the watchdog still watches.
+  [[nodiscard]] std::size_t groups_in_flight() const {
+    std::lock_guard lk(_flight_mutex);
+    return _flights.size();
+  }
+
+  // ---- Communicator -----------------------------------------------------------------------------------
+  /// Queues a send of `bytes` (device memory on this rank's device) to `peer`.
+  void post_send(int peer, MessageTag tag, ConstBytes bytes) {
+    check_peer(peer, "post_send");
+    _queued.push_back(Posted{true, peer, tag, const_cast<std::byte*>(bytes.data()), bytes.size()});
+  }
+  /// Queues a receive from `peer` into `bytes` (device memory).
+  void post_recv(int peer, MessageTag tag, MutableBytes bytes) {
+    check_peer(peer, "post_recv");
+    _queued.push_back(Posted{false, peer, tag, bytes.data(), bytes.size()});
+  }
+  /// Issues everything queued as one NCCL group on stream(). Throws NcclError (the communicator is then
+  /// aborted), Error when the previous group was not waited on.
+  [[nodiscard]] Group commit() {
+    if (_group_open)
+      throw Error("NCCL communicator: rank " + std::to_string(_rank) +
+                  " commits a new group before waiting on the previous one");
+    const std::size_t n = _queued.size();
+    if (n == 0) return Group(this, 0);
+    _group_open = true;
+    DeviceGuard on(_device);
+    std::unique_lock lk(_nccl_mutex);
+    if (aborted() || !_comm) {
+      _queued.clear();
+      return Group(this, n);  // wait() throws CommAborted
+    }
+    ncclResult_t r = ncclGroupStart();
+    for (const Posted& p : _queued) {
+      if (r != ncclSuccess) break;
+      r = p.send ? ncclSend(p.data, p.size, ncclUint8, p.peer, _comm, stream())
+                 : ncclRecv(p.data, p.size, ncclUint8, p.peer, _comm, stream());
+    }
+    const ncclResult_t end = ncclGroupEnd();
+    if (r == ncclSuccess || r == ncclInProgress) r = end;
+    _queued.clear();
+    if (r != ncclSuccess && r != ncclInProgress) {
+      const std::string what = format_nccl_error(r, "ncclGroupEnd (commit)", __FILE__, __LINE__, _comm);
+      lk.unlock();
+      abort_with("commit", what);
+      throw NcclError(what, static_cast<int>(r));
+    }
+    return Group(this, n);
+  }
+  /// Aborts the NCCL communicator: every later wait of this rank throws CommAborted(origin). The first
+  /// origin is kept. Other ranks see their transfers with this rank stop, and their watchdogs fire.
+  void abort(const FailureOrigin& origin) { abort_internal(origin); }
+  /// Returns when every rank's barrier allreduce (and so every transfer this rank issued before it) is
+  /// done. Throws CommAborted, TimeoutError (the communicator is aborted), NcclError.
+  void barrier(std::chrono::milliseconds timeout) {
+    DeviceGuard on(_device);
+    {
+      std::unique_lock lk(_nccl_mutex);
+      if (aborted() || !_comm) {
+        lk.unlock();
+        throw_aborted();
+      }
+      const ncclResult_t r = ncclAllReduce(_barrier_value, _barrier_value, 1, ncclInt32, ncclSum, _comm, stream());
+      if (r != ncclSuccess && r != ncclInProgress) {
+        const std::string what = format_nccl_error(r, "ncclAllReduce (barrier)", __FILE__, __LINE__, _comm);
+        lk.unlock();
+        abort_with("barrier", what);
+        throw NcclError(what, static_cast<int>(r));
+      }
+    }
+    poll_until_launched("the end-of-step barrier", timeout);
+    synchronize(timeout);
+  }
+  /// Blocks until everything issued to stream() so far is done; throws CommAborted when the communicator
+  /// is (or gets) aborted, TimeoutError after `timeout` (the communicator is then aborted).
+  void synchronize(std::chrono::milliseconds timeout) {
+    DeviceGuard on(_device);
+    _done->record(stream());
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    int round = 0;
+    while (!_done->ready()) {
+      if (aborted()) throw_aborted();
+      if (std::chrono::steady_clock::now() >= deadline) {
+        abort_with("synchronize", "the transfers issued to the stream did not finish within " +
+                                      std::to_string(timeout.count()) + " ms");
+        throw TimeoutError("NCCL communicator: rank " + std::to_string(_rank) + ": transfers not done within " +
+                           std::to_string(timeout.count()) + " ms (communicator aborted)");
+      }
+      if (++round < 200) std::this_thread::yield();
+      else std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+    if (aborted()) throw_aborted();
+  }
+
+private:
+  struct Posted {
+    bool send;
+    int peer;
+    MessageTag tag;
+    std::byte* data;
+    std::size_t size;
+  };
+  struct Flight {
+    std::unique_ptr<Event> done;
+    std::chrono::steady_clock::time_point deadline;
+    std::size_t ops;
+    long timeout_ms;
+  };
+
+  void check_peer(int peer, const char* what) const {
+    if (peer < 0 || peer >= _size)
+      throw Error(std::string("NCCL communicator: rank ") + std::to_string(_rank) + " " + what + " to peer " +
+                  std::to_string(peer) + " outside [0, " + std::to_string(_size) + ")");
+  }
+
+  [[noreturn]] void throw_aborted() const {
+    std::lock_guard lk(_origin_mutex);
+    throw CommAborted(_origin);
+  }
+
+  void release_cuda() noexcept {
+    if (_barrier_value) {
+      try {
+        DeviceGuard on(_device);
+        ignore_cuda_error(cudaFree(_barrier_value));
+      } catch (...) {
+      }
+      _barrier_value = nullptr;
+    }
+  }
+
+  // Polls ncclCommGetAsyncError until the last non-blocking call has finished (ncclSuccess). Throws
+  // CommAborted, TimeoutError or NcclError (aborting the communicator for the last two).
+  void poll_until_launched(const char* what, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    int round = 0;
+    for (;;) {
+      ncclResult_t st = ncclSuccess;
+      {
+        std::lock_guard lk(_nccl_mutex);
+        if (aborted() || !_comm) throw_aborted();
+        const ncclResult_t q = ncclCommGetAsyncError(_comm, &st);
+        if (q != ncclSuccess) st = q;
+      }
+      if (st == ncclSuccess) return;
+      if (st != ncclInProgress) {
+        const std::string text = format_nccl_error(st, what, __FILE__, __LINE__);
+        abort_with(what, text);
+        throw NcclError(text, static_cast<int>(st));
+      }
+      if (std::chrono::steady_clock::now() >= deadline) {
+        const std::string text = std::string(what) + " did not finish within " + std::to_string(timeout.count()) + " ms";
+        abort_with(what, text);
+        throw TimeoutError("NCCL communicator: rank " + std::to_string(_rank) + ": " + text + " (communicator aborted)");
+      }
+      if (++round < 100) std::this_thread::yield();
+      else std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+  }
+
+  void wait_group(std::size_t ops, std::chrono::milliseconds timeout) {
+    _group_open = false;
+    if (ops == 0) {
+      if (aborted()) throw_aborted();
+      return;
+    }
+    poll_until_launched("launching a group", timeout);
+    watch(ops, timeout);
+  }
+
+  // Records an event after the group and hands it to the watchdog (not while the stream is being captured
+  // into a graph: there is nothing to watch then).
+  void watch(std::size_t ops, std::chrono::milliseconds timeout) {
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    DUALPIPE_CUDA_CHECK(cudaStreamIsCapturing(stream(), &cs));
+    if (cs != cudaStreamCaptureStatusNone) return;
+    std::unique_ptr<Event> ev;
+    {
+      std::lock_guard lk(_flight_mutex);
+      if (!_spare.empty()) {
+        ev = std::move(_spare.back());
+        _spare.pop_back();
+      }
+    }
+    if (!ev) ev = std::make_unique<Event>(Event::ordering);  // grows to the most groups in flight, then stops
+    ev->record(stream());
+    std::lock_guard lk(_flight_mutex);
+    _flights.push_back(Flight{std::move(ev), std::chrono::steady_clock::now() + timeout, ops,
+                              static_cast<long>(timeout.count())});
+  }
+
+  void watchdog() {
+    try {
+      DUALPIPE_CUDA_CHECK(cudaSetDevice(_device));
+    } catch (...) {
+      return;
+    }
+    std::unique_lock lk(_flight_mutex);
+    while (!_stop) {
+      _flight_cv.wait_for(lk, _options.watchdog_period, [&] { return _stop; });
+      if (_stop || aborted()) break;
+      // Groups done since the last look go back to the spare events; the oldest one left must be in time.
+      std::optional<std::string> late;
+      while (!_flights.empty()) {
+        Flight& f = _flights.front();
+        bool ready = false;
+        try {
+          ready = f.done->ready();
+        } catch (const std::exception& e) {
+          late = std::string("a CUDA error on the communication stream: ") + e.what();
+          break;
+        }
+        if (ready) {
+          _spare.push_back(std::move(f.done));
+          _flights.pop_front();
+          continue;
+        }
+        if (std::chrono::steady_clock::now() > f.deadline)
+          late = "a group of " + std::to_string(f.ops) + " transfers was not done within " +
+                 std::to_string(f.timeout_ms) + " ms (a peer rank failed or never posted the matching operations)";
+        break;
+      }
+      lk.unlock();
+      std::optional<std::string> error = late;
+      if (!error) {
+        std::lock_guard nl(_nccl_mutex);
+        if (_comm && !aborted()) {
+          ncclResult_t st = ncclSuccess;
+          const ncclResult_t q = ncclCommGetAsyncError(_comm, &st);
+          if (q != ncclSuccess) st = q;
+          if (st != ncclSuccess && st != ncclInProgress)
+            error = "NCCL asynchronous error: " + format_nccl_error(st, "ncclCommGetAsyncError", __FILE__, __LINE__, _comm);
+        }
+      }
+      if (error) abort_with("watchdog", *error);
+      lk.lock();
+    }
+  }
+
+  void abort_with(const char* where, const std::string& what) {
+    FailureOrigin o;
+    o.rank = _rank;
+    o.op = where;
+    o.what = "NCCL communicator: " + what;
+    abort_internal(o);
+  }
+
+  void abort_internal(const FailureOrigin& origin) noexcept {
+    {
+      std::lock_guard lk(_origin_mutex);
+      if (_aborted.load(std::memory_order_relaxed)) return;
+      _origin = origin;
+      _aborted.store(true, std::memory_order_release);
+    }
+    std::lock_guard lk(_nccl_mutex);
+    if (_comm) {
+      try {
+        DeviceGuard on(_device);
+        (void)ncclCommAbort(_comm);  // frees the communicator and ends its pending kernels
+      } catch (...) {
+      }
+      _comm = nullptr;
+    }
+  }
+
+  int _rank;
+  int _size;
+  int _device;
+  NcclOptions _options;
+  std::unique_ptr<Stream> _stream;
+  std::unique_ptr<Event> _done;           // synchronize()'s event (owner thread)
+  int* _barrier_value = nullptr;          // device int for the barrier allreduce
+  ncclComm_t _comm = nullptr;             // null after an abort; under _nccl_mutex
+  mutable std::mutex _nccl_mutex;         // every NCCL call on _comm (all are short: non-blocking mode)
+  std::atomic<bool> _aborted{false};
+  mutable std::mutex _origin_mutex;
+  FailureOrigin _origin;
+  std::vector<Posted> _queued;            // owner thread
+  bool _group_open = false;               // owner thread
+  mutable std::mutex _flight_mutex;       // _flights, _spare, _stop
+  std::condition_variable _flight_cv;
+  std::deque<Flight> _flights;
+  std::vector<std::unique_ptr<Event>> _spare;
+  bool _stop = false;
+  std::thread _watchdog;
+};
+
+static_assert(check_communicator<NcclCommunicator>());
+
+}  // namespace dualpipe

@@ -1,0 +1,529 @@
+// dualpipe/cuda/device.hpp: CudaDevice, the Device policy (runtime/device.hpp) that runs a rank's stages on
+// CUDA streams with its chunk buffers in device memory, ordered by events instead of host waits.
+//
+//   CudaLocalWorld world(P);                                   // or NcclCommunicator, one rank per process
+//   run_ranks(P, [&](int r) {
+//     Pipeline<DualPipe, CudaLocalCommunicator, MyGpuStage, CudaDevice> pipe(world.communicator(r), {&s0, &s1});
+//     pipe.step(chunks, d_inputs, d_labels);                   // device pointers; the host returns at the end
+//   });
+//
+// Streams, per rank: `main` (every compute op, and the forward half of an FB), `second` (the backward half
+// of an FB, so that both halves can run at once) and the communicator's stream (the transfers; the device
+// takes it from the communicator when the Pipeline is built). StageContext::stream is the cudaStream_t a
+// stage must issue its work to (cuda_stream(ctx)).
+//
+// Ordering: every slot of every chunk buffer pool has an event, recorded after each use of the slot on the
+// stream that used it; the next use on another stream waits for it with cudaStreamWaitEvent. So a receive
+// is followed (on the compute stream) by a wait for the transfer, a send waits (on the communication
+// stream) for the compute that produced it, and a slot is not overwritten before the transfer or compute
+// that last read it is done, all without the host waiting. An FB forks the second stream from the main
+// one and joins it back; the host blocks only at the end of a step (end_step: bounded by the step's
+// timeout), never inside it: slots are sized from the schedule's dry run, so none is ever reused while the
+// host would have to wait for it.
+//
+// The batch (inputs and labels) must be device memory, ready in the order of `origin` (the legacy default
+// stream unless CudaDeviceOptions::origin says otherwise): a step's streams wait for it first. Losses: a
+// stage with loss_to (StageWithAsyncLoss) writes them into pinned memory the device hands it; they are
+// copied into StepResult::losses at the end of the step. Returned outputs are copied the same way.
+//
+// Graph capture (CudaDeviceOptions::graph = GraphMode::capture): after `graph_warmup_steps` eager steps of a
+// configuration (chunks, mode), the next step is captured into a CUDA graph (the stages' work, the
+// transfers and every event wait) and launched; later steps with the same batch pointers and options just
+// replay it: the host issues one launch per step. Needs static shapes and addresses, stages whose work can
+// be captured (no host synchronisation inside a step), and a communicator whose transfers can be captured
+// (NcclCommunicator; CudaLocalCommunicator only with one rank). A replayed step runs no host code of the
+// stages; its StepResult has no spans and peak_buffers_in_use 0.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <concepts>
+#include <cstddef>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "dualpipe/comm/communicator.hpp"
+#include "dualpipe/core/error.hpp"
+#include "dualpipe/core/op.hpp"
+#include "dualpipe/cuda/error.hpp"
+#include "dualpipe/cuda/memory.hpp"
+#include "dualpipe/cuda/nvtx.hpp"
+#include "dualpipe/cuda/stream.hpp"
+#include "dualpipe/runtime/chunk_queue.hpp"
+#include "dualpipe/runtime/device.hpp"
+#include "dualpipe/runtime/executor.hpp"
+#include "dualpipe/runtime/plan.hpp"
+#include "dualpipe/runtime/stage.hpp"
+#include "dualpipe/runtime/step_result.hpp"
+
+namespace dualpipe {
+
+/// StageContext::stream as the cudaStream_t a stage must issue its work to.
+[[nodiscard]] inline cudaStream_t cuda_stream(const StageContext& ctx) noexcept {
+  return static_cast<cudaStream_t>(ctx.stream);
+}
+
+/// Whether a CudaDevice captures steps into CUDA graphs.
+enum class GraphMode : unsigned char {
+  off,      ///< Every step is issued op by op.
+  capture,  ///< Capture a configuration's step after its warm-up steps, replay it afterwards.
+};
+
+/// Options of a CudaDevice.
+struct CudaDeviceOptions {
+  int device = -1;                  ///< CUDA device of the streams and buffers; -1: the current one.
+  StreamRef origin{};               ///< A step starts after the work issued here so far (the batch).
+  bool gpu_timeline = false;        ///< StepResult::spans from CUDA events (compute ops, GPU time) instead of
+                                    ///< the host clock; off while graphs are captured or replayed.
+  const Event* timeline_epoch = nullptr;  ///< With gpu_timeline: a timing event recorded (and done) before
+                                          ///< the step on this device; clock_start becomes the seconds from it
+                                          ///< to the step's start, so that ranks of one device line up.
+  GraphMode graph = GraphMode::off; ///< CUDA graph capture of whole steps.
+  int graph_warmup_steps = 1;       ///< Eager steps of a configuration before it is captured.
+  int main_priority = 0;            ///< Priority of the main stream (cudaStreamCreateWithPriority).
+  int second_priority = 0;          ///< Priority of the second stream.
+};
+
+/// The CUDA Device policy (see the file comment). `Alloc` provides the chunk buffers' device memory.
+/// Move-only; cheap to move (its state lives on the heap, so pointers to its streams stay valid).
+template <DeviceAllocator Alloc = AsyncAllocator>
+class BasicCudaDevice {
+public:
+  /// The executor looks up every buffer for use/used/post.
+  static constexpr bool tracks_buffers = true;
+
+  /// Streams and events on `options.device` (the current device if -1). Throws CudaError (no device, ...).
+  explicit BasicCudaDevice(CudaDeviceOptions options = {}, Alloc alloc = Alloc()) {
+    const int dev = options.device >= 0 ? options.device : current_device();
+    DeviceGuard on(dev);  // the streams and events are created on `dev`
+    _s = std::make_unique<State>(std::move(options), std::move(alloc), dev);
+  }
+
+  /// Takes the communicator's stream as the communication stream (called by the Executor). Throws
+  /// ConfigError when the communicator is on another device, or graph capture is asked for and its
+  /// transfers cannot be captured.
+  template <class Comm>
+  void attach(Comm& comm) {
+    static_assert(requires { { comm.stream() } -> std::convertible_to<cudaStream_t>; },
+                  "CudaDevice needs a communicator that moves device memory on a CUDA stream, with "
+                  "cudaStream_t stream() const: dualpipe::CudaLocalCommunicator or dualpipe::NcclCommunicator");
+    if constexpr (requires { { comm.device() } -> std::convertible_to<int>; }) {
+      if (static_cast<int>(comm.device()) != _s->device)
+        throw ConfigError("CudaDevice: the communicator's rank " + std::to_string(comm.rank()) + " is on device " +
+                          std::to_string(comm.device()) + " but this device policy is on device " +
+                          std::to_string(_s->device));
+    }
+    bool capturable = false;
+    if constexpr (requires { { comm.graph_capturable() } -> std::convertible_to<bool>; })
+      capturable = comm.graph_capturable();
+    if (_s->options.graph == GraphMode::capture && !capturable)
+      throw ConfigError("CudaDevice: graph capture needs a communicator whose transfers can be captured "
+                        "(NcclCommunicator, or a CudaLocalWorld of one rank); this one's cannot");
+    _s->comm = comm.stream();
+  }
+
+  // ---- Queries ----------------------------------------------------------------------------------------
+  /// The CUDA device.
+  [[nodiscard]] int device() const noexcept { return _s->device; }
+  /// The main compute stream.
+  [[nodiscard]] StreamRef main_stream() const noexcept { return _s->main.ref(); }
+  /// The second compute stream (backward halves of FB ops).
+  [[nodiscard]] StreamRef second_stream() const noexcept { return _s->second.ref(); }
+  /// The communication stream (the communicator's), null before attach.
+  [[nodiscard]] StreamRef comm_stream() const noexcept { return _s->comm; }
+  /// The options.
+  [[nodiscard]] const CudaDeviceOptions& options() const noexcept { return _s->options; }
+  /// Steps launched from a captured graph so far.
+  [[nodiscard]] long graph_replays() const noexcept { return _s->replays; }
+  /// Steps captured into a graph so far.
+  [[nodiscard]] long graph_captures() const noexcept { return _s->captures; }
+  /// Cross-stream waits issued for buffer slots so far (how much ordering the events did).
+  [[nodiscard]] long slot_waits() const noexcept { return _s->slot_waits; }
+
+  // ---- Device policy (runtime/device.hpp) -----------------------------------------------------------
+  /// Device memory for the chunk buffers, from the allocator.
+  [[nodiscard]] SlotMemory* slot_memory() noexcept { return _s.get(); }
+  /// Makes the device current on the calling thread, orders the step after `origin`, and replays the
+  /// configuration's graph when there is one (returns true).
+  [[nodiscard]] bool begin_step(const RankPlan& plan, const ExecutorStep& step) { return _s->begin_step(plan, step); }
+  /// The main or second stream.
+  [[nodiscard]] void* stream(ComputeLane lane) const noexcept {
+    return static_cast<void*>(lane == ComputeLane::main ? _s->main.get() : _s->second.get());
+  }
+  /// NVTX range (and GPU start time) of op `index`.
+  void op_begin(const Op& op, int index) { _s->op_begin(op, index); }
+  /// Closes op_begin's range.
+  void op_end(const Op& op, int index) { _s->op_end(op, index); }
+  /// `lane` waits for the last use of `bytes`'s slot on another stream.
+  void use(ComputeLane lane, ConstBytes bytes) { _s->use(lane_id(lane), bytes); }
+  /// Records the slot's event on `lane`.
+  void used(ComputeLane lane, ConstBytes bytes) { _s->used(lane_id(lane), bytes); }
+  /// The second stream starts after everything issued to the main one.
+  void fork() { _s->fork(); }
+  /// The main stream continues after everything issued to the second one.
+  void join() { _s->join(); }
+  /// `bytes` goes into the next commit's group.
+  void post(ConstBytes bytes) { _s->post(bytes); }
+  /// The communication stream waits for the last uses of the group's slots.
+  void before_commit() { _s->before_commit(); }
+  /// The group's slots are last used by the communication stream.
+  void after_commit() { _s->after_commit(); }
+  /// Pinned memory for batch chunk `b`'s loss.
+  [[nodiscard]] double* loss_slot(StepResult&, std::size_t b) noexcept { return _s->cur->losses.template as<double>() + b; }
+  /// Copies a returned output (device) into pinned memory on the main stream.
+  void copy_output(StepResult& r, std::size_t offset, ConstBytes src) { _s->copy_output(r, offset, src); }
+  /// Ends a captured step (instantiates and launches the graph), waits for the step's work (up to
+  /// `timeout`: TimeoutError), and fills the losses, outputs and GPU spans.
+  void end_step(StepResult& r, std::chrono::milliseconds timeout) { _s->end_step(r, timeout); }
+  /// After a failure: ends a capture, waits (bounded) for the issued work, forgets the step.
+  void abandon_step() noexcept { _s->abandon_step(); }
+
+private:
+  static constexpr signed char none = -1;
+  static constexpr signed char comm_lane = 2;
+  static signed char lane_id(ComputeLane l) noexcept { return l == ComputeLane::main ? 0 : 1; }
+
+  struct Block {
+    std::byte* base;
+    std::size_t stride;
+    std::size_t slots;
+    std::size_t first;  // index of its first slot in State::slots
+  };
+  struct Slot {
+    Event event;
+    signed char last = none;  // stream of the last use this step: 0 main, 1 second, 2 comm, none
+  };
+  struct StepSignature {
+    const void* inputs = nullptr;
+    std::size_t input_bytes = 0;
+    const void* labels = nullptr;
+    std::size_t label_bytes = 0;
+    double loss_scale = 1.0;
+    bool return_outputs = false;
+    friend bool operator==(const StepSignature&, const StepSignature&) = default;
+  };
+  // Everything kept per configuration (one RankPlan of the pipeline).
+  struct Program {
+    const RankPlan* plan = nullptr;
+    NvtxNames names;
+    PinnedBuffer losses;               // C doubles
+    PinnedBuffer outputs;              // returned outputs, as StepResult::outputs
+    std::vector<Event> timing;         // 2 per op (start, end), made on the first GPU-timed step
+    Event step_start{Event::timing};
+    std::vector<int> timed;            // ops timed this step
+    int eager_steps = 0;
+    cudaGraphExec_t graph = nullptr;
+    StepSignature signature;
+    ~Program() {
+      if (graph) ignore_cuda_error(cudaGraphExecDestroy(graph));
+    }
+  };
+
+  struct State final : SlotMemory {
+    State(CudaDeviceOptions o, Alloc a, int dev)
+        : options(std::move(o)), alloc(std::move(a)), device(dev), main(cudaStreamNonBlocking, options.main_priority),
+          second(cudaStreamNonBlocking, options.second_priority) {
+      pending.reserve(64);
+    }
+    State(const State&) = delete;
+    State& operator=(const State&) = delete;
+    ~State() override {
+      try {
+        DeviceGuard g(device);
+        abandon_step();  // bounded wait for anything still running
+        for (const Block& b : blocks) alloc.deallocate(b.base, b.stride * b.slots, main.ref());
+        programs.clear();
+        ignore_cuda_error(cudaStreamSynchronize(main.get()));
+      } catch (...) {
+        // Destructors never throw; the memory is the device's problem now.
+      }
+    }
+
+    // ---- SlotMemory: device memory for one pool, an event per slot ------------------------------------
+    std::byte* allocate_slots(std::size_t stride, std::size_t count) override {
+      DeviceGuard g(device);
+      auto* p = static_cast<std::byte*>(alloc.allocate(stride * count, main.ref()));
+      // Build time only: from here on every stream (and a peer's) may use it without further ordering.
+      main.synchronize();
+      blocks.push_back(Block{p, stride, count, slots.size()});
+      for (std::size_t i = 0; i < count; ++i) slots.push_back(Slot{Event(Event::ordering), none});
+      return p;
+    }
+
+    // The slot `bytes` starts in, or -1 for memory that is not a chunk buffer (the batch, an empty span).
+    [[nodiscard]] long find(ConstBytes bytes) const noexcept {
+      if (bytes.empty()) return -1;
+      const std::byte* p = bytes.data();
+      for (const Block& b : blocks)
+        if (p >= b.base && p < b.base + b.stride * b.slots)
+          return static_cast<long>(b.first + static_cast<std::size_t>(p - b.base) / b.stride);
+      return -1;
+    }
+
+    [[nodiscard]] cudaStream_t stream_of(signed char lane) const noexcept {
+      return lane == 0 ? main.get() : lane == 1 ? second.get() : comm;
+    }
+
+    Program& program(const RankPlan& plan) {
+      for (auto& p : programs)
+        if (p->plan == &plan) return *p;
+      auto p = std::make_unique<Program>();
+      p->plan = &plan;
+      p->names = NvtxNames(plan.ops);
+      p->losses = PinnedBuffer(static_cast<std::size_t>(plan.chunks) * sizeof(double));
+      p->timed.reserve(plan.ops.size());
+      programs.push_back(std::move(p));
+      return *programs.back();
+    }
+
+    void wait_origin() {
+      origin_event.record(options.origin);
+      main.wait(origin_event);
+      DUALPIPE_CUDA_CHECK(cudaStreamWaitEvent(comm, origin_event.get(), 0));
+    }
+
+    bool begin_step(const RankPlan& plan, const ExecutorStep& step) {
+      DUALPIPE_CUDA_CHECK(cudaSetDevice(device));
+      if (!comm)
+        throw ConfigError("CudaDevice: not attached to a communicator (build the Pipeline with it, or call attach)");
+      timeout = step.timeout;
+      Program& p = program(plan);
+      cur = &p;
+      for (Slot& s : slots) s.last = none;
+      pending.clear();
+      std::fill_n(p.losses.template as<double>(), plan.chunks, std::numeric_limits<double>::quiet_NaN());
+      p.timed.clear();
+      timing_on = false;
+      if (options.graph == GraphMode::capture) {
+        const StepSignature sig{step.inputs.data(), step.inputs.size(), step.labels.data(), step.labels.size(),
+                                step.loss_scale, step.return_outputs};
+        if (p.graph && p.signature == sig) {
+          main.wait(origin_event_recorded_now());
+          DUALPIPE_CUDA_CHECK(cudaGraphLaunch(p.graph, main.get()));
+          replayed = true;
+          ++replays;
+          return true;
+        }
+        if (p.graph) {  // the batch moved or the options changed: warm up and capture again
+          ignore_cuda_error(cudaGraphExecDestroy(p.graph));
+          p.graph = nullptr;
+          p.eager_steps = 0;
+        }
+        if (p.eager_steps >= options.graph_warmup_steps) {
+          wait_origin();  // outside the capture: a captured stream may not wait on outside work
+          DUALPIPE_CUDA_CHECK(cudaStreamBeginCapture(main.get(), cudaStreamCaptureModeRelaxed));
+          capturing = true;
+          p.signature = sig;
+          // The second and communication streams join the capture by waiting on the main one.
+          fork_event.record(main);
+          second.wait(fork_event);
+          DUALPIPE_CUDA_CHECK(cudaStreamWaitEvent(comm, fork_event.get(), 0));
+          return false;
+        }
+        ++p.eager_steps;
+      }
+      wait_origin();
+      if (options.gpu_timeline) {
+        if (p.timing.empty())
+          for (std::size_t i = 0; i < 2 * plan.ops.size(); ++i) p.timing.emplace_back(Event::timing);
+        p.step_start.record(main);
+        timing_on = true;
+      }
+      return false;
+    }
+
+    Event& origin_event_recorded_now() {
+      origin_event.record(options.origin);
+      return origin_event;
+    }
+
+    void op_begin(const Op& op, int index) {
+      if (cur->names.push(index)) ++nvtx_depth;
+      if (timing_on && is_compute(op.kind)) cur->timing[2 * static_cast<std::size_t>(index)].record(main);
+    }
+    void op_end(const Op& op, int index) {
+      if (timing_on && is_compute(op.kind)) {
+        cur->timing[2 * static_cast<std::size_t>(index) + 1].record(main);
+        cur->timed.push_back(index);
+      }
+      if (nvtx_depth > 0) {
+        NvtxNames::pop();
+        --nvtx_depth;
+      }
+    }
+
+    void use(signed char lane, ConstBytes bytes) { use_slot(lane, find(bytes)); }
+    void use_slot(signed char lane, long i) {
+      if (i < 0) return;
+      Slot& s = slots[static_cast<std::size_t>(i)];
+      if (s.last != none && s.last != lane) {
+        DUALPIPE_CUDA_CHECK(cudaStreamWaitEvent(stream_of(lane), s.event.get(), 0));
+        ++slot_waits;
+      }
+    }
+    void used(signed char lane, ConstBytes bytes) {
+      const long i = find(bytes);
+      if (i < 0) return;
+      Slot& s = slots[static_cast<std::size_t>(i)];
+      s.event.record(stream_of(lane));
+      s.last = lane;
+    }
+    void fork() {
+      fork_event.record(main);
+      second.wait(fork_event);
+    }
+    void join() {
+      join_event.record(second);
+      main.wait(join_event);
+    }
+    void post(ConstBytes bytes) {
+      const long i = find(bytes);
+      if (i >= 0) pending.push_back(i);
+    }
+    void before_commit() {
+      for (long i : pending) use_slot(comm_lane, i);
+    }
+    void after_commit() {
+      for (long i : pending) {
+        Slot& s = slots[static_cast<std::size_t>(i)];
+        s.event.record(comm);
+        s.last = comm_lane;
+      }
+      pending.clear();
+    }
+
+    void copy_output(StepResult& r, std::size_t offset, ConstBytes src) {
+      Program& p = *cur;
+      if (p.outputs.size() < r.outputs.size()) p.outputs = PinnedBuffer(r.outputs.size());  // first time only
+      DUALPIPE_CUDA_CHECK(cudaMemcpyAsync(p.outputs.template as<std::byte>() + offset, src.data(), src.size(),
+                                          cudaMemcpyDeviceToHost, main.get()));
+    }
+
+    // Polls the events until done or `deadline`; false on timeout.
+    static bool wait_until(std::initializer_list<const Event*> events, std::chrono::steady_clock::time_point deadline) {
+      int round = 0;
+      for (;;) {
+        bool all = true;
+        for (const Event* e : events) all = all && e->ready();
+        if (all) return true;
+        if (std::chrono::steady_clock::now() >= deadline) return false;
+        // Spin briefly (a step usually ends soon after the host's last op), then sleep in short slices.
+        if (++round < 200) std::this_thread::yield();
+        else std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
+    }
+
+    void end_step(StepResult& r, std::chrono::milliseconds limit) {
+      Program& p = *cur;
+      if (capturing) {
+        join_event.record(second);
+        main.wait(join_event);
+        end_comm.record(comm);
+        main.wait(end_comm);
+        cudaGraph_t g = nullptr;
+        capturing = false;
+        DUALPIPE_CUDA_CHECK(cudaStreamEndCapture(main.get(), &g));
+        const cudaError_t e = cudaGraphInstantiate(&p.graph, g, 0);
+        ignore_cuda_error(cudaGraphDestroy(g));
+        DUALPIPE_CUDA_CHECK(e);
+        DUALPIPE_CUDA_CHECK(cudaGraphLaunch(p.graph, main.get()));
+        ++captures;
+      }
+      end_main.record(main);
+      end_comm.record(comm);
+      const bool replay = std::exchange(replayed, false);
+      if (!wait_until({&end_main, &end_comm}, std::chrono::steady_clock::now() + limit))
+        throw TimeoutError("CudaDevice: the step's GPU work on device " + std::to_string(device) +
+                           " did not finish within " + std::to_string(limit.count()) + " ms");
+      const auto* losses = p.losses.template as<const double>();
+      for (std::size_t b = 0; b < r.losses.size(); ++b) r.losses[b] = losses[b];
+      if (!r.outputs.empty() && p.outputs.size() >= r.outputs.size())
+        std::memcpy(r.outputs.data(), p.outputs.data(), r.outputs.size());
+      if (replay) {
+        r.spans.clear();
+      } else if (timing_on) {
+        r.spans.clear();
+        for (int i : p.timed) {
+          const auto k = static_cast<std::size_t>(i);
+          Span s;
+          s.op = p.plan->ops[k];
+          s.start = p.timing[2 * k].elapsed_ms_since(p.step_start) * 1e-3;
+          s.end = p.timing[2 * k + 1].elapsed_ms_since(p.step_start) * 1e-3;
+          s.lane = Span::Lane::compute;
+          s.index = i;
+          r.spans.push_back(s);
+        }
+        if (options.timeline_epoch) r.clock_start = p.step_start.elapsed_ms_since(*options.timeline_epoch) * 1e-3;
+      }
+      timing_on = false;
+    }
+
+    void abandon_step() noexcept {
+      try {
+        if (capturing) {
+          capturing = false;
+          cudaGraph_t g = nullptr;
+          ignore_cuda_error(cudaStreamEndCapture(main.get(), &g));
+          if (g) ignore_cuda_error(cudaGraphDestroy(g));
+        }
+        while (nvtx_depth > 0) {
+          NvtxNames::pop();
+          --nvtx_depth;
+        }
+        pending.clear();
+        replayed = false;
+        timing_on = false;
+        // Bounded: a communicator that was aborted lets its transfers end; one that was not may never.
+        const auto deadline = std::chrono::steady_clock::now() + std::min(timeout, std::chrono::milliseconds(10'000));
+        for (;;) {
+          const bool done = cudaStreamQuery(main.get()) != cudaErrorNotReady &&
+                            cudaStreamQuery(second.get()) != cudaErrorNotReady &&
+                            (!comm || cudaStreamQuery(comm) != cudaErrorNotReady);
+          if (done || std::chrono::steady_clock::now() >= deadline) break;
+          std::this_thread::sleep_for(std::chrono::microseconds(200));
+        }
+      } catch (...) {
+        // Nothing may escape: the step already failed with the error that matters.
+      }
+      (void)cudaGetLastError();
+    }
+
+    CudaDeviceOptions options;
+    [[no_unique_address]] Alloc alloc;
+    int device;
+    Stream main;
+    Stream second;
+    cudaStream_t comm = nullptr;
+    Event fork_event, join_event, origin_event, end_main, end_comm;
+    std::vector<Block> blocks;
+    std::vector<Slot> slots;
+    std::vector<long> pending;  // slots posted since the last commit
+    std::vector<std::unique_ptr<Program>> programs;
+    Program* cur = nullptr;
+    std::chrono::milliseconds timeout{60'000};
+    bool capturing = false;
+    bool replayed = false;
+    bool timing_on = false;
+    int nvtx_depth = 0;
+    long replays = 0;
+    long captures = 0;
+    long slot_waits = 0;
+  };
+
+  std::unique_ptr<State> _s;
+};
+
+/// The CUDA device policy with the default allocator (cudaMallocAsync).
+using CudaDevice = BasicCudaDevice<AsyncAllocator>;
+
+static_assert(check_device_policy<CudaDevice>());
+
+}  // namespace dualpipe

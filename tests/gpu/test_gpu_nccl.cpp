@@ -1,0 +1,51 @@
+// NcclCommunicator on one GPU: one rank sending to itself, the barrier, and the watchdog turning a receive
+// that never gets its send into an error instead of a hang.
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "dualpipe/nccl.hpp"
+#include "gpu_test_kernels.hpp"
+
+using namespace dualpipe;
+using namespace std::chrono_literals;
+
+TEST_CASE("Gpu.Nccl.SelfSend" * doctest::timeout(120)) {
+  NcclCommunicator comm(0, 1, make_unique_id(), 0);
+  CHECK(comm.size() == 1);
+  const std::size_t n = 1 << 16;
+  DeviceBuffer<SyncAllocator> src(n * 8, StreamRef()), dst(n * 8, StreamRef());
+  gputest::iota(src.as<double>(), n, 3.0, comm.stream());
+  DUALPIPE_CUDA_CHECK(cudaMemsetAsync(dst.data(), 0, n * 8, comm.stream()));
+  comm.post_send(0, MessageTag{1, 2, Payload::gradient}, ConstBytes(static_cast<const std::byte*>(src.data()), n * 8));
+  comm.post_recv(0, MessageTag{1, 2, Payload::gradient}, MutableBytes(static_cast<std::byte*>(dst.data()), n * 8));
+  comm.commit().wait(30s);
+  comm.barrier(30s);
+  std::vector<double> h(n);
+  DUALPIPE_CUDA_CHECK(cudaMemcpy(h.data(), dst.data(), n * 8, cudaMemcpyDeviceToHost));
+  CHECK(h[0] == 3.0);
+  CHECK(h[n - 1] == 3.0 + static_cast<double>(n - 1));
+  CHECK_FALSE(comm.aborted());
+}
+
+TEST_CASE("Gpu.Nccl.WatchdogEndsAHang" * doctest::timeout(120)) {
+  NcclOptions o;
+  o.watchdog_period = 20ms;
+  NcclCommunicator comm(0, 1, make_unique_id(), 0, o);
+  DeviceBuffer<SyncAllocator> dst(4096, StreamRef());
+  comm.post_recv(0, MessageTag{}, MutableBytes(static_cast<std::byte*>(dst.data()), 4096));  // no send, ever
+  bool threw = false;
+  try {
+    comm.commit().wait(300ms);  // may already fail (NCCL may refuse the group), or return once enqueued
+    comm.synchronize(20s);      // the watchdog must abort long before this timeout
+  } catch (const Error& e) {
+    threw = true;
+    MESSAGE("error: " << e.what());
+  }
+  CHECK(threw);
+  CHECK(comm.aborted());
+  REQUIRE(comm.failure().has_value());
+  CHECK(!comm.failure()->what.empty());
+}

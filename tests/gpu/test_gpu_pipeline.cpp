@@ -1,0 +1,380 @@
+// The CUDA device policy on a GPU: every schedule with CudaLocalCommunicator + CudaDevice gives the in-process
+// host run's losses, gradients and outputs; the streams each call gets; the forward_backward hook; a failed
+// step and reset; graph capture and replay; the GPU timeline.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "dualpipe/cuda.hpp"
+#include "dualpipe/dualpipe.hpp"
+#include "gpu_affine_stage.hpp"
+
+using namespace dualpipe;
+using namespace gputest;
+
+TYPE_TO_STRING(DualPipe);
+TYPE_TO_STRING(DualPipeV);
+TYPE_TO_STRING(OneFOneB);
+TYPE_TO_STRING(ZB1P);
+TYPE_TO_STRING(GPipe);
+
+namespace {
+
+constexpr double tolerance = 1e-12;
+
+/// What a run of every rank gives, in a form both runs can be compared in.
+struct RunResult {
+  std::vector<std::vector<double>> losses;            // [step][batch chunk]
+  std::map<int, std::vector<double>> grads;           // model stage -> (d/da, d/db) summed over its copies
+  std::map<int, std::vector<double>> outputs;         // batch chunk -> last-stage output (last step)
+  std::vector<StepResult> last;                       // last step, per pipeline rank
+  std::vector<std::vector<Call>> calls;               // per pipeline rank: every module's calls, module 0 first
+  std::vector<long> slot_waits;                       // per rank
+  std::vector<long> replays;                          // per rank
+};
+
+struct Batch {
+  std::vector<double> inputs, labels;
+};
+
+Batch make_batch(int chunks, std::size_t n, int step) {
+  Batch b;
+  b.inputs.resize(static_cast<std::size_t>(chunks) * n);
+  b.labels.resize(b.inputs.size());
+  for (std::size_t i = 0; i < b.inputs.size(); ++i) {
+    b.inputs[i] = std::sin(0.001 * static_cast<double>(i) + step) * 0.5;
+    b.labels[i] = std::cos(0.0007 * static_cast<double>(i) - step) * 0.25;
+  }
+  return b;
+}
+
+double rel_err(const std::vector<double>& got, const std::vector<double>& want) {
+  if (got.size() != want.size()) return INFINITY;
+  double d = 0, s = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i])) return INFINITY;
+    d = std::max(d, std::abs(got[i] - want[i]));
+    s = std::max(s, std::abs(want[i]));
+  }
+  return d / std::max(s, 1e-300);
+}
+
+struct GpuRunOptions {
+  int steps = 2;
+  bool return_outputs = true;
+  Mode mode = Mode::train;
+  unsigned spin_ns = 20'000;
+  CudaDeviceOptions device;
+  const Event* epoch = nullptr;
+  int fail_rank = -1;  // this pipeline rank's module 0 throws in the forward of its chunk 1, in step 0
+};
+
+template <class Schedule, bool Hook>
+RunResult run_gpu(int P, int C, std::size_t n, GpuRunOptions o = {}) {
+  using StageT = GpuAffineStage<Hook>;
+  constexpr int M = Schedule::modules_per_rank;
+  CudaLocalWorld world(P);
+  RunResult res;
+  res.losses.assign(static_cast<std::size_t>(o.steps), std::vector<double>(static_cast<std::size_t>(C), NAN));
+  res.last.resize(static_cast<std::size_t>(P));
+  res.calls.resize(static_cast<std::size_t>(P));
+  res.slot_waits.assign(static_cast<std::size_t>(P), 0);
+  res.replays.assign(static_cast<std::size_t>(P), 0);
+  std::mutex mu;
+  std::vector<DeviceBuffer<SyncAllocator>> d_in, d_lab;
+  for (int s = 0; s < o.steps; ++s) {
+    const Batch b = make_batch(C, n, s);
+    d_in.emplace_back(b.inputs.size() * sizeof(double), StreamRef());
+    d_lab.emplace_back(b.labels.size() * sizeof(double), StreamRef());
+    DUALPIPE_CUDA_CHECK(cudaMemcpy(d_in.back().data(), b.inputs.data(), d_in.back().size(), cudaMemcpyHostToDevice));
+    DUALPIPE_CUDA_CHECK(cudaMemcpy(d_lab.back().data(), b.labels.data(), d_lab.back().size(), cudaMemcpyHostToDevice));
+  }
+  run_ranks(P, [&](int r) {
+    DUALPIPE_CUDA_CHECK(cudaSetDevice(0));
+    std::vector<std::unique_ptr<StageT>> stages;
+    std::array<StageT*, M> ptrs{};
+    for (int m = 0; m < M; ++m) {
+      const ModulePlacement pl = Schedule::placement(P, C, r, m);
+      stages.push_back(std::make_unique<StageT>(pl.stage, pl.num_chunks, n, o.spin_ns));
+      ptrs[static_cast<std::size_t>(m)] = stages.back().get();
+    }
+    PipelineOptions po;
+    po.timeout = std::chrono::milliseconds(30'000);
+    po.scale_loss_by_chunks = true;
+    CudaDeviceOptions dopt = o.device;
+    dopt.timeline_epoch = o.epoch;
+    Pipeline<Schedule, CudaLocalCommunicator, StageT, CudaDevice> pipe(world.communicator(r), ptrs, po, CudaDevice(dopt));
+    for (int s = 0; s < o.steps; ++s) {
+      if (s == 0 && r == o.fail_rank) stages[0]->fail_forward_of_chunk = 1;
+      for (auto& st : stages) st->zero_grad();
+      const auto size_b = static_cast<std::size_t>(C) * n * sizeof(double);
+      const ConstBytes in(static_cast<const std::byte*>(d_in[static_cast<std::size_t>(s)].data()), size_b);
+      const ConstBytes lab(static_cast<const std::byte*>(d_lab[static_cast<std::size_t>(s)].data()), size_b);
+      StepResult sr;
+      if (s == 0 && o.fail_rank >= 0) {
+        CHECK_THROWS_AS(sr = pipe.step(C, in, lab), StepError);
+        stages[0]->fail_forward_of_chunk = -1;
+        pipe.reset();
+        continue;
+      }
+      sr = o.mode == Mode::train ? pipe.step(C, in, lab, {o.return_outputs}) : pipe.eval(C, in, lab, {o.return_outputs});
+      std::lock_guard lk(mu);
+      for (int c = 0; c < C; ++c)
+        if (!std::isnan(sr.losses[static_cast<std::size_t>(c)]))
+          res.losses[static_cast<std::size_t>(s)][static_cast<std::size_t>(c)] = sr.losses[static_cast<std::size_t>(c)];
+      if (s == o.steps - 1) {
+        std::size_t off = 0;
+        for (int b : sr.output_chunks) {
+          const auto* p = reinterpret_cast<const double*>(sr.outputs.data() + off);
+          res.outputs[b].assign(p, p + n);
+          off += n * sizeof(double);
+        }
+        res.last[static_cast<std::size_t>(r)] = sr;
+      }
+    }
+    std::lock_guard lk(mu);
+    for (auto& st : stages) {
+      auto& g = res.grads[st->stage()];
+      const std::vector<double> mine = st->grads();
+      if (g.empty()) g = mine;
+      else for (std::size_t i = 0; i < 2; ++i) g[i] += mine[i];
+      res.calls[static_cast<std::size_t>(r)].insert(res.calls[static_cast<std::size_t>(r)].end(), st->calls.begin(),
+                                                    st->calls.end());
+    }
+    res.slot_waits[static_cast<std::size_t>(r)] = pipe.device().slot_waits();
+    res.replays[static_cast<std::size_t>(r)] = pipe.device().graph_replays();
+  });
+  return res;
+}
+
+template <class Schedule>
+RunResult run_cpu(int P, int C, std::size_t n, int steps, Mode mode = Mode::train) {
+  constexpr int M = Schedule::modules_per_rank;
+  InProcessWorld world(P);
+  RunResult res;
+  res.losses.assign(static_cast<std::size_t>(steps), std::vector<double>(static_cast<std::size_t>(C), NAN));
+  std::mutex mu;
+  run_ranks(P, [&](int r) {
+    std::vector<std::unique_ptr<CpuAffineStage>> stages;
+    std::array<CpuAffineStage*, M> ptrs{};
+    for (int m = 0; m < M; ++m) {
+      const ModulePlacement pl = Schedule::placement(P, C, r, m);
+      stages.push_back(std::make_unique<CpuAffineStage>(pl.stage, pl.num_chunks, n));
+      ptrs[static_cast<std::size_t>(m)] = stages.back().get();
+    }
+    PipelineOptions po;
+    po.scale_loss_by_chunks = true;
+    Pipeline<Schedule, InProcessCommunicator, CpuAffineStage> pipe(world.communicator(r), ptrs, po);
+    for (int s = 0; s < steps; ++s) {
+      for (auto& st : stages) st->zero_grad();
+      const Batch b = make_batch(C, n, s);
+      const ConstBytes in = std::as_bytes(std::span(b.inputs));
+      const ConstBytes lab = std::as_bytes(std::span(b.labels));
+      const StepResult sr = mode == Mode::train ? pipe.step(C, in, lab, {true}) : pipe.eval(C, in, lab, {true});
+      std::lock_guard lk(mu);
+      for (int c = 0; c < C; ++c)
+        if (!std::isnan(sr.losses[static_cast<std::size_t>(c)]))
+          res.losses[static_cast<std::size_t>(s)][static_cast<std::size_t>(c)] = sr.losses[static_cast<std::size_t>(c)];
+      if (s == steps - 1) {
+        std::size_t off = 0;
+        for (int bc : sr.output_chunks) {
+          const auto* p = reinterpret_cast<const double*>(sr.outputs.data() + off);
+          res.outputs[bc].assign(p, p + n);
+          off += n * sizeof(double);
+        }
+      }
+    }
+    std::lock_guard lk(mu);
+    for (auto& st : stages) {
+      auto& g = res.grads[st->stage()];
+      const std::vector<double> mine = st->grads();
+      if (g.empty()) g = mine;
+      else for (std::size_t i = 0; i < 2; ++i) g[i] += mine[i];
+    }
+  });
+  return res;
+}
+
+void check_same(const RunResult& gpu, const RunResult& cpu) {
+  REQUIRE(gpu.losses.size() == cpu.losses.size());
+  for (std::size_t s = 0; s < gpu.losses.size(); ++s) {
+    CAPTURE(s);
+    CHECK(rel_err(gpu.losses[s], cpu.losses[s]) <= tolerance);
+  }
+  CHECK(gpu.grads.size() == cpu.grads.size());
+  for (const auto& [stage, g] : cpu.grads) {
+    CAPTURE(stage);
+    REQUIRE(gpu.grads.count(stage) == 1);
+    CHECK(rel_err(gpu.grads.at(stage), g) <= tolerance);
+  }
+  CHECK(gpu.outputs.size() == cpu.outputs.size());
+  for (const auto& [chunk, out] : cpu.outputs) {
+    CAPTURE(chunk);
+    REQUIRE(gpu.outputs.count(chunk) == 1);
+    CHECK(rel_err(gpu.outputs.at(chunk), out) <= tolerance);
+  }
+}
+
+template <class Schedule>
+std::vector<std::pair<int, int>> configs() {
+  std::vector<std::pair<int, int>> out;
+  for (auto [P, C] : std::vector<std::pair<int, int>>{{2, 4}, {4, 8}, {4, 10}, {8, 16}}) {
+    try {
+      Schedule::check(P, C);
+    } catch (const ConfigError&) {
+      continue;
+    }
+    out.emplace_back(P, C);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("Gpu.Pipeline.EqualsInProcess" * doctest::timeout(600), Schedule, DualPipe, DualPipeV, OneFOneB,
+                   ZB1P, GPipe) {
+  const std::size_t n = 4096;
+  for (auto [P, C] : configs<Schedule>()) {
+    CAPTURE(P);
+    CAPTURE(C);
+    const RunResult cpu = run_cpu<Schedule>(P, C, n, 2);
+    check_same(run_gpu<Schedule, false>(P, C, n), cpu);
+    if constexpr (Schedule::modules_per_rank == 2) check_same(run_gpu<Schedule, true>(P, C, n), cpu);
+  }
+}
+
+TEST_CASE("Gpu.Pipeline.Eval" * doctest::timeout(300)) {
+  GpuRunOptions o;
+  o.mode = Mode::forward;
+  o.steps = 1;
+  check_same(run_gpu<DualPipe, false>(4, 8, 1024, o), run_cpu<DualPipe>(4, 8, 1024, 1, Mode::forward));
+}
+
+TEST_CASE("Gpu.Pipeline.OrderingWithoutSpinToo" * doctest::timeout(300)) {
+  // No busy-waits: the GPU runs as fast as it can, the host is the slow side. Same answers.
+  GpuRunOptions o;
+  o.spin_ns = 0;
+  check_same(run_gpu<DualPipeV, false>(4, 12, 65536, o), run_cpu<DualPipeV>(4, 12, 65536, 2));
+}
+
+TEST_CASE("Gpu.Pipeline.StreamsOfEachCall" * doctest::timeout(300)) {
+  const int P = 4, C = 10;
+  for (bool hook : {false, true}) {
+    CAPTURE(hook);
+    const RunResult r = hook ? run_gpu<DualPipeV, true>(P, C, 1024) : run_gpu<DualPipeV, false>(P, C, 1024);
+    long fb_backwards_on_second = 0, hooks = 0;
+    for (int rank = 0; rank < P; ++rank) {
+      CAPTURE(rank);
+      const auto& calls = r.calls[static_cast<std::size_t>(rank)];
+      REQUIRE(!calls.empty());
+      std::vector<void*> streams;
+      for (const Call& c : calls) {
+        CHECK(c.stream != nullptr);
+        if (std::find(streams.begin(), streams.end(), c.stream) == streams.end()) streams.push_back(c.stream);
+        if (c.kind == 'H') ++hooks;
+      }
+      CHECK(streams.size() <= 2);  // main and (for FB backward halves) second, nothing else
+      // Forwards and losses always run on the first stream the rank used (main); so do W ops.
+      void* main = calls.front().stream;
+      for (const Call& c : calls)
+        if (c.kind == 'F' || c.kind == 'L') CHECK(c.stream == main);
+      for (const Call& c : calls)
+        if ((c.kind == 'I' || c.kind == 'W') && c.stream != main) ++fb_backwards_on_second;
+      CHECK(r.slot_waits[static_cast<std::size_t>(rank)] > 0);
+    }
+    // Every FB of DualPipeV ran its backward on the second stream, with or without the hook.
+    long fb_ops = 0;
+    for (int rank = 0; rank < P; ++rank)
+      for (const Op& op : make_rank_plan<DualPipeV>(P, C, rank, Mode::train).ops)
+        if (op.kind == OpKind::forward_backward) ++fb_ops;
+    CHECK(fb_ops > 0);
+    CHECK(fb_backwards_on_second == 2 * 2 * fb_ops);  // 2 steps x (I and W) per FB
+    CHECK(hooks == (hook ? 2 * fb_ops : 0));
+  }
+}
+
+TEST_CASE("Gpu.Pipeline.FailureAndReset" * doctest::timeout(300)) {
+  GpuRunOptions o;
+  o.steps = 2;  // step 0 fails on rank 1 (every rank sees a StepError), step 1 must be right
+  o.fail_rank = 1;
+  const RunResult gpu = run_gpu<DualPipe, false>(4, 8, 1024, o);
+  const RunResult cpu = run_cpu<DualPipe>(4, 8, 1024, 2);
+  CHECK(rel_err(gpu.losses[1], cpu.losses[1]) <= tolerance);
+}
+
+TEST_CASE("Gpu.Pipeline.GraphCaptureAndReplay" * doctest::timeout(300)) {
+  // One rank (its transfers can be captured): ZB1P on P=1 runs F, B-input and W ops of every chunk.
+  const int C = 6;
+  const std::size_t n = 2048;
+  GpuRunOptions eager;
+  eager.steps = 1;
+  const RunResult ref = run_gpu<ZB1P, false>(1, C, n, eager);
+  // Same batch every step: make_batch depends on the step, so use one step's batch by running 4 steps of
+  // a pipeline whose batch pointers do not change: build it by hand.
+  CudaLocalWorld world(1);
+  GpuAffineStage<false> stage(0, C, n);
+  CudaDeviceOptions dopt;
+  dopt.graph = GraphMode::capture;
+  dopt.graph_warmup_steps = 1;
+  PipelineOptions po;
+  po.scale_loss_by_chunks = true;
+  Pipeline<ZB1P, CudaLocalCommunicator, GpuAffineStage<false>, CudaDevice> pipe(world.communicator(0), {&stage}, po,
+                                                                               CudaDevice(dopt));
+  const Batch b = make_batch(C, n, 0);
+  DeviceBuffer<SyncAllocator> din(b.inputs.size() * sizeof(double), StreamRef());
+  DeviceBuffer<SyncAllocator> dlab(b.labels.size() * sizeof(double), StreamRef());
+  DUALPIPE_CUDA_CHECK(cudaMemcpy(din.data(), b.inputs.data(), din.size(), cudaMemcpyHostToDevice));
+  DUALPIPE_CUDA_CHECK(cudaMemcpy(dlab.data(), b.labels.data(), dlab.size(), cudaMemcpyHostToDevice));
+  const ConstBytes in(static_cast<const std::byte*>(din.data()), din.size());
+  const ConstBytes lab(static_cast<const std::byte*>(dlab.data()), dlab.size());
+  for (int s = 0; s < 4; ++s) {
+    CAPTURE(s);
+    stage.zero_grad();
+    const std::size_t calls_before = stage.calls.size();
+    const StepResult r = pipe.step(C, in, lab);
+    CHECK(rel_err(r.losses, ref.losses[0]) == 0.0);  // the same kernels on the same data: the same bits
+    CHECK(rel_err(stage.grads(), ref.grads.at(0)) == 0.0);
+    // Steps 0 (warm-up) and 1 (captured) run the stage's host code; replays run none.
+    CHECK((stage.calls.size() > calls_before) == (s < 2));
+  }
+  CHECK(pipe.device().graph_captures() == 1);
+  CHECK(pipe.device().graph_replays() == 2);
+}
+
+TEST_CASE("Gpu.Pipeline.GpuTimeline" * doctest::timeout(300)) {
+  Event epoch(Event::timing);
+  epoch.record(StreamRef());
+  epoch.synchronize();
+  GpuRunOptions o;
+  o.steps = 1;
+  o.device.gpu_timeline = true;
+  o.epoch = &epoch;
+  const int P = 4, C = 8;
+  const RunResult r = run_gpu<DualPipe, false>(P, C, 1 << 16, o);
+  for (int rank = 0; rank < P; ++rank) {
+    CAPTURE(rank);
+    const StepResult& s = r.last[static_cast<std::size_t>(rank)];
+    const RankPlan plan = make_rank_plan<DualPipe>(P, C, rank, Mode::train);
+    CHECK(s.spans.size() == plan.compute_ops);
+    double prev_end = 0;
+    for (const Span& sp : s.spans) {
+      CHECK(sp.start >= 0);
+      CHECK(sp.end >= sp.start);
+      CHECK(sp.start >= prev_end - 1e-9);  // one main stream: compute spans do not overlap
+      prev_end = sp.end;
+      CHECK(is_compute(sp.op.kind));
+    }
+    CHECK(s.clock_start >= 0);
+  }
+  const Timeline t = merge_timelines("dualpipe", C, Mode::train, r.last);
+  CHECK(t.makespan() > 0);
+  CHECK(t.bubble_ratio() >= 0);
+  CHECK(t.bubble_ratio() < 1);
+}
