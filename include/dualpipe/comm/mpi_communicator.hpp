@@ -230,7 +230,7 @@ inline void MpiCommitGroup::wait(std::chrono::milliseconds timeout) {
   using clock = std::chrono::steady_clock;
   if (_pending == 0) return;
   const auto start = clock::now();
-  const auto deadline = start + timeout;
+  const auto deadline = deadline_after(timeout);
   while (!progress()) {
     const auto now = clock::now();
     if (now >= deadline) {
