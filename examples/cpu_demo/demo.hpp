@@ -36,6 +36,7 @@
 #include "dualpipe/comm/inprocess.hpp"
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/runtime/pipeline.hpp"
+#include "dualpipe/runtime/profile.hpp"
 #include "dualpipe/runtime/run_ranks.hpp"
 #include "dualpipe/schedule/registry.hpp"
 #include "mlp_stage.hpp"
@@ -153,6 +154,7 @@ struct DemoReport {
   std::vector<double> step_loss_sums;///< Per step, the chunk losses added in batch-chunk order.
   std::vector<RankReport> per_rank;
   Timeline timeline;                 ///< Measured timeline of the last step (merge_timelines).
+  ProfileReport profile;             ///< The last step measured next to its simulation (profile_step).
 
   /// Every check passed.
   [[nodiscard]] bool pass() const noexcept { return problems.empty() && max_rel_err <= tolerance; }
@@ -165,6 +167,18 @@ struct DemoReport {
   std::snprintf(buf, sizeof buf, "result: schedule=%s ranks=%d chunks=%d comm=%s loss_sum=%.17g grad_norm=%.17g "
                 "max_rel_err=%.3g check=%s", r.schedule.c_str(), r.ranks, r.chunks, r.comm.c_str(), r.loss_sum,
                 r.grad_norm, r.max_rel_err, r.pass() ? "pass" : "FAIL");
+  return buf;
+}
+
+/// The profile line a run prints under its table:
+/// `profile: measured_bubble=<%.3f> simulated_bubble=<%.3f> measured_ms=<%.3f> simulated_ms=<%.3f> chunks_per_second=<%.1f>`
+/// (simulated: the same trace with every op taking the mean measured time of its kind, free communication).
+[[nodiscard]] inline std::string profile_line(const DemoReport& r) {
+  char buf[256];
+  const ProfileReport& p = r.profile;
+  std::snprintf(buf, sizeof buf, "profile: measured_bubble=%.3f simulated_bubble=%.3f measured_ms=%.3f simulated_ms=%.3f "
+                "chunks_per_second=%.1f", p.measured_bubble, p.simulated_bubble, p.measured_makespan * 1e3,
+                p.simulated_makespan * 1e3, p.chunks_per_second);
   return buf;
 }
 
@@ -388,6 +402,8 @@ inline DemoReport build_report(const DemoConfig& cfg, std::string schedule, cons
   std::vector<StepResult> last;
   for (RankSummary& s : summaries) last.push_back(std::move(s.last));
   rep.timeline = merge_timelines(rep.schedule, C, Mode::train, last);
+  // Measured next to simulated: the same trace under the mean measured op times.
+  rep.profile = profile_step(rep.timeline, make_trace(cfg.schedule, cfg.ranks, C, Mode::train));
   rep.step_seconds.assign(static_cast<std::size_t>(steps), 0.0);
   for (const RankSummary& s : summaries)
     for (int step = 0; step < steps; ++step)

@@ -44,6 +44,7 @@ void print_report(const DemoConfig& cfg, const DemoReport& r) {
                 rr.idle_seconds * 1e3, makespan > 0 ? 100.0 * rr.idle_seconds / makespan : 0.0, rr.peak_buffers,
                 rr.overlapped_calls / r.steps, rr.fused_backward_calls / r.steps, rr.deferred_weight_calls / r.steps);
   std::printf("   bubble ratio (idle / (ranks x makespan)): %.3f\n", r.timeline.bubble_ratio());
+  std::printf("   %s\n", profile_line(r).c_str());
   for (const std::string& p : r.problems) std::printf("   check failed: %s\n", p.c_str());
   std::printf("%s\n", result_line(r).c_str());
   std::fflush(stdout);

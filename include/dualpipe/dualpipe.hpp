@@ -22,6 +22,7 @@
 #include "dualpipe/runtime/executor.hpp"
 #include "dualpipe/runtime/pipeline.hpp"
 #include "dualpipe/runtime/plan.hpp"
+#include "dualpipe/runtime/profile.hpp"
 #include "dualpipe/runtime/recorder.hpp"
 #include "dualpipe/runtime/run_ranks.hpp"
 #include "dualpipe/runtime/scatter.hpp"

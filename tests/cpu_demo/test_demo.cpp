@@ -75,6 +75,12 @@ TEST_CASE("CpuDemo.Core.EveryScheduleMatchesTheSequentialRun" * doctest::timeout
     CHECK(r.timeline.ranks == g.ranks);
     CHECK(r.per_rank.size() == static_cast<std::size_t>(g.ranks));
     CHECK(contains(result_line(r), "check=pass"));
+    // Measured next to simulated: the same step, so the same ranks and a makespan of the same trace.
+    CHECK(r.profile.measured_makespan == r.timeline.makespan());
+    CHECK(r.profile.simulated_makespan > 0);
+    CHECK(r.profile.simulated.ranks == g.ranks);
+    CHECK(r.profile.chunks_per_second > 0);
+    CHECK(contains(profile_line(r), "profile: measured_bubble="));
   }
 }
 

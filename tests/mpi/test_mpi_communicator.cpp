@@ -240,6 +240,10 @@ TEST_CASE("Mpi.Communicator.TimeoutNamesWhatIsPending") {
       CHECK(what.find("rank 1") != std::string::npos);
       CHECK(what.find("receive from rank 0 (module 1, chunk 7, gradient") != std::string::npos);
       CHECK(what.find("chunk 6") == std::string::npos);  // that one arrived
+      // The transfer that never came, for the StepError's module and chunk.
+      CHECK(e.has_transfer());
+      CHECK(e.peer() == 0);
+      CHECK(e.tag() == never);
     }
     CHECK(timed_out);
     CHECK(std::chrono::steady_clock::now() - start >= 300ms);

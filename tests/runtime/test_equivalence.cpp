@@ -3,6 +3,8 @@
 // Written over the schedule type: a new schedule is one more type in the TEST_CASE_TEMPLATE lists.
 #include <doctest/doctest.h>
 
+#include <cmath>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -13,6 +15,9 @@ using namespace testmodel;
 
 TYPE_TO_STRING(DualPipe);
 TYPE_TO_STRING(DualPipeV);
+TYPE_TO_STRING(OneFOneB);
+TYPE_TO_STRING(GPipe);
+TYPE_TO_STRING(ZB1P);
 
 namespace {
 
@@ -72,7 +77,10 @@ void check_training(int P, int C, bool scale_loss) {
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("Runtime.Equivalence.Train" * doctest::timeout(300), Schedule, DualPipe, DualPipeV) {
+// The baselines too: their runtime paths (one module per rank, no FB, ZB1P's deferred W) run in every build
+// of the runtime tests, the sanitizer builds included.
+TEST_CASE_TEMPLATE("Runtime.Equivalence.Train" * doctest::timeout(300), Schedule, DualPipe, DualPipeV, OneFOneB, GPipe,
+                   ZB1P) {
   const auto configs = grid<Schedule>();
   REQUIRE(!configs.empty());
   for (auto [P, C] : configs) check_training<Schedule, PlainStage>(P, C, false);
@@ -116,7 +124,8 @@ TEST_CASE("Runtime.Equivalence.HooksAreUsed" * doctest::timeout(300)) {
   CHECK(fused == expected_fused);
 }
 
-TEST_CASE_TEMPLATE("Runtime.Equivalence.ForwardOnly" * doctest::timeout(300), Schedule, DualPipe, DualPipeV) {
+TEST_CASE_TEMPLATE("Runtime.Equivalence.ForwardOnly" * doctest::timeout(300), Schedule, DualPipe, DualPipeV, OneFOneB,
+                   GPipe, ZB1P) {
   for (auto [P, C] : grid<Schedule>()) {
     if (P > 4) continue;
     CAPTURE(P);
@@ -172,4 +181,29 @@ TEST_CASE_TEMPLATE("Runtime.Equivalence.RankMapping" * doctest::timeout(300), Sc
     CHECK(a[static_cast<std::size_t>(p)].outputs == b[static_cast<std::size_t>(p)].outputs);
   }
   for (int s = 0; s < identity.S; ++s) CHECK(identity.grad(s) == permuted.grad(s));
+}
+
+TEST_CASE("Runtime.TestModel.RelErrCatchesNaNAndMissingChunks" * doctest::timeout(60)) {
+  // rel_err is what every equivalence check relies on: a NaN (which compares false with everything) or a
+  // missing output chunk (left NaN by Harness::outputs) must fail the check, never pass it.
+  const double nan = std::nan("");
+  CHECK(rel_err({1.0, 2.0}, {1.0, 2.0}) == 0.0);
+  CHECK(rel_err({1.0, 2.0}, {1.0, 2.5}) == doctest::Approx(0.2));
+  CHECK(!(rel_err({1.0, nan}, {1.0, 2.0}) <= tolerance));
+  CHECK(!(rel_err({1.0, 2.0}, {nan, 2.0}) <= tolerance));
+  CHECK(!(rel_err({nan}, {nan}) <= tolerance));
+  CHECK(!(rel_err({1.0, std::numeric_limits<double>::infinity()}, {1.0, 2.0}) <= tolerance));
+  CHECK(!(rel_err({1.0}, {1.0, 2.0}) <= tolerance));
+
+  Harness<DualPipe, PlainStage> h(2, 4);
+  const Sequential seq(h.S, 4, h.batch, 1.0, /*train=*/false);
+  auto res = h.step(Mode::forward, /*return_outputs=*/true);
+  REQUIRE(rel_err(h.outputs(res), seq.outputs) <= tolerance);
+  std::vector<double> poisoned = h.outputs(res);
+  poisoned[poisoned.size() / 2] = nan;
+  CHECK(!(rel_err(poisoned, seq.outputs) <= tolerance));
+  // One rank's returned chunks dropped: those chunks stay NaN in the gathered outputs.
+  res[0].outputs.clear();
+  res[0].output_chunks.clear();
+  CHECK(!(rel_err(h.outputs(res), seq.outputs) <= tolerance));
 }

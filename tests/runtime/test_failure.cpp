@@ -192,6 +192,18 @@ TEST_CASE("Runtime.Failure.PeerNeverArrives" * doctest::timeout(60)) {
     } catch (const StepError& e) {
       CHECK(contains(e.what(), "timed out after 200 ms"));
       some_timeout_nested = some_timeout_nested || nests<TimeoutError>(e);
+      // The failure names the transfer that never came (a commit has no module or chunk of its own): the
+      // module and chunk of the first unfinished receive of the rank that timed out first, which is also
+      // in its message with the payload and the peer.
+      const FailureOrigin& o = e.origin();
+      CHECK(o.op == "|");
+      CHECK(o.module >= 0);
+      CHECK(o.module < 2);
+      CHECK(o.chunk >= 0);
+      CHECK(o.chunk < 8);
+      CHECK(contains(e.what(), "module " + std::to_string(o.module) + ", chunk " + std::to_string(o.chunk)));
+      CHECK(contains(e.what(), "(module " + std::to_string(o.module) + ", chunk " + std::to_string(o.chunk) + ", "));
+      CHECK(contains(e.what(), "from rank "));
     } catch (const std::exception& e) {
       FAIL("rank ", c, " threw something else than StepError: ", e.what());
     }
@@ -273,6 +285,9 @@ TEST_CASE("Runtime.Failure.ConfigErrorsBeforeCommunication") {
   CHECK(contains(config_message([&] { (void)pipe.eval(4, ConstBytes(in).first(8)); }), "got 8 bytes"));
   CHECK(comm.posts() == 0);
   CHECK(comm.commits() == 0);
+  // Refused steps abort the communicator (the other ranks must not wait for this one); reset() clears it.
+  CHECK(comm.aborted());
+  pipe.reset();
 
   // Labels are optional in eval, and a correct step then runs.
   CHECK_NOTHROW((void)pipe.eval(4, in));
@@ -324,4 +339,72 @@ TEST_CASE("Runtime.Failure.ExactLabelSizes") {
   CHECK(contains(config_message([&] { (void)pipe.step(2, in, ConstBytes(labels).first(16)); }),
                  "2 x 16 = 32 bytes, got 16 bytes"));
   CHECK_NOTHROW((void)pipe.step(2, in, labels));
+}
+
+TEST_CASE("Runtime.Failure.ConfigErrorOnOneRankEndsEveryStep" * doctest::timeout(60)) {
+  // Only rank 0's inputs have a wrong size. Rank 0 refuses the step before any communication; the others
+  // are already waiting for it. They must not wait out the 20 s timeout: every rank's step ends at once
+  // with an error naming rank 0 and the size rule. (A hang check with a generous bound, not a timing
+  // assertion: without the abort each rank takes the full 20 s.)
+  PipelineOptions o;
+  o.timeout = 20s;
+  Harness<DualPipe, PlainStage> h(4, 8, o);
+  const ConstBytes whole = h.batch.input_bytes();
+  std::vector<std::string> messages(4);
+  std::vector<double> seconds(4, 0.0);
+  std::vector<int> origin_rank(4, -2);
+  std::vector<bool> config_error(4, false);
+  run_ranks(4, [&](int c) {
+    const auto i = static_cast<std::size_t>(c);
+    const ConstBytes in = !h.has_first(c) ? ConstBytes{} : c == 0 ? whole.first(whole.size() - 8) : whole;
+    const ConstBytes lab = h.has_last(c) ? h.batch.label_bytes() : ConstBytes{};
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      (void)h.pipes[i]->step(h.C, in, lab);
+      messages[i] = "<no error>";
+    } catch (const ConfigError& e) {
+      config_error[i] = true;
+      messages[i] = e.what();
+    } catch (const StepError& e) {
+      origin_rank[i] = e.origin().rank;
+      messages[i] = e.what();
+    } catch (const std::exception& e) {
+      messages[i] = std::string("<other exception> ") + e.what();
+    }
+    seconds[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  });
+  for (int c = 0; c < 4; ++c) {
+    const auto i = static_cast<std::size_t>(c);
+    CAPTURE(c);
+    CAPTURE(messages[i]);
+    CHECK(seconds[i] < 5.0);
+    CHECK(contains(messages[i], "rank 0"));
+    CHECK(contains(messages[i], "inputs must hold the whole batch"));
+    CHECK(contains(messages[i], "got " + std::to_string(whole.size() - 8) + " bytes"));
+    if (c == 0) {
+      CHECK(config_error[i]);
+    } else {
+      CHECK(origin_rank[i] == 0);
+      CHECK(contains(messages[i], "op config"));
+    }
+  }
+
+  // As after any failed step: reset() on every rank, then a correct step.
+  run_ranks(4, [&](int c) { h.pipes[static_cast<std::size_t>(c)]->reset(); });
+  const Sequential seq(h.S, h.C, h.batch);
+  h.zero_grad();
+  CHECK(rel_err(h.losses(h.step()), seq.losses) <= 1e-12);
+  CHECK(deadline_after(std::chrono::milliseconds::max()) > std::chrono::steady_clock::now());
+}
+
+TEST_CASE("Runtime.Failure.HugeTimeoutDoesNotOverflow" * doctest::timeout(60)) {
+  // now() + milliseconds::max() would overflow the clock into the past, and every wait would time out at
+  // once; the deadline saturates instead, and a normal step runs.
+  PipelineOptions o;
+  o.timeout = std::chrono::milliseconds::max();
+  Harness<DualPipe, PlainStage> h(4, 8, o);
+  const Sequential seq(h.S, h.C, h.batch);
+  h.zero_grad();
+  CHECK(rel_err(h.losses(h.step()), seq.losses) <= 1e-12);
+  CHECK(deadline_after(std::chrono::milliseconds::max()) > std::chrono::steady_clock::now());
 }

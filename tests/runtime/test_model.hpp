@@ -3,9 +3,11 @@
 // a sequential run of the same model agree to rounding.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstring>
+#include <limits>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -248,11 +250,15 @@ struct Sequential {
   }
 };
 
-/// max |a - b| / max |b| (normwise relative error; 0 when both are zero).
+/// max |a - b| / max |b| (normwise relative error; 0 when both are zero). +infinity when the sizes differ
+/// or any value is not finite (NaN, inf): a NaN gradient or a missing output chunk (left NaN) never passes,
+/// since comparisons with NaN are false and std::max would silently skip it.
 inline double rel_err(const std::vector<double>& a, const std::vector<double>& b) {
-  if (a.size() != b.size()) return 1e300;
+  constexpr double bad = std::numeric_limits<double>::infinity();
+  if (a.size() != b.size()) return bad;
   double diff = 0, scale = 0;
   for (std::size_t k = 0; k < a.size(); ++k) {
+    if (!std::isfinite(a[k]) || !std::isfinite(b[k])) return bad;
     diff = std::max(diff, std::abs(a[k] - b[k]));
     scale = std::max(scale, std::abs(b[k]));
   }

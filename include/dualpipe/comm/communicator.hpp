@@ -15,6 +15,7 @@
 //                                   until the communicator is reset.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <concepts>
 #include <cstdint>
@@ -50,11 +51,31 @@ struct FailureOrigin {
   }
 };
 
-/// A wait that did not finish in time: a peer never arrived.
+/// A wait that did not finish in time: a peer never arrived. A communicator that knows which transfer never
+/// came says so: its tag and peer (the first unfinished receive's, else the first unfinished send's).
 class TimeoutError : public Error {
 public:
   using Error::Error;
+  /// A timeout waiting for the message `tag` from (or to) communicator rank `peer`.
+  TimeoutError(const std::string& what, MessageTag tag, int peer) : Error(what), _tag(tag), _peer(peer) {}
+  /// Whether tag() and peer() name the transfer that never came.
+  [[nodiscard]] bool has_transfer() const noexcept { return _peer >= 0; }
+  /// The tag of the transfer that never came (meaningful when has_transfer()).
+  [[nodiscard]] const MessageTag& tag() const noexcept { return _tag; }
+  /// The communicator rank it was to come from or go to; -1 when not known.
+  [[nodiscard]] int peer() const noexcept { return _peer; }
+
+private:
+  MessageTag _tag{-1, -1, Payload::activation};
+  int _peer = -1;
 };
+
+/// `now + timeout`, saturated: any timeout (std::chrono::milliseconds::max() included) gives a deadline
+/// at most about a year away, instead of overflowing the clock's representation into the past.
+[[nodiscard]] inline std::chrono::steady_clock::time_point deadline_after(std::chrono::milliseconds timeout) {
+  constexpr std::chrono::milliseconds longest = std::chrono::hours(24 * 365);
+  return std::chrono::steady_clock::now() + std::min(timeout, longest);
+}
 
 /// Another rank (or this one) aborted the communicator; carries where the failure started.
 class CommAborted : public Error {

@@ -311,7 +311,7 @@ private:
   }
 
   void barrier(int rank, std::chrono::milliseconds timeout) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    const auto deadline = deadline_after(timeout);
     std::unique_lock lk(_mutex);
     if (aborted()) throw CommAborted(_origin);
     const std::size_t gen = _barrier_generation;
@@ -332,7 +332,7 @@ private:
   }
 
   void reset_collective(int rank, std::chrono::milliseconds timeout) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    const auto deadline = deadline_after(timeout);
     std::unique_lock lk(_mutex);
     const std::size_t gen = _reset_generation;
     if (++_reset_count == size()) {
@@ -415,7 +415,7 @@ inline void CudaLocalCommunicator::wait_group(std::chrono::milliseconds timeout)
     if (_world->aborted()) throw CommAborted(_world->_origin);
     return;
   }
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  const auto deadline = deadline_after(timeout);
   std::unique_lock lk(_world->_mutex);
   _cv.wait_until(lk, deadline, [&] { return _remaining == 0 || _failed || _world->aborted(); });
   const bool completed = _remaining == 0;

@@ -264,7 +264,7 @@ private:
   [[nodiscard]] CommAborted aborted_error() const { return CommAborted(_origin); }
 
   void barrier(int rank, std::chrono::milliseconds timeout) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    const auto deadline = deadline_after(timeout);
     std::unique_lock lk(_barrier_mutex);
     if (aborted()) throw aborted_error();
     const std::size_t gen = _barrier_generation;
@@ -285,7 +285,7 @@ private:
   }
 
   void reset_collective(int rank, std::chrono::milliseconds timeout) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    const auto deadline = deadline_after(timeout);
     std::unique_lock lk(_reset_mutex);
     const std::size_t gen = _reset_generation;
     if (++_reset_count == _size) {
@@ -387,7 +387,7 @@ inline void InProcessCommunicator::wait_group(std::chrono::milliseconds timeout)
   // A peer that is about to answer is cheaper to yield to than to sleep on.
   for (int i = 0; i < _world->_spin && _remaining.load(std::memory_order_acquire) != 0; ++i)
     std::this_thread::yield();
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  const auto deadline = deadline_after(timeout);
   std::unique_lock lk(_mutex);
   _cv.wait_until(lk, deadline, [&] {
     return _remaining.load(std::memory_order_relaxed) == 0 || _failed || _world->aborted();
@@ -403,6 +403,12 @@ inline void InProcessCommunicator::wait_group(std::chrono::milliseconds timeout)
   const bool completed = _remaining.load(std::memory_order_relaxed) == 0;
   const bool failed = _failed;
   std::string what = failed ? _error : (completed ? std::string() : describe_unfinished());
+  // The transfer that never came: the first unfinished receive (what this rank waits for), else send.
+  const Posted* missing = nullptr;
+  for (const Posted& p : _group)
+    if (!p.done && (missing == nullptr || (missing->send && !p.send))) missing = &p;
+  const MessageTag missing_tag = missing ? missing->tag : MessageTag{-1, -1, Payload::activation};
+  const int missing_peer = missing ? missing->peer : -1;
   _group.clear();
   _group_open = false;
   _failed = false;
@@ -412,7 +418,8 @@ inline void InProcessCommunicator::wait_group(std::chrono::milliseconds timeout)
   if (completed) return;  // every op finished while we were taking them back
   if (_world->aborted()) throw _world->aborted_error();
   throw TimeoutError("in-process communicator: rank " + std::to_string(_rank) + " timed out after " +
-                     std::to_string(timeout.count()) + " ms waiting for " + what);
+                         std::to_string(timeout.count()) + " ms waiting for " + what,
+                     missing_tag, missing_peer);
 }
 
 inline std::string InProcessCommunicator::describe_unfinished() {

@@ -77,7 +77,8 @@ private:
 
   /// Probes the receives not matched yet and tests the requests in flight; true when all are done.
   bool progress();
-  [[nodiscard]] std::string describe_pending(std::chrono::milliseconds timeout) const;
+  // The timeout's message; `missing` / `peer`: the first pending receive (else send), for TimeoutError.
+  [[nodiscard]] std::string describe_pending(std::chrono::milliseconds timeout, MessageTag& missing, int& peer) const;
   void release() noexcept;
 
   MPI_Comm _comm = MPI_COMM_NULL;
@@ -230,13 +231,15 @@ inline void MpiCommitGroup::wait(std::chrono::milliseconds timeout) {
   using clock = std::chrono::steady_clock;
   if (_pending == 0) return;
   const auto start = clock::now();
-  const auto deadline = start + timeout;
+  const auto deadline = deadline_after(timeout);
   while (!progress()) {
     const auto now = clock::now();
     if (now >= deadline) {
-      std::string message = describe_pending(timeout);
+      MessageTag missing{-1, -1, Payload::activation};
+      int peer = -1;
+      std::string message = describe_pending(timeout, missing, peer);
       release();
-      throw TimeoutError(message);
+      throw TimeoutError(message, missing, peer);
     }
     if (now - start < _options.spin) {
       std::this_thread::yield();
@@ -246,7 +249,8 @@ inline void MpiCommitGroup::wait(std::chrono::milliseconds timeout) {
   }
 }
 
-inline std::string MpiCommitGroup::describe_pending(std::chrono::milliseconds timeout) const {
+inline std::string MpiCommitGroup::describe_pending(std::chrono::milliseconds timeout, MessageTag& missing,
+                                                    int& peer) const {
   // Which requests are still active (MPI_Testall leaves them all untouched when not all are done);
   // MPI_Request_get_status asks without freeing them.
   std::vector<int> done(_requests.size(), 0);
@@ -257,10 +261,16 @@ inline std::string MpiCommitGroup::describe_pending(std::chrono::milliseconds ti
   std::string text = "MPI wait timed out after " + std::to_string(timeout.count()) + " ms on rank " +
                      std::to_string(_rank) + "; still pending:";
   std::size_t pending = 0;
+  bool missing_is_send = false;
   for (std::size_t i = 0; i < _messages.size(); ++i) {
     const Message& m = _messages[i];
     const bool finished = m.matched && (_requests[i] == MPI_REQUEST_NULL || done[i]);
     if (finished) continue;
+    if (peer < 0 || (!m.send && missing_is_send)) {
+      missing = m.tag;
+      peer = m.peer;
+      missing_is_send = m.send;
+    }
     text += (pending++ ? "; " : " ");
     text += (m.send ? "send to rank " : "receive from rank ") + std::to_string(m.peer) + " (" +
             detail::describe_tag(m.tag) + ", " + std::to_string(m.bytes) + " bytes, MPI tag " +

@@ -108,7 +108,7 @@ inline void write_unique_id_file(const std::filesystem::path& path, const ncclUn
 /// does not, ConfigError when it is malformed.
 [[nodiscard]] inline ncclUniqueId read_unique_id_file(const std::filesystem::path& path,
                                                       std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  const auto deadline = deadline_after(timeout);
   for (;;) {
     std::ifstream in(path);
     if (in) {

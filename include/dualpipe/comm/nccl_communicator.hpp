@@ -248,7 +248,7 @@ public:
   void synchronize(std::chrono::milliseconds timeout) {
     DeviceGuard on(_device);
     _done->record(stream());
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    const auto deadline = deadline_after(timeout);
     int round = 0;
     while (!_done->ready()) {
       if (aborted()) throw_aborted();
@@ -304,7 +304,7 @@ private:
   // Polls ncclCommGetAsyncError until the last non-blocking call has finished (ncclSuccess). Throws
   // CommAborted, TimeoutError or NcclError (aborting the communicator for the last two).
   void poll_until_launched(const char* what, std::chrono::milliseconds timeout) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    const auto deadline = deadline_after(timeout);
     int round = 0;
     for (;;) {
       ncclResult_t st = ncclSuccess;
@@ -357,7 +357,7 @@ private:
     if (!ev) ev = std::make_unique<Event>(Event::ordering);  // grows to the most groups in flight, then stops
     ev->record(stream());
     std::lock_guard lk(_flight_mutex);
-    _flights.push_back(Flight{std::move(ev), std::chrono::steady_clock::now() + timeout, ops,
+    _flights.push_back(Flight{std::move(ev), deadline_after(timeout), ops,
                               static_cast<long>(timeout.count())});
   }
 

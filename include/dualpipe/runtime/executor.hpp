@@ -461,6 +461,15 @@ private:
     } catch (const StepError& e) {
       abort_quietly(e.origin());
       throw;
+    } catch (const TimeoutError& e) {
+      // A commit has no module or chunk of its own: name the transfer that never came, when known.
+      FailureOrigin o = origin_of(e.what());
+      if (e.has_transfer()) {
+        o.module = e.tag().module;
+        o.chunk = e.tag().chunk;
+      }
+      abort_quietly(o);
+      std::throw_with_nested(StepError(std::move(o), _rank));
     } catch (const std::exception& e) {
       FailureOrigin o = origin_of(e.what());
       abort_quietly(o);

@@ -19,6 +19,7 @@
 #include <array>
 #include <chrono>
 #include <cstddef>
+#include <exception>
 #include <limits>
 #include <memory>
 #include <string>
@@ -54,11 +55,15 @@ concept StageWithLabelBytes = Stage<S> && requires(const S& s) {
 
 /// One rank of a pipeline: `Schedule`'s op lists run by the executor against `Comm`, the user's stages and
 /// the `Device` policy.
-template <class Schedule, Communicator Comm, Stage S, DevicePolicy Device = HostDevice>
+// Comm and S are plain parameters checked by static_asserts below, so that a type missing a member gets a
+// message in plain words ("Stage needs: void backward_weight(...)") instead of a constraint dump.
+template <class Schedule, class Comm, class S, DevicePolicy Device = HostDevice>
 class Pipeline {
   static_assert(SchedulePolicy<Schedule>,
                 "Pipeline's Schedule must be a schedule policy (name, modules_per_rank, check, ops, placement), "
                 "e.g. dualpipe::DualPipe or dualpipe::DualPipeV");
+  static_assert(check_communicator<Comm>(), "Pipeline's Comm must model dualpipe::Communicator");
+  static_assert(check_stage<S>(), "Pipeline's Stage must model dualpipe::Stage");
 
 public:
   /// Modules (stages) each rank holds under this schedule.
@@ -82,7 +87,9 @@ public:
   /// chunk (chunk i = bytes [i*n, (i+1)*n), n = size/chunks); required on ranks holding a first / last stage,
   /// may be empty elsewhere. Each module takes its batch chunks [chunk_offset, chunk_offset + num_chunks).
   /// Throws ConfigError (before any communication) for a bad configuration or input size, StepError when
-  /// the step fails on any rank.
+  /// the step fails on any rank. A ConfigError also aborts the communicator (when it has other ranks), so
+  /// that the other ranks' steps end at once with a StepError naming this rank and the rule ("op config");
+  /// as after any failed step, every rank calls reset() before the next one.
   StepResult step(int chunks, ConstBytes inputs, ConstBytes labels, StepOptions options = {}) {
     StepResult r;
     run(r, chunks, inputs, labels, options, Mode::train);
@@ -211,9 +218,31 @@ private:
     }
   }
 
+  // program() and check_sizes(), refusing a bad step before any communication. The other ranks of the
+  // step may already be waiting for this one: the communicator is aborted (with the real message) so that
+  // their steps end at once with a StepError naming this rank, instead of after the whole timeout. This
+  // rank rethrows the original error (a ConfigError).
+  StepProgram& checked_program(int chunks, Mode mode, ConstBytes inputs, ConstBytes labels) {
+    try {
+      StepProgram& prog = program(chunks, mode);
+      check_sizes(prog, inputs, labels);
+      return prog;
+    } catch (const std::exception& e) {
+      if (ranks() > 1) abort_quietly(FailureOrigin{rank(), -1, -1, "config", e.what()});
+      throw;
+    }
+  }
+
+  void abort_quietly(const FailureOrigin& o) noexcept {
+    try {
+      _comm.abort(o);
+    } catch (...) {
+      // This rank throws the original error either way; a failed abort must not replace it.
+    }
+  }
+
   void run(StepResult& result, int chunks, ConstBytes inputs, ConstBytes labels, const StepOptions& options, Mode mode) {
-    StepProgram& prog = program(chunks, mode);
-    check_sizes(prog, inputs, labels);
+    StepProgram& prog = checked_program(chunks, mode, inputs, labels);
     result.rank = rank();
     result.chunks = chunks;
     result.losses.assign(static_cast<std::size_t>(chunks), std::numeric_limits<double>::quiet_NaN());

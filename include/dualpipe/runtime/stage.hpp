@@ -14,6 +14,19 @@
 //   backward_weight(ctx)                     gradient w.r.t. the weights of chunk ctx.chunk, accumulated; runs
 //                                            after backward_input of that chunk (maybe much later: zero bubble).
 //   input_bytes(), output_bytes()            sizes of one chunk's input and output, in bytes.
+// How long the spans stay valid (and unchanged), so that a stage may keep views instead of copies:
+//   forward's input      train mode: until the end of this chunk's backward_input (or fused backward / the
+//                        backward half of its FB) on this module: the library holds the received buffer for
+//                        that long (chunk_buffers.hpp), so a stage may keep a view of it for its backward.
+//                        At the first stage it is a slice of the step's `inputs`: valid for the whole step.
+//                        Forward mode: only during the forward call (the buffer is reused right after).
+//                        A deferred backward_weight (zero-bubble `B..w` then `W`) runs after the buffer
+//                        was given back: keep what the weight gradient needs (e.g. a copy of the input)
+//                        yourself. (A non-deferred one runs within the backward, while it is still held.)
+//   forward's output     only during the call (and the loss of the same chunk, at the last stage); it is
+//                        sent or handed on, then reused.
+//   backward_input's     output_grad and input_grad: only during the call.
+//   labels               (loss) valid for the whole step.
 // Optional, detected at compile time:
 //   backward(ctx, output_grad, input_grad)   a fused full backward (input and weight), used for `B` ops.
 //   static forward_backward(fwd_stage, fctx, input, output, bwd_stage, bctx, output_grad, input_grad)
