@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "dualpipe/comm/communicator.hpp"
+#include "dualpipe/comm/detail/commit_handle.hpp"
 #include "dualpipe/comm/inprocess.hpp"
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/cuda/error.hpp"
@@ -50,27 +51,10 @@ class CudaLocalWorld;
 /// thread at a time (its rank's); a group must be waited on before the next commit.
 class CudaLocalCommunicator {
 public:
-  /// What commit() returns. Waiting twice is harmless; dropping it unwaited takes its unmatched ops back.
-  class Group {
-  public:
-    explicit Group(CudaLocalCommunicator* c) noexcept : _comm(c) {}
-    Group(Group&& o) noexcept : _comm(std::exchange(o._comm, nullptr)) {}
-    Group& operator=(Group&&) = delete;
-    Group(const Group&) = delete;
-    Group& operator=(const Group&) = delete;
-    ~Group() {
-      if (_comm) _comm->abandon_group();
-    }
-    /// Blocks (on the host) until every op of the group was matched and its copy enqueued. Throws
-    /// TimeoutError after `timeout`, CommAborted when a rank aborted, Error on a size mismatch or a CUDA
-    /// error while enqueueing a copy.
-    void wait(std::chrono::milliseconds timeout) {
-      if (CudaLocalCommunicator* c = std::exchange(_comm, nullptr)) c->wait_group(timeout);
-    }
-
-  private:
-    CudaLocalCommunicator* _comm;
-  };
+  /// What commit() returns (detail::CommitHandle): wait(timeout) blocks (on the host) until every op of the
+  /// group was matched and its copy enqueued, and throws TimeoutError, CommAborted, or Error on a size
+  /// mismatch or a CUDA error while enqueueing; dropping it unwaited takes its unmatched ops back.
+  using Group = detail::CommitHandle<CudaLocalCommunicator>;
 
   CudaLocalCommunicator(const CudaLocalCommunicator&) = delete;
   CudaLocalCommunicator& operator=(const CudaLocalCommunicator&) = delete;
@@ -124,6 +108,7 @@ private:
   void check_peer(int peer, const char* what) const;
   void wait_group(std::chrono::milliseconds timeout);
   void abandon_group() noexcept;
+  friend class detail::CommitHandle<CudaLocalCommunicator>;
   [[nodiscard]] std::string describe_unfinished() const;
 
   CudaLocalWorld* _world;

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "dualpipe/comm/communicator.hpp"
+#include "dualpipe/comm/detail/commit_handle.hpp"
 #include "dualpipe/core/error.hpp"
 
 namespace dualpipe {
@@ -44,26 +45,9 @@ class InProcessWorld;
 /// thread at a time (its rank's); a group must be waited on before the next commit.
 class InProcessCommunicator {
 public:
-  /// What commit() returns. Waiting twice is harmless; dropping it unwaited takes its ops back.
-  class Group {
-  public:
-    explicit Group(InProcessCommunicator* c) noexcept : _comm(c) {}
-    Group(Group&& other) noexcept : _comm(std::exchange(other._comm, nullptr)) {}
-    Group& operator=(Group&&) = delete;
-    Group(const Group&) = delete;
-    Group& operator=(const Group&) = delete;
-    ~Group() {
-      if (_comm) _comm->abandon_group();
-    }
-    /// Blocks until every op of the group is done. Throws TimeoutError after `timeout`, CommAborted when a
-    /// rank aborted, Error on a size mismatch.
-    void wait(std::chrono::milliseconds timeout) {
-      if (InProcessCommunicator* c = std::exchange(_comm, nullptr)) c->wait_group(timeout);
-    }
-
-  private:
-    InProcessCommunicator* _comm;
-  };
+  /// What commit() returns (detail::CommitHandle): wait(timeout) blocks until every op of the group is done
+  /// and throws TimeoutError, CommAborted, or Error on a size mismatch; dropping it unwaited takes its ops back.
+  using Group = detail::CommitHandle<InProcessCommunicator>;
 
   InProcessCommunicator(const InProcessCommunicator&) = delete;
   InProcessCommunicator& operator=(const InProcessCommunicator&) = delete;
@@ -114,6 +98,7 @@ private:
   void check_peer(int peer, const char* what) const;
   void wait_group(std::chrono::milliseconds timeout);
   void abandon_group() noexcept;
+  friend class detail::CommitHandle<InProcessCommunicator>;
   void cancel_unfinished() noexcept;
   // Called (under the mailbox lock) by whichever thread matched op `index` of this rank's group.
   void complete(std::size_t index, const std::string* error);

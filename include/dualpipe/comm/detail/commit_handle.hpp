@@ -1,0 +1,35 @@
+// dualpipe/comm/detail/commit_handle.hpp: the group handle that commit() returns, shared by the
+// communicators whose group state lives in the communicator itself (in-process, CUDA-local).
+#pragma once
+
+#include <chrono>
+#include <utility>
+
+namespace dualpipe::detail {
+
+/// Move-only handle of the group a commit launched. wait() blocks through `Comm::wait_group(timeout)`;
+/// waiting twice is harmless; dropping it unwaited calls `Comm::abandon_group()`, which takes the group's
+/// unmatched ops back. `Comm` befriends this type to keep both members private.
+template <class Comm>
+class CommitHandle {
+public:
+  explicit CommitHandle(Comm* comm) noexcept : _comm(comm) {}
+  CommitHandle(CommitHandle&& other) noexcept : _comm(std::exchange(other._comm, nullptr)) {}
+  CommitHandle& operator=(CommitHandle&&) = delete;
+  CommitHandle(const CommitHandle&) = delete;
+  CommitHandle& operator=(const CommitHandle&) = delete;
+  ~CommitHandle() {
+    if (_comm) _comm->abandon_group();
+  }
+
+  /// Blocks until every op of the group is done; throws what `Comm::wait_group` throws (TimeoutError,
+  /// CommAborted, Error on a size mismatch).
+  void wait(std::chrono::milliseconds timeout) {
+    if (Comm* c = std::exchange(_comm, nullptr)) c->wait_group(timeout);
+  }
+
+private:
+  Comm* _comm;
+};
+
+}  // namespace dualpipe::detail
