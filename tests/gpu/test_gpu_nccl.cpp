@@ -42,7 +42,7 @@ TEST_CASE("Gpu.Nccl.WatchdogEndsAHang" * doctest::timeout(120)) {
     comm.synchronize(20s);      // the watchdog must abort long before this timeout
   } catch (const Error& e) {
     threw = true;
-    MESSAGE("error: " << e.what());
+    MESSAGE("error: " << std::string(e.what()));
   }
   CHECK(threw);
   CHECK(comm.aborted());

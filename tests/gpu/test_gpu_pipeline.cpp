@@ -14,6 +14,9 @@
 
 #include "dualpipe/cuda.hpp"
 #include "dualpipe/dualpipe.hpp"
+#ifdef DUALPIPE_TEST_NCCL
+#include "dualpipe/nccl.hpp"
+#endif
 #include "gpu_affine_stage.hpp"
 
 using namespace dualpipe;
@@ -38,6 +41,7 @@ struct RunResult {
   std::vector<std::vector<Call>> calls;               // per pipeline rank: every module's calls, module 0 first
   std::vector<long> slot_waits;                       // per rank
   std::vector<long> replays;                          // per rank
+  std::vector<std::string> errors;                    // per rank: what a failed step threw
 };
 
 struct Batch {
@@ -76,28 +80,62 @@ struct GpuRunOptions {
   int fail_rank = -1;  // this pipeline rank's module 0 throws in the forward of its chunk 1, in step 0
 };
 
-template <class Schedule, bool Hook>
+/// The ranks of a run on CudaLocalCommunicator: all on device 0 of this process.
+struct LocalRanks {
+  using Comm = CudaLocalCommunicator;
+  static constexpr bool resettable = true;  // a failed step is followed by reset() and more steps
+  explicit LocalRanks(int P) : world(P) {}
+  [[nodiscard]] static int device(int /*rank*/) { return 0; }
+  template <class F>
+  void run(int rank, F&& f) {
+    f(world.communicator(rank));
+  }
+  CudaLocalWorld world;
+};
+
+#ifdef DUALPIPE_TEST_NCCL
+/// The ranks of a run on NcclCommunicator: rank r on device r (NCCL puts one rank on a GPU).
+struct NcclRanks {
+  using Comm = NcclCommunicator;
+  static constexpr bool resettable = false;  // an aborted NCCL communicator is dead
+  explicit NcclRanks(int P) : size(P), id(make_unique_id()) {}
+  [[nodiscard]] static int device(int rank) { return rank; }
+  template <class F>
+  void run(int rank, F&& f) {
+    NcclOptions o;
+    o.watchdog_period = std::chrono::milliseconds(10);
+    NcclCommunicator comm(rank, size, id, rank, o);
+    f(comm);
+  }
+  int size;
+  ncclUniqueId id;
+};
+#endif
+
+template <class Schedule, bool Hook, class Ranks = LocalRanks>
 RunResult run_gpu(int P, int C, std::size_t n, GpuRunOptions o = {}) {
   using StageT = GpuAffineStage<Hook>;
   constexpr int M = Schedule::modules_per_rank;
-  CudaLocalWorld world(P);
+  Ranks ranks(P);
   RunResult res;
   res.losses.assign(static_cast<std::size_t>(o.steps), std::vector<double>(static_cast<std::size_t>(C), NAN));
   res.last.resize(static_cast<std::size_t>(P));
   res.calls.resize(static_cast<std::size_t>(P));
   res.slot_waits.assign(static_cast<std::size_t>(P), 0);
   res.replays.assign(static_cast<std::size_t>(P), 0);
+  res.errors.resize(static_cast<std::size_t>(P));
   std::mutex mu;
-  std::vector<DeviceBuffer<SyncAllocator>> d_in, d_lab;
-  for (int s = 0; s < o.steps; ++s) {
-    const Batch b = make_batch(C, n, s);
-    d_in.emplace_back(b.inputs.size() * sizeof(double), StreamRef());
-    d_lab.emplace_back(b.labels.size() * sizeof(double), StreamRef());
-    DUALPIPE_CUDA_CHECK(cudaMemcpy(d_in.back().data(), b.inputs.data(), d_in.back().size(), cudaMemcpyHostToDevice));
-    DUALPIPE_CUDA_CHECK(cudaMemcpy(d_lab.back().data(), b.labels.data(), d_lab.back().size(), cudaMemcpyHostToDevice));
-  }
   run_ranks(P, [&](int r) {
-    DUALPIPE_CUDA_CHECK(cudaSetDevice(0));
+    DUALPIPE_CUDA_CHECK(cudaSetDevice(Ranks::device(r)));
+    // Each rank's copy of every step's batch, on its device (the legacy stream: the step waits for it).
+    std::vector<DeviceBuffer<SyncAllocator>> d_in, d_lab;
+    for (int s = 0; s < o.steps; ++s) {
+      const Batch b = make_batch(C, n, s);
+      d_in.emplace_back(b.inputs.size() * sizeof(double), StreamRef());
+      d_lab.emplace_back(b.labels.size() * sizeof(double), StreamRef());
+      DUALPIPE_CUDA_CHECK(cudaMemcpy(d_in.back().data(), b.inputs.data(), d_in.back().size(), cudaMemcpyHostToDevice));
+      DUALPIPE_CUDA_CHECK(cudaMemcpy(d_lab.back().data(), b.labels.data(), d_lab.back().size(), cudaMemcpyHostToDevice));
+    }
     std::vector<std::unique_ptr<StageT>> stages;
     std::array<StageT*, M> ptrs{};
     for (int m = 0; m < M; ++m) {
@@ -106,50 +144,59 @@ RunResult run_gpu(int P, int C, std::size_t n, GpuRunOptions o = {}) {
       ptrs[static_cast<std::size_t>(m)] = stages.back().get();
     }
     PipelineOptions po;
-    po.timeout = std::chrono::milliseconds(30'000);
+    po.timeout = std::chrono::milliseconds(o.fail_rank >= 0 ? 5'000 : 30'000);
     po.scale_loss_by_chunks = true;
     CudaDeviceOptions dopt = o.device;
+    dopt.device = Ranks::device(r);
     dopt.timeline_epoch = o.epoch;
-    Pipeline<Schedule, CudaLocalCommunicator, StageT, CudaDevice> pipe(world.communicator(r), ptrs, po, CudaDevice(dopt));
-    for (int s = 0; s < o.steps; ++s) {
-      if (s == 0 && r == o.fail_rank) stages[0]->fail_forward_of_chunk = 1;
-      for (auto& st : stages) st->zero_grad();
-      const auto size_b = static_cast<std::size_t>(C) * n * sizeof(double);
-      const ConstBytes in(static_cast<const std::byte*>(d_in[static_cast<std::size_t>(s)].data()), size_b);
-      const ConstBytes lab(static_cast<const std::byte*>(d_lab[static_cast<std::size_t>(s)].data()), size_b);
-      StepResult sr;
-      if (s == 0 && o.fail_rank >= 0) {
-        CHECK_THROWS_AS(sr = pipe.step(C, in, lab), StepError);
-        stages[0]->fail_forward_of_chunk = -1;
-        pipe.reset();
-        continue;
-      }
-      sr = o.mode == Mode::train ? pipe.step(C, in, lab, {o.return_outputs}) : pipe.eval(C, in, lab, {o.return_outputs});
-      std::lock_guard lk(mu);
-      for (int c = 0; c < C; ++c)
-        if (!std::isnan(sr.losses[static_cast<std::size_t>(c)]))
-          res.losses[static_cast<std::size_t>(s)][static_cast<std::size_t>(c)] = sr.losses[static_cast<std::size_t>(c)];
-      if (s == o.steps - 1) {
-        std::size_t off = 0;
-        for (int b : sr.output_chunks) {
-          const auto* p = reinterpret_cast<const double*>(sr.outputs.data() + off);
-          res.outputs[b].assign(p, p + n);
-          off += n * sizeof(double);
+    ranks.run(r, [&](typename Ranks::Comm& comm) {
+      Pipeline<Schedule, typename Ranks::Comm, StageT, CudaDevice> pipe(comm, ptrs, po, CudaDevice(dopt));
+      for (int s = 0; s < o.steps; ++s) {
+        if (s == 0 && r == o.fail_rank) stages[0]->fail_forward_of_chunk = 1;
+        for (auto& st : stages) st->zero_grad();
+        const auto size_b = static_cast<std::size_t>(C) * n * sizeof(double);
+        const ConstBytes in(static_cast<const std::byte*>(d_in[static_cast<std::size_t>(s)].data()), size_b);
+        const ConstBytes lab(static_cast<const std::byte*>(d_lab[static_cast<std::size_t>(s)].data()), size_b);
+        StepResult sr;
+        if (s == 0 && o.fail_rank >= 0) {
+          try {
+            sr = pipe.step(C, in, lab);
+            FAIL("rank " << r << ": the step did not fail");
+          } catch (const StepError& e) {
+            res.errors[static_cast<std::size_t>(r)] = e.what();
+          }
+          stages[0]->fail_forward_of_chunk = -1;
+          if constexpr (!Ranks::resettable) return;
+          pipe.reset();
+          continue;
         }
-        res.last[static_cast<std::size_t>(r)] = sr;
+        sr = o.mode == Mode::train ? pipe.step(C, in, lab, {o.return_outputs}) : pipe.eval(C, in, lab, {o.return_outputs});
+        std::lock_guard lk(mu);
+        for (int c = 0; c < C; ++c)
+          if (!std::isnan(sr.losses[static_cast<std::size_t>(c)]))
+            res.losses[static_cast<std::size_t>(s)][static_cast<std::size_t>(c)] = sr.losses[static_cast<std::size_t>(c)];
+        if (s == o.steps - 1) {
+          std::size_t off = 0;
+          for (int b : sr.output_chunks) {
+            const auto* p = reinterpret_cast<const double*>(sr.outputs.data() + off);
+            res.outputs[b].assign(p, p + n);
+            off += n * sizeof(double);
+          }
+          res.last[static_cast<std::size_t>(r)] = sr;
+        }
       }
-    }
-    std::lock_guard lk(mu);
-    for (auto& st : stages) {
-      auto& g = res.grads[st->stage()];
-      const std::vector<double> mine = st->grads();
-      if (g.empty()) g = mine;
-      else for (std::size_t i = 0; i < 2; ++i) g[i] += mine[i];
-      res.calls[static_cast<std::size_t>(r)].insert(res.calls[static_cast<std::size_t>(r)].end(), st->calls.begin(),
-                                                    st->calls.end());
-    }
-    res.slot_waits[static_cast<std::size_t>(r)] = pipe.device().slot_waits();
-    res.replays[static_cast<std::size_t>(r)] = pipe.device().graph_replays();
+      std::lock_guard lk(mu);
+      for (auto& st : stages) {
+        auto& g = res.grads[st->stage()];
+        const std::vector<double> mine = st->grads();
+        if (g.empty()) g = mine;
+        else for (std::size_t i = 0; i < 2; ++i) g[i] += mine[i];
+        res.calls[static_cast<std::size_t>(r)].insert(res.calls[static_cast<std::size_t>(r)].end(), st->calls.begin(),
+                                                      st->calls.end());
+      }
+      res.slot_waits[static_cast<std::size_t>(r)] = pipe.device().slot_waits();
+      res.replays[static_cast<std::size_t>(r)] = pipe.device().graph_replays();
+    });
   });
   return res;
 }
@@ -378,3 +425,43 @@ TEST_CASE("Gpu.Pipeline.GpuTimeline" * doctest::timeout(300)) {
   CHECK(t.bubble_ratio() >= 0);
   CHECK(t.bubble_ratio() < 1);
 }
+
+#ifdef DUALPIPE_TEST_NCCL
+// NCCL with several ranks needs a GPU per rank: on a one-GPU machine these cases skip their configurations
+// (the CUDA emulator has 8 devices and runs them all).
+TEST_CASE_TEMPLATE("Gpu.Pipeline.NcclEqualsInProcess" * doctest::timeout(600), Schedule, DualPipe, DualPipeV, ZB1P) {
+  const std::size_t n = 2048;
+  for (auto [P, C] : configs<Schedule>()) {
+    CAPTURE(P);
+    CAPTURE(C);
+    if (cuda_device_count() < P) {
+      MESSAGE("skipped: " << P << " NCCL ranks need " << P << " GPUs, this machine has " << cuda_device_count());
+      continue;
+    }
+    const RunResult cpu = run_cpu<Schedule>(P, C, n, 2);
+    check_same(run_gpu<Schedule, false, NcclRanks>(P, C, n), cpu);
+    if constexpr (Schedule::modules_per_rank == 2) check_same(run_gpu<Schedule, true, NcclRanks>(P, C, n), cpu);
+  }
+}
+
+TEST_CASE("Gpu.Pipeline.NcclFailureEndsEveryRanksStep" * doctest::timeout(120)) {
+  // Rank 1 fails in its forward: it aborts its communicator; the others' transfers with it never end,
+  // until their watchdogs abort theirs. Every rank's step ends with a StepError, none hangs.
+  const int P = 4;
+  if (cuda_device_count() < P) {
+    MESSAGE("skipped: needs " << P << " GPUs");
+    return;
+  }
+  GpuRunOptions o;
+  o.steps = 1;
+  o.fail_rank = 1;
+  const RunResult r = run_gpu<DualPipe, false, NcclRanks>(P, 8, 1024, o);
+  for (int rank = 0; rank < P; ++rank) {
+    CAPTURE(rank);
+    const std::string& e = r.errors[static_cast<std::size_t>(rank)];
+    MESSAGE("rank " << rank << ": " << e);
+    CHECK(!e.empty());
+  }
+  CHECK(r.errors[1].find("injected failure in forward") != std::string::npos);
+}
+#endif

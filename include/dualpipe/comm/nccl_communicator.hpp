@@ -98,7 +98,9 @@ public:
     _stream = std::make_unique<Stream>(cudaStreamNonBlocking);
     _done = std::make_unique<Event>(Event::ordering);
     DUALPIPE_CUDA_CHECK(cudaMalloc(&_barrier_value, sizeof(int)));
-    DUALPIPE_CUDA_CHECK(cudaMemset(_barrier_value, 0, sizeof(int)));
+    // On the communication stream, which the barrier's all-reduce uses: cudaMemset would run on the legacy
+    // stream, which a non-blocking stream does not wait for.
+    DUALPIPE_CUDA_CHECK(cudaMemsetAsync(_barrier_value, 0, sizeof(int), _stream->get()));
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
     const ncclResult_t r = ncclCommInitRankConfig(&_comm, size, id, rank, &config);

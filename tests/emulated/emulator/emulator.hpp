@@ -1,0 +1,88 @@
+// tests/emulated/emulator/emulator.hpp: a host emulation of the parts of the CUDA runtime and NCCL that
+// dualpipe uses, for testing the CUDA device policy and the communicators where there is no GPU.
+//
+// The emulator defines the CUDA runtime functions (cuda_runtime.cpp) and the NCCL functions (nccl.cpp)
+// themselves, against the toolkit's own headers (so every signature is checked by the compiler), and a
+// test program links it instead of libcudart and libnccl. It follows CUDA's documented semantics where
+// dualpipe depends on them, and is strict where CUDA would fail or be undefined:
+//   - a stream is a worker thread running its operations in order; cudaStreamWaitEvent waits for the
+//     event's most recent record at the time of the call; an event never recorded is complete;
+//   - ordering is checked, not only exercised: every operation carries a vector clock (its stream, the
+//     events it waits for, what the host saw finish), every access to device memory (copies, memsets,
+//     NCCL buffers, the accesses emulated kernels declare) is checked against the earlier conflicting
+//     ones, and an access not ordered after them is reported as a race, whatever the timing;
+//   - the legacy default stream (0) orders with blocking streams only, never with cudaStreamNonBlocking
+//     ones, so a host cudaMemcpy does not wait for them (as on a GPU);
+//   - device memory (cudaMalloc, cudaMallocAsync) is host memory filled with 0xff bytes (NaN doubles), in
+//     a registry: copies of the wrong kind, kernels given host pointers, and frees of unknown pointers fail;
+//   - stream capture: operations on a capturing stream become graph nodes; other streams join by waiting
+//     on an event recorded in the capture; waiting on an event recorded outside the capture, querying or
+//     synchronising a capturing stream, or ending a capture with an unjoined stream fail as on a GPU;
+//   - NCCL: one communicator per rank thread; a group is one stream operation that ends once every send of
+//     it was received and every receive filled (sends and receives are matched per peer in order, as NCCL
+//     does), so groups that a GPU could not run together deadlock here too, until an abort ends them;
+//   - it has DUALPIPE_EMULATED_DEVICES devices (default 8, as a node of 8 GPUs);
+//   - every operation can first sleep a random while (DUALPIPE_EMULATOR_JITTER_US, default 50), so that a
+//     missing wait between streams shows as wrong data, or as a data race under ThreadSanitizer;
+//   - a host wait that lasts over DUALPIPE_EMULATOR_HANG_S seconds (default 120) prints what is stuck and
+//     ends the process, so a test never hangs.
+// It is a test double: it checks ordering, matching, capture structure and error paths, not GPU speed.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace cuda_emulator {
+
+/// A range of memory an operation reads or writes.
+struct Access {
+  const void* data;
+  std::size_t bytes;
+  bool write;
+};
+
+/// Issues `work` on `stream` in stream order (a graph node while the stream is capturing); `name` appears
+/// in reports. The work runs on the stream's worker thread with `stream`'s device current. `accesses` are
+/// checked against the earlier accesses to the same device memory: each must be ordered after the ones it
+/// conflicts with (by stream order, events or host synchronisation), else a race is reported.
+cudaError_t launch(cudaStream_t stream, std::function<void()> work, const char* name, std::vector<Access> accesses = {});
+
+/// The races reported so far (each also printed on stderr, and failing every later runtime call with
+/// cudaErrorLaunchFailure); taking them clears that sticky error, for the emulator's own tests.
+[[nodiscard]] std::vector<std::string> take_races();
+
+/// Whether [p, p + bytes) lies inside one allocation of device memory (on `device`, or any when -1).
+[[nodiscard]] bool is_device_memory(const void* p, std::size_t bytes, int device = -1);
+
+/// For emulated kernels: reports a device fault (sticky, as an illegal address on a GPU) unless
+/// [p, p + bytes) is device memory of the device of the running stream. Returns whether it is.
+bool require_device_memory(const void* p, std::size_t bytes, const char* what);
+
+/// The device of `stream` (the current device for the legacy stream).
+[[nodiscard]] int stream_device(cudaStream_t stream);
+
+/// Records a sticky device fault: every later runtime call returns cudaErrorIllegalAddress.
+void device_fault(const std::string& what);
+
+/// Ends the process with a report when a host wait lasted over the hang limit.
+[[noreturn]] void hang(const std::string& what);
+
+/// The hang limit in milliseconds.
+[[nodiscard]] long hang_limit_ms();
+
+/// Sleeps a random while, up to the jitter limit (called before every stream operation).
+void jitter();
+
+/// Counters, for tests of the emulator itself.
+struct Counters {
+  long operations = 0;   ///< stream operations run
+  long event_waits = 0;  ///< cudaStreamWaitEvent calls that waited for something
+  long graph_launches = 0;
+};
+[[nodiscard]] Counters counters();
+
+}  // namespace cuda_emulator
