@@ -160,6 +160,8 @@ VectorClock g_host_clock;  // what the host has seen finish (all host threads to
 int g_streams_made = 0;
 std::mutex g_race_mutex;
 std::vector<std::string> g_races;
+std::atomic<bool> g_probing{false};
+std::vector<std::string> g_probed;
 thread_local int t_device = 0;
 thread_local int t_running_device = -1;  // the device of the stream whose operation runs on this thread
 thread_local cudaError_t t_last_error = cudaSuccess;
@@ -284,6 +286,10 @@ bool ordered(const Epoch& e, const VectorClock& v) {
 void report_race(const std::string& what) {
   {
     std::lock_guard lk(g_race_mutex);
+    if (g_probing.load()) {
+      g_probed.push_back(what);
+      return;
+    }
     g_races.push_back(what);
   }
   std::fprintf(stderr, "cuda emulator: RACE: %s\n", what.c_str());
@@ -581,6 +587,23 @@ namespace cuda_emulator {
 cudaError_t launch(cudaStream_t stream, std::function<void()> work, const char* name, std::vector<Access> accesses) {
   EMU_STICKY();
   return issue(stream, std::move(work), name, accesses);
+}
+
+RaceProbe::RaceProbe() {
+  std::lock_guard lk(g_race_mutex);
+  g_probed.clear();
+  g_probing = true;
+}
+RaceProbe::~RaceProbe() {
+  std::lock_guard lk(g_race_mutex);
+  g_probing = false;
+  g_probed.clear();
+}
+std::vector<std::string> RaceProbe::take() {
+  std::lock_guard lk(g_race_mutex);
+  std::vector<std::string> out;
+  out.swap(g_probed);
+  return out;
 }
 
 std::vector<std::string> take_races() {

@@ -55,6 +55,18 @@ cudaError_t launch(cudaStream_t stream, std::function<void()> work, const char* 
 /// cudaErrorLaunchFailure); taking them clears that sticky error, for the emulator's own tests.
 [[nodiscard]] std::vector<std::string> take_races();
 
+/// While one exists, races are only collected (not printed, not sticky): for tests that show a race is
+/// found when an ordering call is left out. Not nestable.
+class RaceProbe {
+public:
+  RaceProbe();
+  ~RaceProbe();
+  RaceProbe(const RaceProbe&) = delete;
+  RaceProbe& operator=(const RaceProbe&) = delete;
+  /// The races collected so far.
+  [[nodiscard]] std::vector<std::string> take();
+};
+
 /// Whether [p, p + bytes) lies inside one allocation of device memory (on `device`, or any when -1).
 [[nodiscard]] bool is_device_memory(const void* p, std::size_t bytes, int device = -1);
 
