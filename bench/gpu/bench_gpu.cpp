@@ -225,9 +225,11 @@ void bubble_bench(benchmark::State& state) {
   {
     Solo solo;
     BenchStage a(cost), b(cost);
-    DeviceBuffer<SyncAllocator> x(cost.message_bytes, StreamRef()), y(cost.message_bytes, StreamRef());
+    DeviceBuffer<SyncAllocator> x(cost.message_bytes, StreamRef()), y(cost.message_bytes, StreamRef()),
+        z(cost.message_bytes, StreamRef());
     const ConstBytes cx(static_cast<const std::byte*>(x.data()), x.size());
     const MutableBytes my(static_cast<std::byte*>(y.data()), y.size());
+    const MutableBytes mz(static_cast<std::byte*>(z.data()), z.size());  // the backward half's output in an FB
     costs.forward = gpu_seconds(solo, [&] { a.forward(solo.ctx(ComputeLane::main), cx, my); });
     costs.weight = gpu_seconds(solo, [&] { a.backward_weight(solo.ctx(ComputeLane::main)); });
     costs.backward = gpu_seconds(solo, [&] {
@@ -237,7 +239,7 @@ void bubble_bench(benchmark::State& state) {
     costs.forward_backward = gpu_seconds(solo, [&] {
       solo.device.fork();
       a.forward(solo.ctx(ComputeLane::main), cx, my);
-      b.backward_input(solo.ctx(ComputeLane::second), cx, my);
+      b.backward_input(solo.ctx(ComputeLane::second), cx, mz);
       b.backward_weight(solo.ctx(ComputeLane::second));
       solo.device.join();
     });

@@ -30,6 +30,7 @@ public:
     const std::size_t scratch = cost.copy_bytes > 0 ? 2 * cost.copy_bytes : 0;
     DUALPIPE_CUDA_CHECK(cudaMalloc(&_mem, scratch + sizeof(double)));
     DUALPIPE_CUDA_CHECK(cudaMemset(_mem, 0, scratch + sizeof(double)));
+    DUALPIPE_CUDA_CHECK(cudaDeviceSynchronize());  // the legacy stream's memset is not ordered with non-blocking streams
     _zero = reinterpret_cast<double*>(static_cast<std::byte*>(_mem) + scratch);
   }
   BenchStage(const BenchStage&) = delete;

@@ -225,7 +225,9 @@ std::vector<std::vector<double>> gather(NcclCommunicator& comm, const std::vecto
   DeviceBuffer<SyncAllocator> d(bytes * static_cast<std::size_t>(P), StreamRef());
   std::vector<std::vector<double>> all;
   if (comm.rank() != 0) {
-    DUALPIPE_CUDA_CHECK(cudaMemcpy(d.data(), mine.data(), bytes, cudaMemcpyHostToDevice));
+    // On the communication stream, so the send is ordered after it (a cudaMemcpy from pageable memory may
+    // return before its copy landed, and the legacy stream does not order with non-blocking ones).
+    DUALPIPE_CUDA_CHECK(cudaMemcpyAsync(d.data(), mine.data(), bytes, cudaMemcpyHostToDevice, comm.stream()));
     comm.post_send(0, tag, ConstBytes(static_cast<const std::byte*>(d.data()), bytes));
     comm.commit().wait(timeout);
     comm.synchronize(timeout);

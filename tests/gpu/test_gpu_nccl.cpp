@@ -48,4 +48,25 @@ TEST_CASE("Gpu.Nccl.WatchdogEndsAHang" * doctest::timeout(120)) {
   CHECK(comm.aborted());
   REQUIRE(comm.failure().has_value());
   CHECK(!comm.failure()->what.empty());
+  // The watchdog names the group's transfers.
+  if (comm.failure()->op == "watchdog")
+    CHECK(comm.failure()->what.find("receive from rank 0 (module 0, chunk 0, activation) 4096 bytes") != std::string::npos);
+}
+
+TEST_CASE("Gpu.Nccl.WatchdogFiresOnALateGroup" * doctest::timeout(120)) {
+  // A matched self send/receive queued behind 2 s of other work on the stream: NCCL accepts it, and only
+  // the watchdog can see that it is late (its group's wait gave it 300 ms).
+  NcclOptions o;
+  o.watchdog_period = 20ms;
+  NcclCommunicator comm(0, 1, make_unique_id(), 0, o);
+  DeviceBuffer<SyncAllocator> src(4096, StreamRef()), dst(4096, StreamRef());
+  gputest::spin(2'000'000'000u, comm.stream());
+  comm.post_send(0, MessageTag{0, 5, Payload::gradient}, ConstBytes(static_cast<const std::byte*>(src.data()), 4096));
+  comm.post_recv(0, MessageTag{0, 5, Payload::gradient}, MutableBytes(static_cast<std::byte*>(dst.data()), 4096));
+  comm.commit().wait(300ms);  // enqueued behind the spin
+  CHECK_THROWS_AS(comm.synchronize(20s), CommAborted);
+  REQUIRE(comm.failure().has_value());
+  CHECK(comm.failure()->op == "watchdog");
+  CHECK(comm.failure()->what.find("send to rank 0 (module 0, chunk 5, gradient) 4096 bytes") != std::string::npos);
+  ignore_cuda_error(cudaStreamSynchronize(comm.stream()));  // the spin ends on its own, then the aborted group
 }

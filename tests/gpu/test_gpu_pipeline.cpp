@@ -463,5 +463,86 @@ TEST_CASE("Gpu.Pipeline.NcclFailureEndsEveryRanksStep" * doctest::timeout(120)) 
     CHECK(!e.empty());
   }
   CHECK(r.errors[1].find("injected failure in forward") != std::string::npos);
+  // The others' watchdogs name the transfer each was stuck in.
+  for (int rank : {0, 2, 3}) CHECK(r.errors[static_cast<std::size_t>(rank)].find("op watchdog") != std::string::npos);
+}
+#endif
+
+#ifdef DUALPIPE_TEST_NCCL
+TEST_CASE("Gpu.Pipeline.NcclGraphCaptureAndReplay" * doctest::timeout(300)) {
+  // Two NCCL ranks capture their steps (the transfers too) and replay them; a batch that moves afterwards
+  // is a ConfigError on every rank (they cannot recapture at once), not a hang.
+  const int P = 2, C = 4;
+  const std::size_t n = 1024;
+  if (cuda_device_count() < P) {
+    MESSAGE("skipped: needs " << P << " GPUs");
+    return;
+  }
+  GpuRunOptions eager;
+  eager.steps = 1;
+  const RunResult ref = run_gpu<DualPipe, false, NcclRanks>(P, C, n, eager);
+  NcclRanks ranks(P);
+  std::mutex mu;
+  std::vector<long> replays(P, 0), captures(P, 0);
+  std::map<int, std::vector<double>> grads;
+  run_ranks(P, [&](int r) {
+    DUALPIPE_CUDA_CHECK(cudaSetDevice(r));
+    const Batch b = make_batch(C, n, 0);
+    std::vector<DeviceBuffer<SyncAllocator>> din, dlab;  // [0]: the batch of every step; [1]: the same, moved
+    for (int k = 0; k < 2; ++k) {
+      din.emplace_back(b.inputs.size() * sizeof(double), StreamRef());
+      dlab.emplace_back(b.labels.size() * sizeof(double), StreamRef());
+      DUALPIPE_CUDA_CHECK(cudaMemcpy(din.back().data(), b.inputs.data(), din.back().size(), cudaMemcpyHostToDevice));
+      DUALPIPE_CUDA_CHECK(cudaMemcpy(dlab.back().data(), b.labels.data(), dlab.back().size(), cudaMemcpyHostToDevice));
+    }
+    std::vector<std::unique_ptr<GpuAffineStage<false>>> stages;
+    std::array<GpuAffineStage<false>*, 2> ptrs{};
+    for (int m = 0; m < 2; ++m) {
+      const ModulePlacement pl = DualPipe::placement(P, C, r, m);
+      stages.push_back(std::make_unique<GpuAffineStage<false>>(pl.stage, pl.num_chunks, n));
+      ptrs[static_cast<std::size_t>(m)] = stages.back().get();
+    }
+    PipelineOptions po;
+    po.timeout = std::chrono::milliseconds(10'000);
+    po.scale_loss_by_chunks = true;
+    CudaDeviceOptions dopt;
+    dopt.device = r;
+    dopt.graph = GraphMode::capture;
+    ranks.run(r, [&](NcclCommunicator& comm) {
+      Pipeline<DualPipe, NcclCommunicator, GpuAffineStage<false>, CudaDevice> pipe(comm, ptrs, po, CudaDevice(dopt));
+      auto bytes_of = [&](const DeviceBuffer<SyncAllocator>& d) {
+        return ConstBytes(static_cast<const std::byte*>(d.data()), d.size());
+      };
+      for (int s = 0; s < 4; ++s) {
+        CAPTURE(s);
+        for (auto& st : stages) st->zero_grad();
+        const StepResult sr = pipe.step(C, bytes_of(din[0]), bytes_of(dlab[0]));
+        for (int c = 0; c < C; ++c)
+          if (!std::isnan(sr.losses[static_cast<std::size_t>(c)]))
+            CHECK(sr.losses[static_cast<std::size_t>(c)] == ref.losses[0][static_cast<std::size_t>(c)]);
+      }
+      {
+        std::lock_guard lk(mu);
+        for (auto& st : stages) {  // the last step's, summed over each stage's copies as in `ref`
+          auto& g = grads[st->stage()];
+          const std::vector<double> mine = st->grads();
+          if (g.empty()) g = mine;
+          else for (std::size_t i = 0; i < 2; ++i) g[i] += mine[i];
+        }
+        replays[static_cast<std::size_t>(r)] = pipe.device().graph_replays();
+        captures[static_cast<std::size_t>(r)] = pipe.device().graph_captures();
+      }
+      CHECK_THROWS_WITH_AS(pipe.step(C, bytes_of(din[1]), bytes_of(dlab[1])),
+                           doctest::Contains("graph capture with 2 ranks"), StepError);
+    });
+  });
+  for (int r = 0; r < P; ++r) {
+    CHECK(captures[static_cast<std::size_t>(r)] == 1);
+    CHECK(replays[static_cast<std::size_t>(r)] == 2);
+  }
+  for (const auto& [stage, g] : ref.grads) {
+    CAPTURE(stage);
+    CHECK(rel_err(grads[stage], g) == 0.0);  // the same kernels in the same order: the same bits
+  }
 }
 #endif

@@ -20,7 +20,9 @@
 // So group.wait() is a host rendezvous of the two ranks (as the schedules' commit-rendezvous model has it)
 // but never a wait for the GPU: the host runs ahead, the device orders. The copies of the posts of one
 // group go in post order. Options::copy = false skips the copies but keeps every event (to measure a step
-// without its transfers).
+// without its transfers). With ranks on several GPUs, give their CudaDevices a SyncAllocator (or make
+// each device's default memory pool accessible to the others with cudaMemPoolSetAccess): a peer copy reads
+// another device's chunk buffers, and memory from cudaMallocAsync's pools is not open to peers by default.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -412,6 +414,10 @@ inline void CudaLocalCommunicator::wait_group(std::chrono::milliseconds timeout)
   }
   _world->withdraw_unfinished(*this);  // under the lock: no peer can match (and copy into) them any more
   std::string what = failed ? _error : (completed ? std::string() : describe_unfinished());
+  // The first transfer that never came, for TimeoutError::tag()/peer() (the executor names its op).
+  const auto missing = std::find_if(_group.begin(), _group.end(), [](const Posted& p) { return !p.done; });
+  const MessageTag missing_tag = missing != _group.end() ? missing->tag : MessageTag{-1, -1, Payload::activation};
+  const int missing_peer = missing != _group.end() ? missing->peer : -1;
   _group.clear();
   _group_open = false;
   _failed = false;
@@ -422,7 +428,8 @@ inline void CudaLocalCommunicator::wait_group(std::chrono::milliseconds timeout)
   if (failed) throw Error(what);
   if (aborted) throw CommAborted(std::move(origin));
   throw TimeoutError("CUDA local communicator: rank " + std::to_string(_rank) + " timed out after " +
-                     std::to_string(timeout.count()) + " ms waiting for " + what);
+                         std::to_string(timeout.count()) + " ms waiting for " + what,
+                     missing_tag, missing_peer);
 }
 
 inline std::string CudaLocalCommunicator::describe_unfinished() const {

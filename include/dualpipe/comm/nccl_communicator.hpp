@@ -27,6 +27,7 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -119,6 +120,7 @@ public:
       throw;
     }
     _queued.reserve(32);
+    _committed.reserve(32);
     _watchdog = std::thread([this] { watchdog(); });
   }
 
@@ -212,10 +214,12 @@ public:
     }
     const ncclResult_t end = ncclGroupEnd();
     if (r == ncclSuccess || r == ncclInProgress) r = end;
+    _committed.swap(_queued);  // kept for the watchdog's message (capacities are reused: no allocation)
     _queued.clear();
     if (r != ncclSuccess && r != ncclInProgress) {
       const std::string what = format_nccl_error(r, "ncclGroupEnd (commit)", __FILE__, __LINE__, _comm);
       lk.unlock();
+      _group_open = false;  // no group to wait on: later calls see the abort, not "commits before waiting"
       abort_with("commit", what);
       throw NcclError(what, static_cast<int>(r));
     }
@@ -277,9 +281,23 @@ private:
   struct Flight {
     std::unique_ptr<Event> done;
     std::chrono::steady_clock::time_point deadline;
-    std::size_t ops;
+    std::vector<Posted> ops;
     long timeout_ms;
   };
+
+  // "send to rank 1 (module 0, chunk 3, activation) 4096 bytes, ..." (the first few).
+  static std::string describe_ops(const std::vector<Posted>& ops) {
+    std::string out;
+    const std::size_t shown = std::min<std::size_t>(ops.size(), 4);
+    for (std::size_t i = 0; i < shown; ++i) {
+      const Posted& p = ops[i];
+      out += (i ? ", " : "");
+      out += (p.send ? "send to rank " : "receive from rank ") + std::to_string(p.peer) + " " + describe(p.tag) + " " +
+             std::to_string(p.size) + " bytes";
+    }
+    if (shown < ops.size()) out += ", ...";
+    return out;
+  }
 
   void check_peer(int peer, const char* what) const {
     if (peer < 0 || peer >= _size)
@@ -339,27 +357,34 @@ private:
       return;
     }
     poll_until_launched("launching a group", timeout);
-    watch(ops, timeout);
+    watch(timeout);
   }
 
   // Records an event after the group and hands it to the watchdog (not while the stream is being captured
   // into a graph: there is nothing to watch then).
-  void watch(std::size_t ops, std::chrono::milliseconds timeout) {
+  void watch(std::chrono::milliseconds timeout) {
+    DeviceGuard on(_device);  // the event is made and recorded on the stream's device
     cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
     DUALPIPE_CUDA_CHECK(cudaStreamIsCapturing(stream(), &cs));
     if (cs != cudaStreamCaptureStatusNone) return;
     std::unique_ptr<Event> ev;
+    std::vector<Posted> what;
     {
       std::lock_guard lk(_flight_mutex);
       if (!_spare.empty()) {
         ev = std::move(_spare.back());
         _spare.pop_back();
       }
+      if (!_spare_ops.empty()) {
+        what = std::move(_spare_ops.back());
+        _spare_ops.pop_back();
+      }
     }
     if (!ev) ev = std::make_unique<Event>(Event::ordering);  // grows to the most groups in flight, then stops
     ev->record(stream());
+    what.assign(_committed.begin(), _committed.end());  // ops == _committed.size(): the group just waited on
     std::lock_guard lk(_flight_mutex);
-    _flights.push_back(Flight{std::move(ev), deadline_after(timeout), ops,
+    _flights.push_back(Flight{std::move(ev), deadline_after(timeout), std::move(what),
                               static_cast<long>(timeout.count())});
   }
 
@@ -386,11 +411,13 @@ private:
         }
         if (ready) {
           _spare.push_back(std::move(f.done));
+          _spare_ops.push_back(std::move(f.ops));
           _flights.pop_front();
           continue;
         }
         if (std::chrono::steady_clock::now() > f.deadline)
-          late = "a group of " + std::to_string(f.ops) + " transfers was not done within " +
+          late = "a group of " + std::to_string(f.ops.size()) + " transfers (" + describe_ops(f.ops) +
+                 ") was not done within " +
                  std::to_string(f.timeout_ms) + " ms (a peer rank failed or never posted the matching operations)";
         break;
       }
@@ -455,6 +482,8 @@ private:
   std::condition_variable _flight_cv;
   std::deque<Flight> _flights;
   std::vector<std::unique_ptr<Event>> _spare;
+  std::vector<std::vector<Posted>> _spare_ops;
+  std::vector<Posted> _committed;         // the last group's ops (owner thread)
   bool _stop = false;
   std::thread _watchdog;
 };

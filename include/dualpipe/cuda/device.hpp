@@ -32,7 +32,9 @@
 // replay it: the host issues one launch per step. Needs static shapes and addresses, stages whose work can
 // be captured (no host synchronisation inside a step), and a communicator whose transfers can be captured
 // (NcclCommunicator; CudaLocalCommunicator only with one rank). A replayed step runs no host code of the
-// stages; its StepResult has no spans and peak_buffers_in_use 0.
+// stages; its StepResult has no spans and peak_buffers_in_use 0. With one rank, a step whose batch memory
+// or options changed warms up and is captured again; with several ranks that is a ConfigError, since every
+// rank would have to recapture at the same step.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -128,6 +130,7 @@ public:
       throw ConfigError("CudaDevice: graph capture needs a communicator whose transfers can be captured "
                         "(NcclCommunicator, or a CudaLocalWorld of one rank); this one's cannot");
     _s->comm = comm.stream();
+    _s->ranks = comm.size();
   }
 
   // ---- Queries ----------------------------------------------------------------------------------------
@@ -312,6 +315,13 @@ private:
           ++replays;
           return true;
         }
+        if (p.graph && ranks > 1)
+          // Every rank would have to recapture at once: NCCL needs a pair's transfers captured on both
+          // sides or on neither, and this rank cannot tell the others.
+          throw ConfigError("CudaDevice: graph capture with " + std::to_string(ranks) +
+                            " ranks needs the same batch memory and step options every step, but they changed "
+                            "on device " + std::to_string(device) + " since the step was captured (keep the "
+                            "batch in the same device buffers, or use GraphMode::off)");
         if (p.graph) {  // the batch moved or the options changed: warm up and capture again
           ignore_cuda_error(cudaGraphExecDestroy(p.graph));
           p.graph = nullptr;
@@ -440,7 +450,10 @@ private:
       end_main.record(main);
       end_comm.record(comm);
       const bool replay = std::exchange(replayed, false);
-      if (!wait_until({&end_main, &end_comm}, std::chrono::steady_clock::now() + limit))
+      // A little grace past the step's timeout: a communicator's watchdog (NcclCommunicator) that watches a
+      // transfer issued earlier in the step with the same timeout then fires first, and its error (which
+      // names the stuck transfers) is the one every rank sees, instead of this one.
+      if (!wait_until({&end_main, &end_comm}, deadline_after(limit) + std::chrono::milliseconds(250)))
         throw TimeoutError("CudaDevice: the step's GPU work on device " + std::to_string(device) +
                            " did not finish within " + std::to_string(limit.count()) + " ms");
       const auto* losses = p.losses.template as<const double>();
@@ -470,6 +483,11 @@ private:
       try {
         if (capturing) {
           capturing = false;
+          // Join the other captured streams back first, so that ending the capture takes them out of it.
+          if (cudaEventRecord(join_event.get(), second.get()) == cudaSuccess)
+            ignore_cuda_error(cudaStreamWaitEvent(main.get(), join_event.get(), 0));
+          if (cudaEventRecord(end_comm.get(), comm) == cudaSuccess)
+            ignore_cuda_error(cudaStreamWaitEvent(main.get(), end_comm.get(), 0));
           cudaGraph_t g = nullptr;
           ignore_cuda_error(cudaStreamEndCapture(main.get(), &g));
           if (g) ignore_cuda_error(cudaGraphDestroy(g));
@@ -502,6 +520,7 @@ private:
     Stream main;
     Stream second;
     cudaStream_t comm = nullptr;
+    int ranks = 1;  // the communicator's
     Event fork_event, join_event, origin_event, end_main, end_comm;
     std::vector<Block> blocks;
     std::vector<Slot> slots;
