@@ -407,6 +407,15 @@ cudaError_t invalidate(CUstream_st* s, cudaError_t e) {
   return fail(e);
 }
 
+// The stream of a call that a capturing stream may not take, or null after invalidating its capture.
+CUstream_st* not_capturing(cudaStream_t handle) {
+  CUstream_st* s = resolve(handle);
+  std::lock_guard lk(g_capture_mutex);
+  if (!s->capture) return s;
+  invalidate(s, cudaErrorStreamCaptureUnsupported);
+  return nullptr;
+}
+
 void synchronize_device(int device, const char* who) {
   std::vector<CUstream_st*> all;
   {
@@ -760,11 +769,8 @@ cudaError_t CUDARTAPI cudaStreamDestroy(cudaStream_t handle) {
 }
 cudaError_t CUDARTAPI cudaStreamQuery(cudaStream_t handle) {
   EMU_STICKY();
-  CUstream_st* s = resolve(handle);
-  {
-    std::lock_guard lk(g_capture_mutex);
-    if (s->capture) return invalidate(s, cudaErrorStreamCaptureUnsupported);
-  }
+  CUstream_st* s = not_capturing(handle);
+  if (!s) return cudaErrorStreamCaptureUnsupported;
   const Issued seen = snapshot(s);
   {
     std::lock_guard lk(s->m);
@@ -775,11 +781,8 @@ cudaError_t CUDARTAPI cudaStreamQuery(cudaStream_t handle) {
 }
 cudaError_t CUDARTAPI cudaStreamSynchronize(cudaStream_t handle) {
   EMU_STICKY();
-  CUstream_st* s = resolve(handle);
-  {
-    std::lock_guard lk(g_capture_mutex);
-    if (s->capture) return invalidate(s, cudaErrorStreamCaptureUnsupported);
-  }
+  CUstream_st* s = not_capturing(handle);
+  if (!s) return cudaErrorStreamCaptureUnsupported;
   const Issued seen = snapshot(s);
   wait_ticket(s, seen.ticket, "cudaStreamSynchronize");
   host_saw(seen.clock);
