@@ -1029,8 +1029,16 @@ cudaError_t CUDARTAPI cudaMallocAsync(void** p, size_t bytes, cudaStream_t handl
   if (!p) return fail(cudaErrorInvalidValue);
   *p = nullptr;
   if (bytes == 0) return cudaSuccess;
-  *p = allocate(bytes, resolve(handle)->device);
-  return *p ? cudaSuccess : fail(cudaErrorMemoryAllocation);
+  CUstream_st* s = resolve(handle);
+  *p = allocate(bytes, s->device);
+  if (!*p) return fail(cudaErrorMemoryAllocation);
+  // The allocation happens in stream order: another stream may use it only once ordered after this point.
+  {
+    std::lock_guard lk(g_capture_mutex);
+    if (s->capture) return cudaSuccess;  // an allocation node: not checked
+  }
+  push(s, nullptr, "cudaMallocAsync", {}, nullptr, {{*p, bytes, true}});
+  return cudaSuccess;
 }
 cudaError_t CUDARTAPI cudaFreeAsync(void* p, cudaStream_t handle) {
   EMU_STICKY();
@@ -1078,7 +1086,9 @@ cudaError_t CUDARTAPI cudaMemcpy(void* dst, const void* src, size_t n, enum cuda
   const Issued op = push(s, [dst, src, n] { std::memcpy(dst, src, n); }, "cudaMemcpy", {}, nullptr,
                         {{src, n, false}, {dst, n, true}});
   wait_ticket(s, op.ticket, "cudaMemcpy");
-  host_saw(op.clock);
+  // From pageable memory to the device, cudaMemcpy may return once the data is staged, before it landed:
+  // the host has not seen it finish.
+  if (!(memory_kind(src, n) == -2 && memory_kind(dst, n) >= 0)) host_saw(op.clock);
   return sticky() ? fail(sticky()) : cudaSuccess;
 }
 cudaError_t CUDARTAPI cudaMemcpyPeerAsync(void* dst, int dst_device, const void* src, int src_device, size_t n,

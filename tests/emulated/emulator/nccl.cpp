@@ -246,6 +246,14 @@ ncclResult_t flush_group() {
                                 {{p.sendbuf, p.bytes, false}, {p.recvbuf, p.bytes, true}}) != cudaSuccess)
         return ncclUnhandledCudaError;
     }
+    int self_sends = 0, self_recvs = 0;
+    for (const Pending& p : p2p)
+      if (p.peer == c->rank) ++(p.send ? self_sends : self_recvs);
+    if (self_recvs > self_sends) {  // as NCCL: "Trying to recv to self without a matching send"
+      set_error(c, ncclInvalidUsage, "emulated NCCL: rank " + std::to_string(c->rank) +
+                                         " receives from itself without a matching send in the same group");
+      return c->blocking ? ncclInvalidUsage : ncclInProgress;
+    }
     std::vector<cuda_emulator::Access> accesses;
     for (const Pending& p : p2p)
       accesses.push_back(p.send ? cuda_emulator::Access{p.sendbuf, p.bytes, false}
