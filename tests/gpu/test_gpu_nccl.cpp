@@ -70,3 +70,33 @@ TEST_CASE("Gpu.Nccl.WatchdogFiresOnALateGroup" * doctest::timeout(120)) {
   CHECK(comm.failure()->what.find("send to rank 0 (module 0, chunk 5, gradient) 4096 bytes") != std::string::npos);
   ignore_cuda_error(cudaStreamSynchronize(comm.stream()));  // the spin ends on its own, then the aborted group
 }
+
+TEST_CASE("Gpu.Nccl.GroupCapturedInAGraph" * doctest::timeout(120)) {
+  // The non-blocking communicator's group issued while its stream is captured, then replayed: what
+  // CudaDevice's graph mode does with NCCL, on one rank.
+  NcclCommunicator comm(0, 1, make_unique_id(), 0);
+  const std::size_t n = 1 << 12;
+  DeviceBuffer<SyncAllocator> src(n * 8, StreamRef()), dst(n * 8, StreamRef());
+  DUALPIPE_CUDA_CHECK(cudaMemsetAsync(dst.data(), 0, n * 8, comm.stream()));
+  DUALPIPE_CUDA_CHECK(cudaStreamSynchronize(comm.stream()));
+  DUALPIPE_CUDA_CHECK(cudaStreamBeginCapture(comm.stream(), cudaStreamCaptureModeRelaxed));
+  gputest::iota(src.as<double>(), n, 11.0, comm.stream());
+  comm.post_send(0, MessageTag{0, 1, Payload::activation}, ConstBytes(static_cast<const std::byte*>(src.data()), n * 8));
+  comm.post_recv(0, MessageTag{0, 1, Payload::activation}, MutableBytes(static_cast<std::byte*>(dst.data()), n * 8));
+  comm.commit().wait(30s);
+  cudaGraph_t graph = nullptr;
+  DUALPIPE_CUDA_CHECK(cudaStreamEndCapture(comm.stream(), &graph));
+  cudaGraphExec_t exec = nullptr;
+  DUALPIPE_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  DUALPIPE_CUDA_CHECK(cudaGraphDestroy(graph));
+  std::vector<double> h(n);
+  DUALPIPE_CUDA_CHECK(cudaMemcpy(h.data(), dst.data(), n * 8, cudaMemcpyDeviceToHost));
+  CHECK(h[1] == 0.0);  // captured, not run
+  for (int i = 0; i < 2; ++i) DUALPIPE_CUDA_CHECK(cudaGraphLaunch(exec, comm.stream()));
+  comm.synchronize(30s);
+  DUALPIPE_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  DUALPIPE_CUDA_CHECK(cudaMemcpy(h.data(), dst.data(), n * 8, cudaMemcpyDeviceToHost));
+  CHECK(h[0] == 11.0);
+  CHECK(h[n - 1] == 11.0 + static_cast<double>(n - 1));
+  CHECK_FALSE(comm.aborted());
+}
