@@ -4,6 +4,9 @@
 #                          CMAKE_CUDA_ARCHITECTURES says otherwise) and defines dualpipe::cuda
 #                          (headers + CUDA::cudart, + CUDA::nvtx3 when the toolkit has it).
 #   DUALPIPE_ENABLE_NCCL   default ON when CUDA is on and nccl.h / libnccl are found: defines dualpipe::nccl.
+#   DUALPIPE_CUDART_STATIC default OFF: dualpipe::cuda links the shared CUDA runtime (CUDA::cudart). ON links
+#                          CUDA::cudart_static instead, so that programs need no libcudart.so at run time
+#                          (bench/gpu/make_gpu_kit.sh uses it to build programs that run on another machine).
 #
 # Sets DUALPIPE_HAS_CUDA and DUALPIPE_HAS_NCCL (ON/OFF) for the rest of the build, and prints one line each:
 #   -- dualpipe: CUDA support ON/OFF (...)      -- dualpipe: NCCL support ON/OFF (...)
@@ -47,7 +50,16 @@ if(DUALPIPE_ENABLE_CUDA)
   add_library(dualpipe_cuda INTERFACE)
   add_library(dualpipe::cuda ALIAS dualpipe_cuda)
   set_target_properties(dualpipe_cuda PROPERTIES EXPORT_NAME cuda)
-  target_link_libraries(dualpipe_cuda INTERFACE dualpipe CUDA::cudart)
+  option(DUALPIPE_CUDART_STATIC "dualpipe::cuda links the static CUDA runtime (CUDA::cudart_static)" OFF)
+  if(DUALPIPE_CUDART_STATIC)
+    # Also the runtime nvcc links into targets with CUDA sources (CMake's default is Static already): one
+    # runtime per program, never the static and the shared one side by side.
+    set(CMAKE_CUDA_RUNTIME_LIBRARY Static)
+    target_link_libraries(dualpipe_cuda INTERFACE dualpipe CUDA::cudart_static)
+    string(APPEND _dualpipe_cuda_why ", static CUDA runtime")
+  else()
+    target_link_libraries(dualpipe_cuda INTERFACE dualpipe CUDA::cudart)
+  endif()
   if(TARGET CUDA::nvtx3)
     target_link_libraries(dualpipe_cuda INTERFACE CUDA::nvtx3)
     target_compile_definitions(dualpipe_cuda INTERFACE DUALPIPE_HAS_NVTX=1)
