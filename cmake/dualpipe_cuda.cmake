@@ -118,6 +118,13 @@ message(STATUS "dualpipe: NCCL support ${DUALPIPE_HAS_NCCL} (${_dualpipe_nccl_wh
 # errors where the toolkit's headers allow it.
 function(dualpipe_cuda_target target)
   set_target_properties(${target} PROPERTIES CUDA_STANDARD 20 CUDA_STANDARD_REQUIRED ON CUDA_EXTENSIONS OFF)
+  # The same CUDA runtime as dualpipe::cuda links (CMake would add the static one for .cu files besides
+  # the shared one: two runtimes in one program).
+  if(DUALPIPE_CUDART_STATIC)
+    set_target_properties(${target} PROPERTIES CUDA_RUNTIME_LIBRARY Static)
+  else()
+    set_target_properties(${target} PROPERTIES CUDA_RUNTIME_LIBRARY Shared)
+  endif()
   target_compile_options(${target} PRIVATE
     $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra --Werror=all-warnings>)
 endfunction()
