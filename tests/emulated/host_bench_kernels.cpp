@@ -1,0 +1,16 @@
+// The GPU benchmarks' kernel (bench/gpu/bench_kernels.hpp) for the CUDA emulator: a busy wait becomes a
+// sleep in stream order. With it, dualpipe-bench-gpu runs on the emulator as a smoke test of the benchmark
+// code (it runs to the end, no CUDA error, no race); its figures mean nothing.
+#include <chrono>
+#include <thread>
+
+#include "bench_kernels.hpp"
+#include "emulator/emulator.hpp"
+
+namespace gpubench {
+
+void busy(unsigned ns, unsigned /*blocks*/, cudaStream_t s) {
+  (void)cuda_emulator::launch(s, [ns] { std::this_thread::sleep_for(std::chrono::nanoseconds(ns)); }, "kernel busy");
+}
+
+}  // namespace gpubench
