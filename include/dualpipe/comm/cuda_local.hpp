@@ -40,6 +40,7 @@
 
 #include "dualpipe/comm/communicator.hpp"
 #include "dualpipe/comm/detail/commit_handle.hpp"
+#include "dualpipe/comm/detail/meeting.hpp"
 #include "dualpipe/comm/inprocess.hpp"
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/cuda/error.hpp"
@@ -301,44 +302,27 @@ private:
     const auto deadline = deadline_after(timeout);
     std::unique_lock lk(_mutex);
     if (aborted()) throw CommAborted(_origin);
-    const std::size_t gen = _barrier_generation;
-    if (++_barrier_count == size()) {
-      _barrier_count = 0;
-      ++_barrier_generation;
-      lk.unlock();
-      _barrier_cv.notify_all();
-      return;
-    }
-    _barrier_cv.wait_until(lk, deadline, [&] { return _barrier_generation != gen || aborted(); });
-    if (_barrier_generation != gen) return;
-    --_barrier_count;
-    if (aborted()) throw CommAborted(_origin);
+    const auto r = _barrier.arrive(lk, _barrier_cv, size(), deadline, [&] { return aborted(); }, [] {});
+    if (r == detail::Meeting::Result::met) return;
+    if (r == detail::Meeting::Result::stopped) throw CommAborted(_origin);
     throw TimeoutError("CUDA local communicator: rank " + std::to_string(rank) + " timed out after " +
                        std::to_string(timeout.count()) + " ms at the end-of-step barrier (" +
-                       std::to_string(_barrier_count + 1) + " of " + std::to_string(size()) + " ranks arrived)");
+                       std::to_string(_barrier.waiting() + 1) + " of " + std::to_string(size()) + " ranks arrived)");
   }
 
   void reset_collective(int rank, std::chrono::milliseconds timeout) {
     const auto deadline = deadline_after(timeout);
     std::unique_lock lk(_mutex);
-    const std::size_t gen = _reset_generation;
-    if (++_reset_count == size()) {
+    const auto r = _reset.arrive(lk, _barrier_cv, size(), deadline, [] { return false; }, [&] {
       for (auto& v : _sends) v.clear();
       for (auto& v : _recvs) v.clear();
       _aborted.store(false, std::memory_order_release);
       _origin = FailureOrigin{};
-      _barrier_count = 0;
-      _reset_count = 0;
-      ++_reset_generation;
-      lk.unlock();
-      _barrier_cv.notify_all();
-      return;
-    }
-    _barrier_cv.wait_until(lk, deadline, [&] { return _reset_generation != gen; });
-    if (_reset_generation != gen) return;
-    --_reset_count;
+      _barrier.clear();
+    });
+    if (r == detail::Meeting::Result::met) return;
     throw TimeoutError("CUDA local communicator: rank " + std::to_string(rank) + " timed out after " +
-                       std::to_string(timeout.count()) + " ms in reset() (" + std::to_string(_reset_count + 1) +
+                       std::to_string(timeout.count()) + " ms in reset() (" + std::to_string(_reset.waiting() + 1) +
                        " of " + std::to_string(size()) + " ranks called it)");
   }
 
@@ -350,10 +334,8 @@ private:
   std::atomic<bool> _aborted{false};
   FailureOrigin _origin;
   std::condition_variable _barrier_cv;        // barrier and reset
-  int _barrier_count = 0;
-  std::size_t _barrier_generation = 0;
-  int _reset_count = 0;
-  std::size_t _reset_generation = 0;
+  detail::Meeting _barrier;                   // the end-of-step barrier
+  detail::Meeting _reset;                     // the collective reset
   std::atomic<long> _copies{0};
 };
 

@@ -29,6 +29,7 @@
 
 #include "dualpipe/comm/communicator.hpp"
 #include "dualpipe/comm/detail/commit_handle.hpp"
+#include "dualpipe/comm/detail/meeting.hpp"
 #include "dualpipe/core/error.hpp"
 
 namespace dualpipe {
@@ -154,8 +155,8 @@ public:
     std::scoped_lock lk(_abort_mutex, _barrier_mutex, _reset_mutex);
     _aborted.store(false, std::memory_order_release);
     _origin = FailureOrigin{};
-    _barrier_count = 0;
-    _reset_count = 0;
+    _barrier.clear();
+    _reset.clear();
   }
 
 private:
@@ -252,51 +253,32 @@ private:
     const auto deadline = deadline_after(timeout);
     std::unique_lock lk(_barrier_mutex);
     if (aborted()) throw aborted_error();
-    const std::size_t gen = _barrier_generation;
-    if (++_barrier_count == _size) {
-      _barrier_count = 0;
-      ++_barrier_generation;
-      lk.unlock();
-      _barrier_cv.notify_all();
-      return;
-    }
-    _barrier_cv.wait_until(lk, deadline, [&] { return _barrier_generation != gen || aborted(); });
-    if (_barrier_generation != gen) return;
-    --_barrier_count;
-    if (aborted()) throw aborted_error();
+    const auto r = _barrier.arrive(lk, _barrier_cv, _size, deadline, [&] { return aborted(); }, [] {});
+    if (r == detail::Meeting::Result::met) return;
+    if (r == detail::Meeting::Result::stopped) throw aborted_error();
     throw TimeoutError("in-process communicator: rank " + std::to_string(rank) + " timed out after " +
                        std::to_string(timeout.count()) + " ms at the end-of-step barrier (" +
-                       std::to_string(_barrier_count + 1) + " of " + std::to_string(_size) + " ranks arrived)");
+                       std::to_string(_barrier.waiting() + 1) + " of " + std::to_string(_size) + " ranks arrived)");
   }
 
   void reset_collective(int rank, std::chrono::milliseconds timeout) {
     const auto deadline = deadline_after(timeout);
     std::unique_lock lk(_reset_mutex);
-    const std::size_t gen = _reset_generation;
-    if (++_reset_count == _size) {
+    const auto r = _reset.arrive(lk, _reset_cv, _size, deadline, [] { return false; }, [&] {
       // Every rank is here, so none is inside the communicator: clear the world.
       for (auto& b : _boxes) {
         std::lock_guard blk(b->mutex);
         b->sends.clear();
         b->recvs.clear();
       }
-      {
-        std::scoped_lock alk(_abort_mutex, _barrier_mutex);
-        _aborted.store(false, std::memory_order_release);
-        _origin = FailureOrigin{};
-        _barrier_count = 0;
-      }
-      _reset_count = 0;
-      ++_reset_generation;
-      lk.unlock();
-      _reset_cv.notify_all();
-      return;
-    }
-    _reset_cv.wait_until(lk, deadline, [&] { return _reset_generation != gen; });
-    if (_reset_generation != gen) return;
-    --_reset_count;
+      std::scoped_lock alk(_abort_mutex, _barrier_mutex);
+      _aborted.store(false, std::memory_order_release);
+      _origin = FailureOrigin{};
+      _barrier.clear();
+    });
+    if (r == detail::Meeting::Result::met) return;
     throw TimeoutError("in-process communicator: rank " + std::to_string(rank) + " timed out after " +
-                       std::to_string(timeout.count()) + " ms in reset() (" + std::to_string(_reset_count + 1) +
+                       std::to_string(timeout.count()) + " ms in reset() (" + std::to_string(_reset.waiting() + 1) +
                        " of " + std::to_string(_size) + " ranks called it)");
   }
 
@@ -311,13 +293,11 @@ private:
 
   std::mutex _barrier_mutex;
   std::condition_variable _barrier_cv;
-  int _barrier_count = 0;
-  std::size_t _barrier_generation = 0;
+  detail::Meeting _barrier;
 
   std::mutex _reset_mutex;
   std::condition_variable _reset_cv;
-  int _reset_count = 0;
-  std::size_t _reset_generation = 0;
+  detail::Meeting _reset;
 };
 
 // ---- InProcessCommunicator, defined after the world ------------------------------------------------
