@@ -16,19 +16,8 @@ struct cublasContext {
 
 namespace {
 
-float bf16_to_float(std::uint16_t h) {
-  const std::uint32_t u = static_cast<std::uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-std::uint16_t float_to_bf16(float f) {
-  std::uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<std::uint16_t>(u >> 16);
-}
+using cuda_emulator::bf16_to_float;
+using cuda_emulator::float_to_bf16;
 std::size_t type_bytes(cudaDataType t) { return t == CUDA_R_32F ? 4 : t == CUDA_R_16BF ? 2 : 0; }
 float load(cudaDataType t, const void* p, std::size_t i) {
   return t == CUDA_R_32F ? static_cast<const float*>(p)[i] : bf16_to_float(static_cast<const std::uint16_t*>(p)[i]);

@@ -32,6 +32,8 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <vector>
@@ -88,6 +90,22 @@ void device_fault(const std::string& what);
 
 /// Sleeps a random while, up to the jitter limit (called before every stream operation).
 void jitter();
+
+/// bf16 (the top 16 bits of an fp32, as __nv_bfloat16) to fp32.
+[[nodiscard]] inline float bf16_to_float(std::uint16_t h) noexcept {
+  const std::uint32_t u = static_cast<std::uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+/// fp32 to bf16, rounded to nearest even (NaN stays NaN), as __float2bfloat16.
+[[nodiscard]] inline std::uint16_t float_to_bf16(float f) noexcept {
+  std::uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<std::uint16_t>(u >> 16);
+}
 
 /// Counters, for tests of the emulator itself.
 struct Counters {
