@@ -62,6 +62,7 @@ struct Node {
   std::function<void()> work;
   const CUstream_st* captured_on = nullptr;
   const char* name = "";
+  std::vector<cuda_emulator::Access> accesses;
 };
 
 long env_long(const char* name, long fallback) {
@@ -392,13 +393,38 @@ cudaError_t issue(cudaStream_t handle, std::function<void()> work, const char* n
     if (s->capture) {
       Capture& c = *s->capture;
       if (c.invalidated) return fail(cudaErrorStreamCaptureInvalidated);
-      c.nodes.push_back(Node{s->tail, std::move(work), s, name});
+      c.nodes.push_back(Node{s->tail, std::move(work), s, name, accesses});
       s->tail = {static_cast<int>(c.nodes.size()) - 1};
       return cudaSuccess;
     }
   }
   push(s, std::move(work), name, {}, nullptr, accesses);
   return cudaSuccess;
+}
+
+// Under g_order_mutex: a launch's nodes, checked as the streams they were captured on would run them,
+// after all that `s` and the host have seen; `s`'s clock then covers every node. Each captured stream
+// gets a fresh clock index per launch.
+void check_graph(CUstream_st* s, const std::vector<Node>& nodes) {
+  VectorClock base = s->clock;
+  join(base, g_host_clock);
+  VectorClock all = base;
+  std::vector<VectorClock> clocks(nodes.size());
+  std::vector<std::pair<const CUstream_st*, int>> ids;
+  for (std::size_t i = 0; i < nodes.size(); ++i) {
+    const Node& n = nodes[i];
+    auto it = std::find_if(ids.begin(), ids.end(), [&](const auto& x) { return x.first == n.captured_on; });
+    if (it == ids.end()) it = ids.insert(ids.end(), {n.captured_on, g_streams_made++});
+    const auto id = static_cast<std::size_t>(it->second);
+    VectorClock v = base;
+    for (int d : n.after) join(v, clocks[static_cast<std::size_t>(d)]);  // its branch's previous node too
+    if (v.size() <= id) v.resize(id + 1, 0);
+    ++v[id];
+    check_accesses(n.accesses, Epoch{it->second, v[id], n.name}, v);
+    join(all, v);
+    clocks[i] = std::move(v);
+  }
+  s->clock = std::move(all);
 }
 
 // Under g_capture_mutex: a forbidden call on a capturing stream invalidates its capture.
@@ -901,6 +927,10 @@ cudaError_t CUDARTAPI cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t handle)
     if (s->capture) return invalidate(s, cudaErrorStreamCaptureUnsupported);  // not emulated
   }
   emu().graph_launches.fetch_add(1, std::memory_order_relaxed);
+  {
+    std::lock_guard order(g_order_mutex);
+    check_graph(s, exec->nodes);
+  }
   // The nodes are copied: the executable graph may be destroyed while the launch is pending.
   push(s, [nodes = exec->nodes] { replay(nodes); }, "cudaGraphLaunch");
   return cudaSuccess;

@@ -10,7 +10,8 @@
 //   - ordering is checked, not only exercised: every operation carries a vector clock (its stream, the
 //     events it waits for, what the host saw finish), every access to device memory (copies, memsets,
 //     NCCL buffers, the accesses emulated kernels declare) is checked against the earlier conflicting
-//     ones, and an access not ordered after them is reported as a race, whatever the timing;
+//     ones, and an access not ordered after them is reported as a race, whatever the timing (a graph's
+//     nodes too, when it is launched);
 //   - the legacy default stream (0) orders with blocking streams only, never with cudaStreamNonBlocking
 //     ones, so a host cudaMemcpy does not wait for them (as on a GPU);
 //   - device memory (cudaMalloc, cudaMallocAsync) is host memory filled with 0xff bytes (NaN doubles), in
