@@ -24,6 +24,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -211,6 +212,26 @@ double gpu_seconds(Solo& solo, F&& fn) {
   return total / 5;
 }
 
+// With DUALPIPE_BENCH_TIMELINE_DIR set: the last measured step as bubble-<schedule>.svg and a Chrome trace
+// (.json), next to the simulated one (bubble-<schedule>-simulated.svg), so that a bubble figure far from
+// the simulator's can be looked at without running again.
+void write_timelines(const std::string& schedule, const std::vector<StepResult>& results, int chunks) {
+  const char* dir = std::getenv("DUALPIPE_BENCH_TIMELINE_DIR");
+  if (!dir || !*dir) return;
+  const Timeline measured = merge_timelines(schedule, chunks, Mode::train, results);
+  const ProfileReport p = profile_step(measured, make_trace(parse_schedule_kind(schedule), measured.ranks, chunks));
+  auto write = [&](const std::string& name, const std::string& text) {
+    const std::string path = std::string(dir) + "/" + name;
+    std::FILE* f = std::fopen(path.c_str(), "w");
+    if (!f || std::fwrite(text.data(), 1, text.size(), f) != text.size())
+      std::fprintf(stderr, "dualpipe-bench-gpu: cannot write %s\n", path.c_str());
+    if (f) std::fclose(f);
+  };
+  write("bubble-" + schedule + ".svg", render_svg(measured));
+  write("bubble-" + schedule + ".json", render_chrome_trace(measured));
+  write("bubble-" + schedule + "-simulated.svg", render_svg(p.simulated));
+}
+
 template <class Schedule>
 void bubble_bench(benchmark::State& state) {
   StageCost cost;
@@ -256,14 +277,29 @@ void bubble_bench(benchmark::State& state) {
   dopt.gpu_timeline = true;
   dopt.timeline_epoch = &epoch;
   Team<Schedule> team(P, C, cost, {}, dopt);
-  double measured = 0;
+  double measured = 0, in_step = 0;
+  Costs step_costs;
   for (auto _ : state) {
     state.SetIterationTime(team.step());
-    measured = merge_timelines(std::string(Schedule::name), C, Mode::train, team.results).bubble_ratio();
+    const Timeline t = merge_timelines(std::string(Schedule::name), C, Mode::train, team.results);
+    measured = t.bubble_ratio();
+    // The same comparison with the op times of this very step (ranks sharing the GPU slow each other a
+    // little; a span no longer counts the wait for its data, see CudaDeviceOptions::gpu_timeline).
+    const ProfileReport p = profile_step(t, trace, CommModel::async, costs.latency);
+    in_step = p.simulated_bubble;
+    step_costs = p.costs;
   }
+  write_timelines(std::string(Schedule::name), team.results, C);
+  auto rel = [](double m, double s) { return s > 0 ? std::abs(m - s) / s : 0.0; };
   state.counters["measured"] = measured;
   state.counters["simulated"] = simulated;
-  state.counters["rel_diff"] = simulated > 0 ? std::abs(measured - simulated) / simulated : 0.0;
+  state.counters["rel_diff"] = rel(measured, simulated);
+  state.counters["simulated_in_step"] = in_step;
+  state.counters["rel_diff_in_step"] = rel(measured, in_step);
+  state.counters["step_F_us"] = step_costs.forward * 1e6;
+  state.counters["step_B_us"] = step_costs.backward * 1e6;
+  state.counters["step_W_us"] = step_costs.weight * 1e6;
+  state.counters["step_FB_us"] = step_costs.forward_backward * 1e6;
   state.counters["F_us"] = costs.forward * 1e6;
   state.counters["B_us"] = costs.backward * 1e6;
   state.counters["W_us"] = costs.weight * 1e6;
@@ -288,6 +324,10 @@ void register_all() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Four ranks of three streams each share the GPU here: with CUDA's default of 8 hardware queues, streams
+  // that share a queue would wait for each other's work. Before the first CUDA call; a value set by the user
+  // wins.
+  setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", 0);
   if (!cuda_device_available()) {
     std::fprintf(stderr, "no CUDA device\n");
     return 77;

@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "dualpipe/cuda.hpp"
@@ -424,6 +425,42 @@ TEST_CASE("Gpu.Pipeline.GpuTimeline" * doctest::timeout(300)) {
   CHECK(t.makespan() > 0);
   CHECK(t.bubble_ratio() >= 0);
   CHECK(t.bubble_ratio() < 1);
+}
+
+// A GPU span starts when the op's data is there: the time the main stream waits for a transfer is bubble.
+// With one module per rank (1F1B), rank r's F of chunk c needs rank r-1's F of c, and its B needs rank
+// r+1's B of c, so on the shared clock no consumer may start before its producer ended.
+TEST_CASE("Gpu.Pipeline.GpuTimelineSpansStartWhenTheirDataArrives" * doctest::timeout(300)) {
+  Event epoch(Event::timing);
+  epoch.record(StreamRef());
+  epoch.synchronize();
+  GpuRunOptions o;
+  o.steps = 1;
+  o.spin_ns = 50'000;  // every kernel takes a while, so that a waiting consumer would start visibly early
+  o.device.gpu_timeline = true;
+  o.epoch = &epoch;
+  const int P = 4, C = 6;
+  const RunResult r = run_gpu<OneFOneB, false>(P, C, 1 << 12, o);
+  // end[rank][kind][chunk] and start[...], on the shared clock (seconds since the epoch).
+  std::map<std::tuple<int, OpKind, int>, std::pair<double, double>> span;
+  for (int rank = 0; rank < P; ++rank) {
+    const StepResult& s = r.last[static_cast<std::size_t>(rank)];
+    for (const Span& sp : s.spans) span[{rank, sp.op.kind, sp.op.chunk}] = {s.clock_start + sp.start, s.clock_start + sp.end};
+  }
+  int checked = 0;
+  for (int rank = 0; rank < P; ++rank)
+    for (int c = 0; c < C; ++c)
+      for (const auto& [kind, producer] : {std::pair{OpKind::forward, rank - 1}, std::pair{OpKind::backward, rank + 1}}) {
+        if (producer < 0 || producer >= P) continue;
+        CAPTURE(rank);
+        CAPTURE(c);
+        CAPTURE(to_token(kind == OpKind::forward ? Op::F(0, c) : Op::B(0, c)));
+        REQUIRE(span.count({rank, kind, c}) == 1);
+        REQUIRE(span.count({producer, kind, c}) == 1);
+        CHECK(span[{rank, kind, c}].first >= span[{producer, kind, c}].second - 1e-6);
+        ++checked;
+      }
+  CHECK(checked == 2 * (P - 1) * C);
 }
 
 #ifdef DUALPIPE_TEST_NCCL

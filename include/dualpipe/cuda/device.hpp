@@ -84,7 +84,9 @@ struct CudaDeviceOptions {
   int device = -1;                  ///< CUDA device of the streams and buffers; -1: the current one.
   StreamRef origin{};               ///< A step starts after the work issued here so far (the batch).
   bool gpu_timeline = false;        ///< StepResult::spans from CUDA events (compute ops, GPU time) instead of
-                                    ///< the host clock; off while graphs are captured or replayed.
+                                    ///< the host clock; off while graphs are captured or replayed. A span
+                                    ///< starts once the main stream has the op's data (the wait for a
+                                    ///< transfer is idle time, not the op's) and ends with its last work.
   const Event* timeline_epoch = nullptr;  ///< With gpu_timeline: a timing event recorded (and done) before
                                           ///< the step on this device; clock_start becomes the seconds from it
                                           ///< to the step's start, so that ranks of one device line up.
@@ -305,6 +307,7 @@ private:
       std::fill_n(p.losses.template as<double>(), plan.chunks, std::numeric_limits<double>::quiet_NaN());
       p.timed.clear();
       timing_on = false;
+      timed_op = -1;
       if (options.graph == GraphMode::capture) {
         const StepSignature sig{step.inputs.data(), step.inputs.size(), step.labels.data(), step.labels.size(),
                                 step.loss_scale, step.return_outputs};
@@ -357,12 +360,16 @@ private:
 
     void op_begin(const Op& op, int index) {
       if (cur->names.push(index)) ++nvtx_depth;
-      if (timing_on && is_compute(op.kind)) cur->timing[2 * static_cast<std::size_t>(index)].record(main);
+      if (timing_on && is_compute(op.kind)) {
+        timed_op = index;
+        cur->timing[2 * static_cast<std::size_t>(index)].record(main);
+      }
     }
     void op_end(const Op& op, int index) {
       if (timing_on && is_compute(op.kind)) {
         cur->timing[2 * static_cast<std::size_t>(index) + 1].record(main);
         cur->timed.push_back(index);
+        timed_op = -1;
       }
       if (nvtx_depth > 0) {
         NvtxNames::pop();
@@ -377,6 +384,10 @@ private:
       if (s.last != none && s.last != lane) {
         DUALPIPE_CUDA_CHECK(cudaStreamWaitEvent(stream_of(lane), s.event.get(), 0));
         ++slot_waits;
+        // The op starts when its data is there: the time the main stream waits for a transfer is bubble, not
+        // the op's (re-recording moves the start event past the wait).
+        if (timed_op >= 0 && lane == lane_id(ComputeLane::main))
+          cur->timing[2 * static_cast<std::size_t>(timed_op)].record(main);
       }
     }
     void used(signed char lane, ConstBytes bytes) {
@@ -499,6 +510,7 @@ private:
         pending.clear();
         replayed = false;
         timing_on = false;
+        timed_op = -1;
         // Bounded: a communicator that was aborted lets its transfers end; one that was not may never.
         const auto deadline = std::chrono::steady_clock::now() + std::min(timeout, std::chrono::milliseconds(10'000));
         for (;;) {
@@ -531,6 +543,7 @@ private:
     bool capturing = false;
     bool replayed = false;
     bool timing_on = false;
+    int timed_op = -1;  // the compute op whose GPU span is being timed, or -1
     int nvtx_depth = 0;
     long replays = 0;
     long captures = 0;
