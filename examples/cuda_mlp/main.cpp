@@ -163,7 +163,9 @@ void print(const Report& r, const Options& o) {
   std::printf("   step time, slowest rank (ms):");
   for (double ms : r.step_ms) std::printf(" %.3f", ms);
   std::printf("\n");
-  if (r.bubble >= 0) std::printf("   measured bubble ratio, last step (GPU time): %.3f\n", r.bubble);
+  if (r.bubble >= 0)
+    std::printf("   measured bubble ratio, last step (GPU time): %.3f (simulated for its op times: %.3f)\n", r.bubble,
+                r.simulated_bubble);
   for (const std::string& p : r.problems) std::printf("   check failed: %s\n", p.c_str());
   std::printf("%s\n", result_line(r).c_str());
   std::fflush(stdout);
@@ -211,7 +213,12 @@ Report run_local(const Options& o) {
                    : run_rank<Schedule, MlpStage, CudaLocalCommunicator, BasicCudaDevice<SyncAllocator>>(comm, rc, layout, seq, b, l);
   });
   Report rep = build_report(rc, std::string(Schedule::name), layout, seq, all);
-  if (rc.gpu_timeline) rep.bubble = merge_timelines(rep.schedule, o.chunks, Mode::train, last).bubble_ratio();
+  if (rc.gpu_timeline) {
+    const Timeline measured = merge_timelines(rep.schedule, o.chunks, Mode::train, last);
+    const ProfileReport p = profile_step(measured, make_trace<Schedule>(ranks, o.chunks));
+    rep.bubble = p.measured_bubble;
+    rep.simulated_bubble = p.simulated_bubble;
+  }
   return rep;
 }
 

@@ -78,6 +78,7 @@ struct Report {
   double loss_sum = 0, grad_norm = 0, max_rel_err = 0, tolerance = 0;
   std::vector<double> step_ms;       ///< Slowest rank per step.
   double bubble = -1;                ///< Measured bubble ratio of the last step (GPU timeline), -1 if not measured.
+  double simulated_bubble = -1;      ///< The simulator's for the same step's mean op times (profile_step), or -1.
   std::vector<std::string> problems;
   [[nodiscard]] bool pass() const { return problems.empty() && max_rel_err <= tolerance; }
 };
