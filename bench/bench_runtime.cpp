@@ -8,14 +8,12 @@
 #include <benchmark/benchmark.h>
 
 #include <array>
-#include <atomic>
-#include <barrier>
 #include <chrono>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "common/rank_team.hpp"
 #include "dualpipe/dualpipe.hpp"
 
 namespace {
@@ -72,39 +70,18 @@ void inproc_bench(benchmark::State& state) {
   InProcessWorld world(ranks);
   std::vector<NoopStage> stages(2 * ranks);
   std::vector<std::byte> in(chunks * 64), labels(chunks * 8);
-  std::barrier start(ranks + 1), done(ranks + 1);
-  std::atomic<bool> stop{false};
-  std::atomic<int> failures{0};
-  std::vector<std::thread> threads;
-  for (int r = 0; r < ranks; ++r)
-    threads.emplace_back([&, r] {
-      Pipeline<DualPipe, InProcessCommunicator, NoopStage> pipe(
-          world.communicator(r),
-          {&stages[static_cast<std::size_t>(2 * r)], &stages[static_cast<std::size_t>(2 * r + 1)]});
-      StepResult result;
-      for (;;) {
-        start.arrive_and_wait();
-        if (stop.load()) return;
-        try {
-          pipe.step_into(result, chunks, in, labels);
-        } catch (...) {
-          failures.fetch_add(1);
-        }
-        done.arrive_and_wait();
-      }
-    });
-  auto step = [&] {
-    start.arrive_and_wait();
-    done.arrive_and_wait();
-  };
-  step();  // plans and buffers
+  benchutil::RankTeam team(ranks, [&](int r) -> benchutil::RankTeam::StepFn {
+    auto pipe = std::make_shared<Pipeline<DualPipe, InProcessCommunicator, NoopStage>>(
+        world.communicator(r),
+        std::array{&stages[static_cast<std::size_t>(2 * r)], &stages[static_cast<std::size_t>(2 * r + 1)]});
+    auto result = std::make_shared<StepResult>();
+    return [pipe, result, &in, &labels] { pipe->step_into(*result, chunks, in, labels); };
+  });
+  team.step();  // plans and buffers
   const auto t0 = std::chrono::steady_clock::now();
-  for (auto _ : state) step();
+  for (auto _ : state) team.step();
   const double ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count();
-  stop = true;
-  start.arrive_and_wait();
-  for (auto& t : threads) t.join();
-  if (failures.load() > 0) state.SkipWithError("a step failed");
+  if (team.failures() > 0) state.SkipWithError("a step failed");
   const auto ops = total_ops<DualPipe>();
   state.counters["ns_per_op"] = ns / (static_cast<double>(state.iterations()) * static_cast<double>(ops));
   state.counters["ops_per_step"] = static_cast<double>(ops);

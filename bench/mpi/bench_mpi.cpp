@@ -15,17 +15,15 @@
 #include <benchmark/benchmark.h>
 
 #include <array>
-#include <atomic>
-#include <barrier>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "common/rank_team.hpp"
 #include "dualpipe/dualpipe.hpp"
 #include "dualpipe/mpi.hpp"
 
@@ -106,39 +104,18 @@ void inproc_bench(benchmark::State& state) {
   InProcessWorld comms(ranks);
   std::vector<NoopStage> stages(M * static_cast<std::size_t>(ranks));
   const std::vector<std::byte> in(chunks * message_bytes), labels(chunks * 8);
-  std::barrier go(ranks + 1), done(ranks + 1);
-  std::atomic<bool> stop{false};
-  std::atomic<int> failures{0};
-  std::vector<std::thread> threads;
-  for (int r = 0; r < ranks; ++r)
-    threads.emplace_back([&, r] {
-      std::array<NoopStage*, M> ptrs{};
-      for (std::size_t m = 0; m < M; ++m) ptrs[m] = &stages[M * static_cast<std::size_t>(r) + m];
-      Pipeline<Schedule, InProcessCommunicator, NoopStage> pipe(comms.communicator(r), ptrs);
-      StepResult result;
-      for (;;) {
-        go.arrive_and_wait();
-        if (stop.load()) return;
-        try {
-          pipe.step_into(result, chunks, in, labels);
-        } catch (...) {
-          failures.fetch_add(1);
-        }
-        done.arrive_and_wait();
-      }
-    });
-  auto step = [&] {
-    go.arrive_and_wait();
-    done.arrive_and_wait();
-  };
-  step();  // plans and buffers
+  benchutil::RankTeam team(ranks, [&](int r) -> benchutil::RankTeam::StepFn {
+    std::array<NoopStage*, M> ptrs{};
+    for (std::size_t m = 0; m < M; ++m) ptrs[m] = &stages[M * static_cast<std::size_t>(r) + m];
+    auto pipe = std::make_shared<Pipeline<Schedule, InProcessCommunicator, NoopStage>>(comms.communicator(r), ptrs);
+    auto result = std::make_shared<StepResult>();
+    return [pipe, result, &in, &labels] { pipe->step_into(*result, chunks, in, labels); };
+  });
+  team.step();  // plans and buffers
   const auto start = std::chrono::steady_clock::now();
-  for (auto _ : state) step();
+  for (auto _ : state) team.step();
   const double ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - start).count();
-  stop = true;
-  go.arrive_and_wait();
-  for (auto& t : threads) t.join();
-  if (failures.load() > 0) state.SkipWithError("a step failed");
+  if (team.failures() > 0) state.SkipWithError("a step failed");
   set_counters(state, ns, total_ops<Schedule>(ranks), state.iterations());
   idle_barrier();
 }
