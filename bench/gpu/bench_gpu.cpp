@@ -56,7 +56,8 @@ StageCost comm_heavy() {
 StageCost compute_heavy() {
   StageCost c;
   c.forward_ns = c.backward_input_ns = c.weight_ns = 200'000;
-  c.blocks = static_cast<unsigned>(4 * sm_count());  // fills every SM: the other half cannot run beside it
+  // Every block slot of every SM: the other half cannot run beside it.
+  c.blocks = gpubench::busy_blocks_per_sm() * static_cast<unsigned>(sm_count());
   c.copy_bytes = 0;
   return c;
 }
@@ -329,7 +330,7 @@ int main(int argc, char** argv) {
   // wins.
   setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", 0);
   if (!cuda_device_available()) {
-    std::fprintf(stderr, "no CUDA device\n");
+    std::fprintf(stderr, "no CUDA device (%s)\n", cuda_unavailable_reason().c_str());
     return 77;
   }
   benchmark::Initialize(&argc, argv);

@@ -16,6 +16,16 @@ __global__ void busy_kernel(unsigned ns) {
 }
 }  // namespace
 
-void busy(unsigned ns, unsigned blocks, cudaStream_t s) { busy_kernel<<<blocks < 1 ? 1 : blocks, 128, 0, s>>>(ns); }
+constexpr int busy_threads = 128;
+
+void busy(unsigned ns, unsigned blocks, cudaStream_t s) {
+  busy_kernel<<<blocks < 1 ? 1 : blocks, busy_threads, 0, s>>>(ns);
+}
+
+unsigned busy_blocks_per_sm() {
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, busy_kernel, busy_threads, 0) != cudaSuccess || n < 1) n = 16;
+  return static_cast<unsigned>(n);
+}
 
 }  // namespace gpubench

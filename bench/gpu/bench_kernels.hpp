@@ -5,8 +5,12 @@
 
 namespace gpubench {
 
-/// `blocks` blocks of 128 threads each busy-wait `ns` nanoseconds: compute that occupies that many SMs'
-/// worth of threads for a known time (blocks >= 2 x SMs fills the GPU: nothing else runs beside it).
+/// `blocks` blocks of 128 threads each busy-wait `ns` nanoseconds: compute that occupies that many block
+/// slots for a known time. busy_blocks_per_sm() x SMs blocks fill the GPU: nothing else runs beside them.
 void busy(unsigned ns, unsigned blocks, cudaStream_t s);
+
+/// How many of busy()'s blocks one SM holds at once (the occupancy calculator's figure; 16 on Hopper,
+/// whose SMs hold 2048 threads).
+[[nodiscard]] unsigned busy_blocks_per_sm();
 
 }  // namespace gpubench

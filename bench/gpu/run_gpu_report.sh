@@ -11,7 +11,8 @@
 #   6. writes gpu-<card>-<date>.md (the report), .json (the benchmarks) and .log (nvidia-smi, the libraries
 #      chosen and every step's output) into bench/results/, or into $OUT when OUT is set (then the log is
 #      run.log, written as the run goes), and prints the report's path; the pictures of the Bubble
-#      benchmark's last step go into $OUT/timelines (or gpu-<card>-<date>-timelines/ beside the report).
+#      benchmark's last step go into gpu-<card>-<date>-timelines/ beside the report, or with OUT set into one
+#      archive gpu-<card>-<date>-timelines.tar.gz (the lent machine gives back at most 8 files).
 #
 # usage: run_gpu_report.sh [--prebuilt DIR] [--sanitize] [--budget SECONDS]
 #   --budget S   finish within about S seconds (default 420 with --prebuilt, none otherwise): every step runs
@@ -260,6 +261,11 @@ else
   how="prebuilt kit ($(sed -n 's/^date: //p' "$kit/MANIFEST.txt" 2>/dev/null)); libnccl.so.2 from $nccl_dir, libcublas.so.13 from $cublas_dir ($lib_versions)"
 fi
 
+# ---- NCCL on one machine: the loopback interface for its bootstrap, and its warnings in the log ---------
+export NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-lo}
+export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
+say "   NCCL_SOCKET_IFNAME=$NCCL_SOCKET_IFNAME NCCL_DEBUG=$NCCL_DEBUG"
+
 # ---- Tests ---------------------------------------------------------------------------------------------
 # A skipped test (exit 77: no device) is a failure here: this script runs where there is a GPU.
 tests_ok=yes
@@ -269,8 +275,11 @@ if [ -z "$prebuilt" ]; then
   tail -n 15 "$work/ctest.txt"
 else
   step test_cuda_cpu 60 "$bin/test_cuda_cpu" || tests_ok=no
-  step test_gpu 150 "$bin/test_gpu" --duration=true || tests_ok=no
-  grep -h '^\[doctest\] \(test cases\|Status\)' "$work/test_cuda_cpu.txt" "$work/test_gpu.txt" 2>/dev/null
+  # The NCCL cases in a step of their own, last: a stuck NCCL bootstrap or abort then costs only them.
+  step test_gpu 150 "$bin/test_gpu" --duration=true --test-case-exclude='*Nccl*' || tests_ok=no
+  step test_gpu_nccl 90 "$bin/test_gpu" --duration=true --test-case='*Nccl*' || tests_ok=no
+  grep -h '^\[doctest\] \(test cases\|Status\)' "$work/test_cuda_cpu.txt" "$work/test_gpu.txt" \
+       "$work/test_gpu_nccl.txt" 2>/dev/null
 fi
 [ "$tests_ok" = yes ] || status=1
 
@@ -293,8 +302,9 @@ grep '^result:' "$work/example.txt"
 
 # ---- Benchmarks: one run per family, so that a hang or a crash in one loses only its own figures ---------
 # The Bubble family also draws its last measured step and the simulated one (SVG, Chrome trace): into
-# $OUT/timelines on the lent machine, so that they come back with the report, else beside the report.
-if [ -n "${OUT:-}" ]; then timelines=$OUT/timelines; else timelines=$dest/gpu-$slug-$day-timelines; fi
+# gpu-<card>-<date>-timelines/ beside the report; with OUT set, packed into one archive there at the end (the
+# lent machine gives back at most 8 files: the report, the JSON, run.log and this archive make 4).
+if [ -n "${OUT:-}" ]; then timelines=$work/gpu-$slug-$day-timelines; else timelines=$dest/gpu-$slug-$day-timelines; fi
 mkdir -p "$timelines"
 export DUALPIPE_BENCH_TIMELINE_DIR=$timelines
 for family in FB:60 Step:90 Host:60 Bubble:120; do
@@ -350,6 +360,7 @@ fi
   echo "log=$(basename "$log")"
   echo "prebuilt=${prebuilt:+yes}"
   echo "timelines=$timelines"
+  echo "timelines_packed=${OUT:+yes}"
 } >"$work/facts.txt"
 if ! python3 - "$json" "$out" "$work" <<'PY'
 import glob, json, os, sys
@@ -413,7 +424,7 @@ if support:
     w("- " + support)
 tests = "ctest -L 'cuda|gpu'" if not facts.get("prebuilt") else "test_cuda_cpu, test_gpu"
 w(f"- CUDA tests ({tests}): {'pass' if tests_ok == 'yes' else 'FAIL (see below)'}")
-for name in ("test_cuda_cpu", "test_gpu"):
+for name in ("test_cuda_cpu", "test_gpu", "test_gpu_nccl"):
     for l in read(name + ".txt").splitlines():
         if l.startswith("[doctest] test cases"):
             w(f"  - {name}: {l[len('[doctest] '):]}")
@@ -482,8 +493,9 @@ for s in ("dualpipe", "dualpipev"):
 w("")
 pictures = sorted(os.path.basename(p) for p in glob.glob(os.path.join(facts["timelines"], "bubble-*")))
 if pictures:
-    w(f"Pictures of the last measured step and of its simulation (in `{os.path.basename(facts['timelines'])}/` "
-      "beside this report): " + ", ".join(pictures) + ".")
+    where = os.path.basename(facts["timelines"]) + ("/" if not facts.get("timelines_packed") else ".tar.gz")
+    w(f"Pictures of the last measured step and of its simulation (in `{where}` beside this report): "
+      + ", ".join(pictures) + ".")
     w("")
 # The output of every step that did not pass (tails), so that the report alone says what went wrong.
 for name, rc, took, limit in steps:
@@ -499,6 +511,9 @@ PY
 then
   status=1
   say "run_gpu_report.sh: writing the report failed (see above)"
+fi
+if [ -n "${OUT:-}" ] && [ -n "$(ls -A "$timelines" 2>/dev/null)" ]; then
+  tar -czf "$dest/$(basename "$timelines").tar.gz" -C "$timelines" . || say "run_gpu_report.sh: packing $timelines failed"
 fi
 # Every step that failed, timed out or was skipped fails the run (compute-sanitizer's own verdict is above).
 awk '$2 != "0" && $1 !~ /^sanitize-/ {bad = 1} END {exit bad}' "$work/steps.txt" || status=1

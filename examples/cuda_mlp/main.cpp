@@ -283,7 +283,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (!cuda_device_available()) {
-    std::fprintf(stderr, "no CUDA device\n");
+    std::fprintf(stderr, "no CUDA device (%s)\n", cuda_unavailable_reason().c_str());
     return 77;
   }
   bool all_pass = true;

@@ -74,6 +74,8 @@ public:
     _handles.emplace_back(dualpipe::StreamRef(s));
     return _handles.back().get();
   }
+  /// Destroys every handle: call it before the streams they are bound to go.
+  void clear() noexcept { _handles.clear(); }
 
 private:
   std::vector<dualpipe::CublasHandle> _handles;

@@ -126,6 +126,12 @@ std::vector<double> run_rank(Comm& comm, const RunConfig& rc, const Layout& layo
   dopt.timeline_epoch = rc.epoch;
   Pipeline<Schedule, Comm, StageT, Device> pipe(comm, ptrs, po, Device(dopt));
   const StreamRef main = pipe.device().main_stream();
+  // The cuBLAS handles are bound to the pipeline's streams: destroy them before the pipeline (and its
+  // streams) goes, on every way out of this function.
+  struct ReleaseHandles {
+    Blas& blas;
+    ~ReleaseHandles() { blas.clear(); }
+  } release_handles{blas};
 
   // Modules in stage order: the gradient exchange posts in this order on both copies (NCCL matches by order).
   std::vector<int> by_stage(M);

@@ -56,7 +56,7 @@ json=${report%.md}.json
 grep -q 'CUDA tests (test_cuda_cpu, test_gpu): pass' "$report" || fail "the report does not say the tests passed"
 # Every step ran and passed; every figure of the tables is there (n/a: a counter or benchmark went missing).
 if grep -E '^\| [a-zA-Z0-9_-]+ \| (FAIL|TIMED OUT|SKIPPED)' "$report"; then fail "a step did not pass"; fi
-for step in test_cuda_cpu test_gpu example1 example2 example3 bench-FB bench-Step bench-Host bench-Bubble; do
+for step in test_cuda_cpu test_gpu test_gpu_nccl example1 example2 example3 bench-FB bench-Step bench-Host bench-Bubble; do
   grep -q "^| $step | ok |" "$report" || fail "step $step is not in the report as ok"
 done
 if grep -n 'n/a\|not measured' "$report"; then fail "a figure is missing from the report (above)"; fi
@@ -72,9 +72,17 @@ if missing:
     print("missing from the JSON:", missing)
     sys.exit(1)
 PY
+# The lent machine gives back at most 8 files from $OUT.
+n=$(find "$scratch/out" -type f | wc -l)
+[ "$n" -le 8 ] || fail "$n files in \$OUT, the lent machine gives back at most 8: $(find "$scratch/out" -type f)"
+archive=${report%.md}-timelines.tar.gz
+[ -s "$archive" ] || fail "no $(basename "$archive") beside the report"
+listing=$(tar -tzf "$archive")
 for s in dualpipe dualpipev; do
   for f in "bubble-$s.svg" "bubble-$s.json" "bubble-$s-simulated.svg"; do
-    [ -s "$scratch/out/timelines/$f" ] || fail "no timelines/$f"
+    grep -qx "./$f" <<<"$listing" || fail "$f is not in $(basename "$archive")"
   done
 done
+grep -q 'test_gpu_nccl: test cases: *[1-9]' "$report" || fail "the report has no NCCL test cases"
+grep -q 'test_gpu: test cases: *[1-9]' "$report" || fail "the report has no GPU test cases"
 echo "gpu_report_dry_run: OK ($report)"

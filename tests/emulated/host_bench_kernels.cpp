@@ -13,4 +13,6 @@ void busy(unsigned ns, unsigned /*blocks*/, cudaStream_t s) {
   (void)cuda_emulator::launch(s, [ns] { std::this_thread::sleep_for(std::chrono::nanoseconds(ns)); }, "kernel busy");
 }
 
+unsigned busy_blocks_per_sm() { return 16; }  // as on Hopper: 2048 threads an SM, 128 a block
+
 }  // namespace gpubench

@@ -8,7 +8,7 @@
 
 int main(int argc, char** argv) {
   if (!dualpipe::cuda_device_available()) {
-    std::fprintf(stderr, "no CUDA device: the GPU tests are skipped\n");
+    std::fprintf(stderr, "no CUDA device (%s): the GPU tests are skipped\n", dualpipe::cuda_unavailable_reason().c_str());
     return 77;
   }
   doctest::Context context(argc, argv);

@@ -31,7 +31,8 @@ inline void check_cublas(cublasStatus_t s, const char* call, const char* file, i
 }
 
 /// A cuBLAS handle bound to one stream, with its own workspace so that it can be captured into a CUDA graph
-/// and used next to handles of other streams without sharing scratch memory. Move-only.
+/// and used next to handles of other streams without sharing scratch memory. Move-only. Destroy it before
+/// its stream (cuBLAS keeps the stream handle until then).
 class CublasHandle {
 public:
   /// A handle on the current device whose calls go to `stream`; `workspace_bytes` of device memory (cudaMalloc)
@@ -73,7 +74,7 @@ public:
 
 private:
   void destroy() noexcept {
-    if (_handle) (void)cublasDestroy(_handle);  // synchronises with the handle's stream
+    if (_handle) (void)cublasDestroy(_handle);  // waits for the device
     if (_workspace) ignore_cuda_error(cudaFree(_workspace));
     _handle = nullptr;
     _workspace = nullptr;

@@ -11,6 +11,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <string>
 #include <utility>
 
 #include "dualpipe/cuda/error.hpp"
@@ -31,6 +32,18 @@ class Event;
 
 /// Whether at least one CUDA device can be used.
 [[nodiscard]] inline bool cuda_device_available() noexcept { return cuda_device_count() > 0; }
+
+/// Why no CUDA device can be used, for a program's message: cudaGetDeviceCount's error (its name and text,
+/// e.g. a driver older than the runtime), or that it found none; empty when a device can be used.
+[[nodiscard]] inline std::string cuda_unavailable_reason() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return std::string("cudaGetDeviceCount: ") + cudaGetErrorName(e) + ": " + cudaGetErrorString(e);
+  }
+  return n > 0 ? std::string() : std::string("cudaGetDeviceCount found no device");
+}
 
 /// The current device of the calling thread.
 [[nodiscard]] inline int current_device() {
