@@ -17,9 +17,14 @@
 //                                (below 1: the host ran ahead of the GPU and waited only at the end).
 //   Bubble/<schedule>            measured bubble ratio of a step (GPU timeline, 4 ranks on one GPU) against
 //                                the simulator's (async model) for the F, B, W and FB times measured on the
-//                                same stage alone; counters measured, simulated, rel_diff. Target: within 10%.
+//                                same stage alone and the transfer latency measured on two ranks (hop_us);
+//                                counters measured, simulated, rel_diff (|m - s| / s), pp_diff (|m - s| in
+//                                percentage points), makespan_ratio (measured / simulated step), and the same
+//                                with the step's own op times (*_in_step). Target: rel_diff within 10%.
+//                                (DUALPIPE_BENCH_BUBBLE_OP_US sets the ops' busy time, default 120.)
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cmath>
@@ -216,11 +221,12 @@ double gpu_seconds(Solo& solo, F&& fn) {
 // With DUALPIPE_BENCH_TIMELINE_DIR set: the last measured step as bubble-<schedule>.svg and a Chrome trace
 // (.json), next to the simulated one (bubble-<schedule>-simulated.svg), so that a bubble figure far from
 // the simulator's can be looked at without running again.
-void write_timelines(const std::string& schedule, const std::vector<StepResult>& results, int chunks) {
+void write_timelines(const std::string& schedule, const std::vector<StepResult>& results, int chunks, double latency) {
   const char* dir = std::getenv("DUALPIPE_BENCH_TIMELINE_DIR");
   if (!dir || !*dir) return;
   const Timeline measured = merge_timelines(schedule, chunks, Mode::train, results);
-  const ProfileReport p = profile_step(measured, make_trace(parse_schedule_kind(schedule), measured.ranks, chunks));
+  const ProfileReport p =
+      profile_step(measured, make_trace(parse_schedule_kind(schedule), measured.ranks, chunks), CommModel::async, latency);
   auto write = [&](const std::string& name, const std::string& text) {
     const std::string path = std::string(dir) + "/" + name;
     std::FILE* f = std::fopen(path.c_str(), "w");
@@ -233,17 +239,47 @@ void write_timelines(const std::string& schedule, const std::vector<StepResult>&
   write("bubble-" + schedule + "-simulated.svg", render_svg(p.simulated));
 }
 
+// Seconds from the end of an op on one rank to the start of the op on the next rank that needs its output:
+// the transfer as the pipeline sees it (event, copy, event, wait), measured with the same communicator and
+// device policy on two ranks that only wait for each other (1F1B, one chunk: F, F, B, B in a chain). The
+// median of the hops of a few steps.
+double hop_seconds(const StageCost& cost, const Event& epoch) {
+  CudaDeviceOptions dopt;
+  dopt.gpu_timeline = true;
+  dopt.timeline_epoch = &epoch;
+  Team<OneFOneB> team(2, 1, cost, {}, dopt);
+  std::vector<double> hops;
+  for (int s = 0; s < 7; ++s) {
+    team.step();
+    auto at = [&](int rank, OpKind kind) {
+      const StepResult& r = team.results[static_cast<std::size_t>(rank)];
+      for (const Span& sp : r.spans)
+        if (sp.op.kind == kind) return std::pair{r.clock_start + sp.start, r.clock_start + sp.end};
+      throw Error("hop_seconds: no span of the op on rank " + std::to_string(rank));
+    };
+    hops.push_back(at(1, OpKind::forward).first - at(0, OpKind::forward).second);
+    hops.push_back(at(0, OpKind::backward).first - at(1, OpKind::backward).second);
+  }
+  std::sort(hops.begin(), hops.end());
+  return std::max(0.0, hops[hops.size() / 2]);
+}
+
 template <class Schedule>
 void bubble_bench(benchmark::State& state) {
   StageCost cost;
-  cost.forward_ns = 120'000;
-  cost.backward_input_ns = 120'000;
-  cost.weight_ns = 120'000;
+  // DUALPIPE_BENCH_BUBBLE_OP_US: each busy part's time (default 120 us). Longer ops make the hand-over
+  // between streams negligible, which is how the comparison is checked on the CUDA emulator.
+  const char* op_us = std::getenv("DUALPIPE_BENCH_BUBBLE_OP_US");
+  const unsigned op_ns = op_us && std::atoi(op_us) > 0 ? 1000u * static_cast<unsigned>(std::atoi(op_us)) : 120'000u;
+  cost.forward_ns = op_ns;
+  cost.backward_input_ns = op_ns;
+  cost.weight_ns = op_ns;
   cost.blocks = static_cast<unsigned>(sm_count() / 8);
   cost.message_bytes = 1u << 20;
   const int P = 4, C = 16;
-  // The op times, measured on the same stage alone.
+  // The op times, measured on the same stage alone; the transfer latency, measured on two ranks.
   Costs costs;
+  double copy_seconds = 0;
   {
     Solo solo;
     BenchStage a(cost), b(cost);
@@ -265,36 +301,41 @@ void bubble_bench(benchmark::State& state) {
       b.backward_weight(solo.ctx(ComputeLane::second));
       solo.device.join();
     });
-    costs.latency = gpu_seconds(solo, [&] {
+    copy_seconds = gpu_seconds(solo, [&] {
       DUALPIPE_CUDA_CHECK(cudaMemcpyAsync(y.data(), x.data(), x.size(), cudaMemcpyDeviceToDevice, solo.device.main_stream()));
     });
   }
-  const Trace trace = make_trace<Schedule>(P, C);
-  const double simulated = simulate(trace, costs, CommModel::async).bubble_ratio();
   Event epoch(Event::timing);
   epoch.record(StreamRef());
   epoch.synchronize();
+  costs.latency = hop_seconds(cost, epoch);
+  const Trace trace = make_trace<Schedule>(P, C);
+  const Timeline sim = simulate(trace, costs, CommModel::async);
+  const double simulated = sim.bubble_ratio();
   CudaDeviceOptions dopt;
   dopt.gpu_timeline = true;
   dopt.timeline_epoch = &epoch;
   Team<Schedule> team(P, C, cost, {}, dopt);
-  double measured = 0, in_step = 0;
+  double measured = 0, in_step = 0, makespan = 0;
   Costs step_costs;
   for (auto _ : state) {
     state.SetIterationTime(team.step());
     const Timeline t = merge_timelines(std::string(Schedule::name), C, Mode::train, team.results);
     measured = t.bubble_ratio();
+    makespan = t.makespan();
     // The same comparison with the op times of this very step (ranks sharing the GPU slow each other a
     // little; a span no longer counts the wait for its data, see CudaDeviceOptions::gpu_timeline).
     const ProfileReport p = profile_step(t, trace, CommModel::async, costs.latency);
     in_step = p.simulated_bubble;
     step_costs = p.costs;
   }
-  write_timelines(std::string(Schedule::name), team.results, C);
+  write_timelines(std::string(Schedule::name), team.results, C, costs.latency);
   auto rel = [](double m, double s) { return s > 0 ? std::abs(m - s) / s : 0.0; };
   state.counters["measured"] = measured;
   state.counters["simulated"] = simulated;
   state.counters["rel_diff"] = rel(measured, simulated);
+  state.counters["pp_diff"] = 100 * std::abs(measured - simulated);  // percentage points
+  state.counters["makespan_ratio"] = sim.makespan() > 0 ? makespan / sim.makespan() : 0.0;
   state.counters["simulated_in_step"] = in_step;
   state.counters["rel_diff_in_step"] = rel(measured, in_step);
   state.counters["step_F_us"] = step_costs.forward * 1e6;
@@ -305,6 +346,8 @@ void bubble_bench(benchmark::State& state) {
   state.counters["B_us"] = costs.backward * 1e6;
   state.counters["W_us"] = costs.weight * 1e6;
   state.counters["FB_us"] = costs.forward_backward * 1e6;
+  state.counters["hop_us"] = costs.latency * 1e6;    // the simulator's transfer latency
+  state.counters["copy_us"] = copy_seconds * 1e6;    // the message's copy alone, for comparison
 }
 
 void register_all() {
