@@ -85,8 +85,52 @@ TEST_CASE("Runtime.InProcess.SizeMismatchIsAnError" * doctest::timeout(30)) {
     CHECK(contains(m, "from rank 0 to rank 1"));
     CHECK(contains(m, "(module 1, chunk 3, gradient)"));
     CHECK(contains(m, "has 24 bytes but the receive buffer has 16 bytes"));
+    CHECK(m == "in-process communicator: message from rank 0 to rank 1 with tag (module 1, chunk 3, gradient) has 24 "
+               "bytes but the receive buffer has 16 bytes");
   }
   CHECK(small == std::array<std::byte, 16>{});  // nothing was copied
+}
+
+TEST_CASE("Runtime.InProcess.SameTagMatchesOldestFirst" * doctest::timeout(30)) {
+  // Two messages with one tag on one pair of ranks: the first send fills the first receive, whichever rank
+  // launches first (round 0: the receives wait for the sends; round 1: the sends wait for the receives).
+  InProcessWorld world(2);
+  for (int round = 0; round < 2; ++round) {
+    CAPTURE(round);
+    std::array<int, 2> sent{1 + 10 * round, 2 + 10 * round};
+    std::array<int, 2> got{};
+    const int first = round == 0 ? 1 : 0;  // the rank that commits first
+    auto post = [&](int r) {
+      InProcessCommunicator& c = world.communicator(r);
+      for (std::size_t i = 0; i < 2; ++i) {
+        if (r == 0) c.post_send(1, tag(0, 4), std::as_bytes(std::span(&sent[i], 1)));
+        else c.post_recv(0, tag(0, 4), std::as_writable_bytes(std::span(&got[i], 1)));
+      }
+      return c.commit();
+    };
+    auto early = post(first);  // its ops wait in the mailbox before the peer's are launched
+    post(1 - first).wait(10s);
+    early.wait(10s);
+    CHECK(got == sent);
+  }
+}
+
+TEST_CASE("Runtime.InProcess.MisuseIsAnError" * doctest::timeout(30)) {
+  InProcessWorld world(2);
+  InProcessCommunicator& c = world.communicator(0);
+  std::array<std::byte, 4> buf{};
+  CHECK_THROWS_WITH_AS(c.post_send(2, tag(0, 0), buf),
+                       "in-process communicator: rank 0 post_send to peer 2 outside [0, 2)", Error);
+  CHECK_THROWS_WITH_AS(c.post_recv(-1, tag(0, 0), buf),
+                       "in-process communicator: rank 0 post_recv to peer -1 outside [0, 2)", Error);
+  c.post_recv(1, tag(0, 0), buf);
+  auto g = c.commit();
+  CHECK_THROWS_WITH_AS((void)c.commit(),
+                       "in-process communicator: rank 0 commits a new group before waiting on the previous one", Error);
+  CHECK_THROWS_AS(g.wait(10ms), TimeoutError);
+  c.post_recv(1, tag(0, 1), buf);
+  auto again = c.commit();  // the failed wait closed the group
+  CHECK_THROWS_AS(again.wait(10ms), TimeoutError);
 }
 
 TEST_CASE("Runtime.InProcess.TimeoutNamesWhatIsMissing" * doctest::timeout(30)) {

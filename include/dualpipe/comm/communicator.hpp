@@ -37,6 +37,12 @@ struct MessageTag {
   friend constexpr bool operator==(const MessageTag&, const MessageTag&) = default;
 };
 
+/// "(module 0, chunk 3, activation)": a tag in words, for messages.
+[[nodiscard]] inline std::string describe(const MessageTag& t) {
+  return "(module " + std::to_string(t.module) + ", chunk " + std::to_string(t.chunk) + ", " +
+         (t.payload == Payload::activation ? "activation" : "gradient") + ")";
+}
+
 /// Where a failed step started: the rank, module, chunk and op (its trace token), and what went wrong.
 struct FailureOrigin {
   int rank = -1;

@@ -7,11 +7,12 @@
 //     pipe.step(...);
 //   });
 //
-// The group semantics are the in-process communicator's (comm/inprocess.hpp): posts queue, commit()
-// launches the queued ops as one group, a launched op is matched with the peer's op of the same tag (oldest
-// first), group.wait(timeout) returns when every op of the group was matched, a size mismatch fails both
-// groups, abort() fails every rank's waits. The difference: a match does not move the bytes on the host, it
-// enqueues the copy on the receiver's communication stream, ordered by events:
+// The group semantics are the in-process communicator's (comm/inprocess.hpp; both are built on
+// comm/detail/mailbox.hpp): posts queue, commit() launches the queued ops as one group, a launched op is
+// matched with the peer's op of the same tag (oldest first), group.wait(timeout) returns when every op of
+// the group was matched, a size mismatch fails both groups, abort() fails every rank's waits. The
+// difference: a match does not move the bytes on the host, it enqueues the copy on the receiver's
+// communication stream, ordered by events:
 //   - at commit, each rank records a `launch` event on its stream, after whatever its device policy made the
 //     stream wait for (the send buffers' producers, the receive buffers' last readers);
 //   - the copy waits for the sender's launch event, runs on the receiver's stream, and the sender's stream
@@ -40,6 +41,7 @@
 
 #include "dualpipe/comm/communicator.hpp"
 #include "dualpipe/comm/detail/commit_handle.hpp"
+#include "dualpipe/comm/detail/mailbox.hpp"
 #include "dualpipe/comm/detail/meeting.hpp"
 #include "dualpipe/comm/inprocess.hpp"
 #include "dualpipe/core/error.hpp"
@@ -51,21 +53,15 @@ namespace dualpipe {
 class CudaLocalWorld;
 
 /// One rank's end of a CudaLocalWorld. Models Communicator (and CommunicatorWithBarrier); used by one
-/// thread at a time (its rank's); a group must be waited on before the next commit.
-class CudaLocalCommunicator {
+/// thread at a time (its rank's); a group must be waited on before the next commit. rank(), size(),
+/// post_send(), post_recv() (of device memory), abort(), barrier() and reset() are detail::MailboxRank's.
+class CudaLocalCommunicator : public detail::MailboxRank<CudaLocalCommunicator, CudaLocalWorld> {
 public:
   /// What commit() returns (detail::CommitHandle): wait(timeout) blocks (on the host) until every op of the
   /// group was matched and its copy enqueued, and throws TimeoutError, CommAborted, or Error on a size
   /// mismatch or a CUDA error while enqueueing; dropping it unwaited takes its unmatched ops back.
   using Group = detail::CommitHandle<CudaLocalCommunicator>;
 
-  CudaLocalCommunicator(const CudaLocalCommunicator&) = delete;
-  CudaLocalCommunicator& operator=(const CudaLocalCommunicator&) = delete;
-
-  /// This rank.
-  [[nodiscard]] int rank() const noexcept { return _rank; }
-  /// Number of ranks of the world.
-  [[nodiscard]] int size() const noexcept;
   /// This rank's CUDA device.
   [[nodiscard]] int device() const noexcept { return _device; }
   /// This rank's communication stream (owned by the world).
@@ -74,55 +70,32 @@ public:
   /// ranks is enqueued by whichever rank's thread matches it, which no single capture can follow).
   [[nodiscard]] bool graph_capturable() const noexcept { return size() == 1; }
 
-  /// Queues a send of `bytes` (device memory) to `peer`; `bytes` must stay valid until the group's copies
-  /// are done (the device policy orders that).
-  void post_send(int peer, MessageTag tag, ConstBytes bytes) {
-    check_peer(peer, "post_send");
-    _queued.push_back(Posted{true, peer, tag, const_cast<std::byte*>(bytes.data()), bytes.size(), false});
-  }
-  /// Queues a receive from `peer` into `bytes` (device memory).
-  void post_recv(int peer, MessageTag tag, MutableBytes bytes) {
-    check_peer(peer, "post_recv");
-    _queued.push_back(Posted{false, peer, tag, bytes.data(), bytes.size(), false});
-  }
   /// Records the launch event on the stream and matches everything queued since the last commit.
   [[nodiscard]] Group commit();
-  /// Fails every rank's current and future waits with CommAborted(origin) until reset. The first origin is kept.
-  void abort(const FailureOrigin& origin);
-  /// Returns when every rank called barrier(); throws CommAborted / TimeoutError (as InProcessCommunicator).
-  void barrier(std::chrono::milliseconds timeout);
-  /// Collective reset after a failed step: every rank calls it; the last to arrive clears the world.
-  void reset(std::chrono::milliseconds timeout = std::chrono::milliseconds(60'000));
 
 private:
   friend class CudaLocalWorld;
+  friend class detail::MailboxRank<CudaLocalCommunicator, CudaLocalWorld>;
+  friend class detail::CommitHandle<CudaLocalCommunicator>;
 
-  struct Posted {
-    bool send;
-    int peer;
-    MessageTag tag;
-    std::byte* data;
-    std::size_t size;
-    bool done;  // under the world's mutex once launched
-  };
+  using Posted = detail::LaunchedOp;  // `done` under the world's mutex once launched
+  // Every call (and every rank's group state) under the world's one mutex.
+  using Mailboxes = detail::Mailboxes<CudaLocalCommunicator, detail::CallerHoldsLock>;
+  friend Mailboxes;
 
   CudaLocalCommunicator(CudaLocalWorld* world, int rank, int device);
 
-  void check_peer(int peer, const char* what) const;
   void wait_group(std::chrono::milliseconds timeout);
   void abandon_group() noexcept;
-  friend class detail::CommitHandle<CudaLocalCommunicator>;
-  [[nodiscard]] std::string describe_unfinished() const;
+  // Marks op `index` of the group done (under the world's mutex), failed when `error` is not null.
+  void complete(std::size_t index, const std::string* error);
+  // Takes the group's unmatched ops back out of the mailboxes (under the world's mutex).
+  void withdraw_unfinished() noexcept;
 
-  CudaLocalWorld* _world;
-  int _rank;
   int _device;
   Stream _stream;   // communication stream, on _device
   Event _launch;    // recorded at each commit, after the device policy's waits
   Event _copied;    // recorded after a copy into this rank (on its stream), for the sender to wait on
-  std::vector<Posted> _queued;  // owner thread only
-  std::vector<Posted> _group;   // launched; `done` under the world's mutex
-  bool _group_open = false;     // owner thread only
   std::condition_variable _cv;  // with the world's mutex
   int _remaining = 0;           // under the world's mutex
   bool _failed = false;         // under the world's mutex
@@ -175,16 +148,12 @@ public:
 
 private:
   friend class CudaLocalCommunicator;
+  friend class detail::MailboxRank<CudaLocalCommunicator, CudaLocalWorld>;
 
-  struct Entry {
-    MessageTag tag;
-    std::byte* data;
-    std::size_t size;
-    CudaLocalCommunicator* owner;
-    std::size_t index;  // in owner->_group
-  };
+  using Entry = CudaLocalCommunicator::Mailboxes::Entry;
 
-  CudaLocalWorld(std::vector<int> devices, Options options, int size_arg) : _options(options) {
+  CudaLocalWorld(std::vector<int> devices, Options options, int size_arg)
+      : _options(options), _boxes(static_cast<int>(devices.size()), "CUDA local communicator") {
     if (devices.empty())
       throw ConfigError("CudaLocalWorld: size must be at least 1 (got size=" +
                         std::to_string(size_arg >= 0 ? size_arg : 0) + ")");
@@ -200,26 +169,13 @@ private:
       DeviceGuard on(d);  // the rank's stream and events live on its device
       _comms.emplace_back(new CudaLocalCommunicator(this, r, d));
     }
-    _sends.resize(static_cast<std::size_t>(n * n));
-    _recvs.resize(static_cast<std::size_t>(n * n));
-    for (auto& v : _sends) v.reserve(16);
-    for (auto& v : _recvs) v.reserve(16);
   }
 
-  static Entry* find(std::vector<Entry>& list, const MessageTag& tag) noexcept {
-    for (Entry& e : list)
-      if (e.tag == tag) return &e;
-    return nullptr;
-  }
-
-  // Enqueues the copy of a matched pair (under _mutex); returns an error message, empty on success.
+  // Enqueues the copy of a matched pair of the same size (under _mutex); returns an error message, empty on
+  // success.
   std::string transfer(const Entry& send, const Entry& recv) noexcept {
     CudaLocalCommunicator& a = *send.owner;
     CudaLocalCommunicator& b = *recv.owner;
-    if (send.size != recv.size)
-      return "CUDA local communicator: message from rank " + std::to_string(a._rank) + " to rank " +
-             std::to_string(b._rank) + " with tag " + describe(send.tag) + " has " + std::to_string(send.size) +
-             " bytes but the receive buffer has " + std::to_string(recv.size) + " bytes";
     try {
       DeviceGuard g(b._device);
       if (&a != &b) DUALPIPE_CUDA_CHECK(cudaStreamWaitEvent(b.stream(), a._launch.get(), 0));
@@ -243,48 +199,8 @@ private:
 
   // Launches op `index` of `self`'s group (under _mutex).
   void launch(CudaLocalCommunicator& self, std::size_t index) {
-    const CudaLocalCommunicator::Posted& op = self._group[index];
-    const int src = op.send ? self._rank : op.peer;
-    const int dst = op.send ? op.peer : self._rank;
-    const auto box = static_cast<std::size_t>(src * size() + dst);
-    std::vector<Entry>& other = op.send ? _recvs[box] : _sends[box];
-    if (Entry* e = find(other, op.tag)) {
-      const Entry mine{op.tag, op.data, op.size, &self, index};
-      const Entry theirs = *e;
-      other.erase(other.begin() + (e - other.data()));
-      const std::string err = op.send ? transfer(mine, theirs) : transfer(theirs, mine);
-      complete(*theirs.owner, theirs.index, err);
-      complete(self, index, err);
-    } else {
-      (op.send ? _sends[box] : _recvs[box]).push_back(Entry{op.tag, op.data, op.size, &self, index});
-    }
-  }
-
-  // Marks op `index` of `c`'s group done (under _mutex).
-  static void complete(CudaLocalCommunicator& c, std::size_t index, const std::string& error) {
-    c._group[index].done = true;
-    if (!error.empty() && !c._failed) {
-      c._failed = true;
-      c._error = error;
-    }
-    if (--c._remaining == 0 || !error.empty()) c._cv.notify_one();
-  }
-
-  // Takes `self`'s unmatched ops back out of the mailboxes (under _mutex).
-  void withdraw_unfinished(CudaLocalCommunicator& self) noexcept {
-    for (std::size_t i = 0; i < self._group.size(); ++i) {
-      const CudaLocalCommunicator::Posted& op = self._group[i];
-      if (op.done) continue;
-      const int src = op.send ? self._rank : op.peer;
-      const int dst = op.send ? op.peer : self._rank;
-      std::vector<Entry>& list = op.send ? _sends[static_cast<std::size_t>(src * size() + dst)]
-                                         : _recvs[static_cast<std::size_t>(src * size() + dst)];
-      for (auto it = list.begin(); it != list.end(); ++it)
-        if (it->owner == &self && it->index == i) {
-          list.erase(it);
-          break;
-        }
-    }
+    _boxes.launch(self, index, self._group[index],
+                  [this](const Entry& send, const Entry& recv) { return transfer(send, recv); });
   }
 
   void abort(const FailureOrigin& origin) {
@@ -314,8 +230,7 @@ private:
     const auto deadline = deadline_after(timeout);
     std::unique_lock lk(_mutex);
     const auto r = _reset.arrive(lk, _barrier_cv, size(), deadline, [] { return false; }, [&] {
-      for (auto& v : _sends) v.clear();
-      for (auto& v : _recvs) v.clear();
+      _boxes.clear();
       _aborted.store(false, std::memory_order_release);
       _origin = FailureOrigin{};
       _barrier.clear();
@@ -329,8 +244,7 @@ private:
   Options _options;
   std::vector<std::unique_ptr<CudaLocalCommunicator>> _comms;
   std::mutex _mutex;                          // everything below, and every communicator's group state
-  std::vector<std::vector<Entry>> _sends;     // [src * size + dst]: launched sends with no receive yet
-  std::vector<std::vector<Entry>> _recvs;     // [src * size + dst]: launched receives with no send yet
+  CudaLocalCommunicator::Mailboxes _boxes;    // between every pair of ranks
   std::atomic<bool> _aborted{false};
   FailureOrigin _origin;
   std::condition_variable _barrier_cv;        // barrier and reset
@@ -342,38 +256,19 @@ private:
 // ---- CudaLocalCommunicator, defined after the world ----------------------------------------------------
 
 inline CudaLocalCommunicator::CudaLocalCommunicator(CudaLocalWorld* world, int rank, int device)
-    : _world(world), _rank(rank), _device(device),
-      _stream(cudaStreamNonBlocking), _launch(Event::ordering), _copied(Event::ordering) {
-  _queued.reserve(32);
-  _group.reserve(32);
-}
-
-inline int CudaLocalCommunicator::size() const noexcept { return _world->size(); }
-
-inline void CudaLocalCommunicator::check_peer(int peer, const char* what) const {
-  if (peer < 0 || peer >= _world->size())
-    throw Error(std::string("CUDA local communicator: rank ") + std::to_string(_rank) + " " + what + " to peer " +
-                std::to_string(peer) + " outside [0, " + std::to_string(_world->size()) + ")");
-}
+    : MailboxRank(world, rank, "CUDA local communicator"), _device(device), _stream(cudaStreamNonBlocking),
+      _launch(Event::ordering), _copied(Event::ordering) {}
 
 inline CudaLocalCommunicator::Group CudaLocalCommunicator::commit() {
-  if (_group_open)
-    throw Error("CUDA local communicator: rank " + std::to_string(_rank) +
-                " commits a new group before waiting on the previous one");
-  if (_queued.empty() || _world->aborted()) {
-    _queued.clear();
-    return Group(this);
-  }
+  if (!can_launch()) return Group(this);
   {
     DeviceGuard g(_device);
     _launch.record(_stream);  // after the device policy's waits for this group's buffers
   }
-  _group.swap(_queued);
-  _queued.clear();
+  open_group();
   std::lock_guard lk(_world->_mutex);
   _failed = false;
   _remaining = static_cast<int>(_group.size());
-  _group_open = true;
   for (std::size_t i = 0; i < _group.size(); ++i) _world->launch(*this, i);
   return Group(this);
 }
@@ -394,8 +289,8 @@ inline void CudaLocalCommunicator::wait_group(std::chrono::milliseconds timeout)
     _group_open = false;
     return;
   }
-  _world->withdraw_unfinished(*this);  // under the lock: no peer can match (and copy into) them any more
-  std::string what = failed ? _error : (completed ? std::string() : describe_unfinished());
+  withdraw_unfinished();  // under the lock: no peer can match (and copy into) them any more
+  std::string what = failed ? _error : (completed ? std::string() : detail::describe_unfinished(_group));
   // The first transfer that never came, for TimeoutError::tag()/peer() (the executor names its op).
   const auto missing = std::find_if(_group.begin(), _group.end(), [](const Posted& p) { return !p.done; });
   const MessageTag missing_tag = missing != _group.end() ? missing->tag : MessageTag{-1, -1, Payload::activation};
@@ -414,36 +309,28 @@ inline void CudaLocalCommunicator::wait_group(std::chrono::milliseconds timeout)
                      missing_tag, missing_peer);
 }
 
-inline std::string CudaLocalCommunicator::describe_unfinished() const {
-  std::string out;
-  int n = 0;
-  for (const Posted& p : _group) {
-    if (p.done) continue;
-    out += (n++ ? ", " : "");
-    out += (p.send ? "send to rank " : "receive from rank ") + std::to_string(p.peer) + " " + describe(p.tag) + " " +
-           std::to_string(p.size) + " bytes";
+inline void CudaLocalCommunicator::complete(std::size_t index, const std::string* error) {
+  _group[index].done = true;
+  if (error && !_failed) {
+    _failed = true;
+    _error = *error;
   }
-  return std::to_string(n) + " of " + std::to_string(_group.size()) + " operations: " + out;
+  if (--_remaining == 0 || error) _cv.notify_one();
+}
+
+inline void CudaLocalCommunicator::withdraw_unfinished() noexcept {
+  for (std::size_t i = 0; i < _group.size(); ++i)
+    if (!_group[i].done) (void)_world->_boxes.withdraw(*this, i, _group[i]);
 }
 
 inline void CudaLocalCommunicator::abandon_group() noexcept {
   if (!_group_open) return;
   std::lock_guard lk(_world->_mutex);
-  _world->withdraw_unfinished(*this);
+  withdraw_unfinished();
   _group.clear();
   _group_open = false;
   _failed = false;
   _remaining = 0;
-}
-
-inline void CudaLocalCommunicator::abort(const FailureOrigin& origin) { _world->abort(origin); }
-
-inline void CudaLocalCommunicator::barrier(std::chrono::milliseconds timeout) { _world->barrier(_rank, timeout); }
-
-inline void CudaLocalCommunicator::reset(std::chrono::milliseconds timeout) {
-  abandon_group();
-  _queued.clear();
-  _world->reset_collective(_rank, timeout);
 }
 
 static_assert(check_communicator<CudaLocalCommunicator>());

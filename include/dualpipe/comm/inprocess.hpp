@@ -14,7 +14,6 @@
 // the happy path does not allocate.
 #pragma once
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -29,6 +28,7 @@
 
 #include "dualpipe/comm/communicator.hpp"
 #include "dualpipe/comm/detail/commit_handle.hpp"
+#include "dualpipe/comm/detail/mailbox.hpp"
 #include "dualpipe/comm/detail/meeting.hpp"
 #include "dualpipe/core/error.hpp"
 
@@ -36,81 +36,36 @@ namespace dualpipe {
 
 class InProcessWorld;
 
-/// "(module 0, chunk 3, activation)": a tag in words, for messages.
-[[nodiscard]] inline std::string describe(const MessageTag& t) {
-  return "(module " + std::to_string(t.module) + ", chunk " + std::to_string(t.chunk) + ", " +
-         (t.payload == Payload::activation ? "activation" : "gradient") + ")";
-}
-
 /// One rank's end of an InProcessWorld. Models Communicator (and CommunicatorWithBarrier). Used by one
-/// thread at a time (its rank's); a group must be waited on before the next commit.
-class InProcessCommunicator {
+/// thread at a time (its rank's); a group must be waited on before the next commit. rank(), size(),
+/// post_send(), post_recv(), abort(), barrier() and reset() are detail::MailboxRank's.
+class InProcessCommunicator : public detail::MailboxRank<InProcessCommunicator, InProcessWorld> {
 public:
   /// What commit() returns (detail::CommitHandle): wait(timeout) blocks until every op of the group is done
   /// and throws TimeoutError, CommAborted, or Error on a size mismatch; dropping it unwaited takes its ops back.
   using Group = detail::CommitHandle<InProcessCommunicator>;
 
-  InProcessCommunicator(const InProcessCommunicator&) = delete;
-  InProcessCommunicator& operator=(const InProcessCommunicator&) = delete;
-
-  /// This rank.
-  [[nodiscard]] int rank() const noexcept { return _rank; }
-  /// Number of ranks of the world.
-  [[nodiscard]] int size() const noexcept;
-  /// Queues a send of `bytes` to `peer`; `bytes` must stay valid until the group is done.
-  void post_send(int peer, MessageTag tag, ConstBytes bytes) {
-    check_peer(peer, "post_send");
-    _queued.push_back(Posted{true, peer, tag, const_cast<std::byte*>(bytes.data()), bytes.size(), false});
-  }
-  /// Queues a receive from `peer` into `bytes`.
-  void post_recv(int peer, MessageTag tag, MutableBytes bytes) {
-    check_peer(peer, "post_recv");
-    _queued.push_back(Posted{false, peer, tag, bytes.data(), bytes.size(), false});
-  }
   /// Launches everything queued since the last commit as one group.
   [[nodiscard]] Group commit();
-  /// Fails every rank's current and future waits with CommAborted(origin) until the world is reset.
-  /// The first origin is kept.
-  void abort(const FailureOrigin& origin);
-  /// Returns when every rank of the world called barrier(); throws CommAborted when the world is aborted,
-  /// TimeoutError after `timeout`. The executor calls it at the end of every step.
-  void barrier(std::chrono::milliseconds timeout);
-  /// Collective reset after a failed step: every rank calls it; the last to arrive clears the world's
-  /// abort. Throws TimeoutError when not every rank arrives within `timeout`.
-  void reset(std::chrono::milliseconds timeout = std::chrono::milliseconds(60'000));
 
 private:
   friend class InProcessWorld;
+  friend class detail::MailboxRank<InProcessCommunicator, InProcessWorld>;
+  friend class detail::CommitHandle<InProcessCommunicator>;
 
-  struct Posted {
-    bool send;
-    int peer;
-    MessageTag tag;
-    std::byte* data;
-    std::size_t size;
-    bool done;  // guarded by _mutex once launched
-  };
+  using Posted = detail::LaunchedOp;  // `done` guarded by _mutex once launched
+  using Mailboxes = detail::Mailboxes<InProcessCommunicator, std::mutex>;  // a lock per pair of ranks
+  friend Mailboxes;
 
-  InProcessCommunicator(InProcessWorld* world, int rank) : _world(world), _rank(rank) {
-    _queued.reserve(32);
-    _group.reserve(32);
-  }
+  InProcessCommunicator(InProcessWorld* world, int rank) : MailboxRank(world, rank, "in-process communicator") {}
 
-  void check_peer(int peer, const char* what) const;
   void wait_group(std::chrono::milliseconds timeout);
   void abandon_group() noexcept;
-  friend class detail::CommitHandle<InProcessCommunicator>;
   void cancel_unfinished() noexcept;
   // Called (under the mailbox lock) by whichever thread matched op `index` of this rank's group.
   void complete(std::size_t index, const std::string* error);
   void clear_local() noexcept;
-  [[nodiscard]] std::string describe_unfinished();
 
-  InProcessWorld* _world;
-  int _rank;
-  std::vector<Posted> _queued;  // posted, not launched (owner thread only)
-  std::vector<Posted> _group;   // the launched group
-  bool _group_open = false;     // owner thread only
   std::mutex _mutex;
   std::condition_variable _cv;
   std::atomic<int> _remaining{0};  // ops of the group not yet done (changed under _mutex)
@@ -123,11 +78,9 @@ class InProcessWorld {
 public:
   /// A world of `size` ranks. `spin` is how many times a wait polls (yielding the core each time) before it
   /// sleeps: a peer that is about to answer costs no sleep and wake-up.
-  explicit InProcessWorld(int size, int spin = 16) : _size(size), _spin(spin) {
-    if (size < 1) throw ConfigError("InProcessWorld: size must be at least 1 (got size=" + std::to_string(size) + ")");
+  explicit InProcessWorld(int size, int spin = 16)
+      : _size(size), _spin(spin), _boxes(checked_size(size), "in-process communicator") {
     for (int r = 0; r < size; ++r) _comms.emplace_back(new InProcessCommunicator(this, r));
-    _boxes.reserve(static_cast<std::size_t>(size) * static_cast<std::size_t>(size));
-    for (int i = 0; i < size * size; ++i) _boxes.push_back(std::make_unique<Mailbox>());
   }
   InProcessWorld(const InProcessWorld&) = delete;
   InProcessWorld& operator=(const InProcessWorld&) = delete;
@@ -146,11 +99,7 @@ public:
   /// Clears every mailbox, group and the abort, from outside the ranks: call it only while no rank is
   /// inside the communicator (e.g. after run_ranks returned).
   void reset() noexcept {
-    for (auto& b : _boxes) {
-      std::lock_guard lk(b->mutex);
-      b->sends.clear();
-      b->recvs.clear();
-    }
+    _boxes.clear();
     for (auto& c : _comms) c->clear_local();
     std::scoped_lock lk(_abort_mutex, _barrier_mutex, _reset_mutex);
     _aborted.store(false, std::memory_order_release);
@@ -161,74 +110,21 @@ public:
 
 private:
   friend class InProcessCommunicator;
+  friend class detail::MailboxRank<InProcessCommunicator, InProcessWorld>;
 
-  struct Entry {
-    MessageTag tag;
-    std::byte* data;
-    std::size_t size;
-    InProcessCommunicator* owner;
-    std::size_t index;  // in owner->_group
-  };
-  struct Mailbox {
-    Mailbox() {
-      sends.reserve(16);
-      recvs.reserve(16);
-    }
-    std::mutex mutex;
-    std::vector<Entry> sends;  // launched sends with no receive yet
-    std::vector<Entry> recvs;  // launched receives with no send yet
-  };
-
-  Mailbox& box(int src, int dst) { return *_boxes[static_cast<std::size_t>(src * _size + dst)]; }
-
-  static Entry* find(std::vector<Entry>& list, const MessageTag& tag) noexcept {
-    for (Entry& e : list)
-      if (e.tag == tag) return &e;
-    return nullptr;
+  static int checked_size(int size) {
+    if (size < 1) throw ConfigError("InProcessWorld: size must be at least 1 (got size=" + std::to_string(size) + ")");
+    return size;
   }
 
-  // Launches op `index` of `self`'s group.
+  // Launches op `index` of `self`'s group: a match copies the message straight from the send buffer into
+  // the receive buffer, under the mailbox's lock (so that neither rank can withdraw its op meanwhile).
   void launch(InProcessCommunicator& self, std::size_t index) {
-    const InProcessCommunicator::Posted& op = self._group[index];
-    const int src = op.send ? self._rank : op.peer;
-    const int dst = op.send ? op.peer : self._rank;
-    Mailbox& b = box(src, dst);
-    std::lock_guard lk(b.mutex);
-    std::vector<Entry>& other = op.send ? b.recvs : b.sends;
-    if (Entry* e = find(other, op.tag)) {
-      const Entry mine{op.tag, op.data, op.size, &self, index};
-      const Entry& send = op.send ? mine : *e;
-      const Entry& recv = op.send ? *e : mine;
-      if (send.size != recv.size) {
-        const std::string err = "in-process communicator: message from rank " + std::to_string(src) + " to rank " +
-                                std::to_string(dst) + " with tag " + describe(op.tag) + " has " +
-                                std::to_string(send.size) + " bytes but the receive buffer has " +
-                                std::to_string(recv.size) + " bytes";
-        e->owner->complete(e->index, &err);
-        self.complete(index, &err);
-      } else {
-        if (send.size > 0) std::memcpy(recv.data, send.data, send.size);
-        e->owner->complete(e->index, nullptr);
-        self.complete(index, nullptr);
-      }
-      other.erase(other.begin() + (e - other.data()));
-    } else {
-      (op.send ? b.sends : b.recvs).push_back(Entry{op.tag, op.data, op.size, &self, index});
-    }
-  }
-
-  // Takes `self`'s op `index` back out of its mailbox; false when a peer already completed it.
-  bool withdraw(InProcessCommunicator& self, std::size_t index) noexcept {
-    const InProcessCommunicator::Posted& op = self._group[index];
-    Mailbox& b = op.send ? box(self._rank, op.peer) : box(op.peer, self._rank);
-    std::lock_guard lk(b.mutex);
-    std::vector<Entry>& list = op.send ? b.sends : b.recvs;
-    for (auto it = list.begin(); it != list.end(); ++it)
-      if (it->owner == &self && it->index == index) {
-        list.erase(it);
-        return true;
-      }
-    return false;
+    using Entry = InProcessCommunicator::Mailboxes::Entry;
+    _boxes.launch(self, index, self._group[index], [](const Entry& send, const Entry& recv) {
+      if (send.size > 0) std::memcpy(recv.data, send.data, send.size);
+      return std::string();
+    });
   }
 
   void abort(const FailureOrigin& origin) {
@@ -266,11 +162,7 @@ private:
     std::unique_lock lk(_reset_mutex);
     const auto r = _reset.arrive(lk, _reset_cv, _size, deadline, [] { return false; }, [&] {
       // Every rank is here, so none is inside the communicator: clear the world.
-      for (auto& b : _boxes) {
-        std::lock_guard blk(b->mutex);
-        b->sends.clear();
-        b->recvs.clear();
-      }
+      _boxes.clear();
       std::scoped_lock alk(_abort_mutex, _barrier_mutex);
       _aborted.store(false, std::memory_order_release);
       _origin = FailureOrigin{};
@@ -284,8 +176,8 @@ private:
 
   int _size;
   int _spin;
+  InProcessCommunicator::Mailboxes _boxes;  // between every pair of ranks, each with its own lock
   std::vector<std::unique_ptr<InProcessCommunicator>> _comms;
-  std::vector<std::unique_ptr<Mailbox>> _boxes;  // [src * size + dst]
 
   std::atomic<bool> _aborted{false};
   std::mutex _abort_mutex;
@@ -302,30 +194,14 @@ private:
 
 // ---- InProcessCommunicator, defined after the world ------------------------------------------------
 
-inline int InProcessCommunicator::size() const noexcept { return _world->size(); }
-
-inline void InProcessCommunicator::check_peer(int peer, const char* what) const {
-  if (peer < 0 || peer >= _world->size())
-    throw Error(std::string("in-process communicator: rank ") + std::to_string(_rank) + " " + what + " to peer " +
-                std::to_string(peer) + " outside [0, " + std::to_string(_world->size()) + ")");
-}
-
 inline InProcessCommunicator::Group InProcessCommunicator::commit() {
-  if (_group_open)
-    throw Error("in-process communicator: rank " + std::to_string(_rank) +
-                " commits a new group before waiting on the previous one");
-  if (_queued.empty() || _world->aborted()) {
-    _queued.clear();
-    return Group(this);
-  }
-  _group.swap(_queued);  // both keep their capacity: no allocation
-  _queued.clear();
+  if (!can_launch()) return Group(this);
+  open_group();
   {
     std::lock_guard lk(_mutex);
     _failed = false;
     _remaining.store(static_cast<int>(_group.size()), std::memory_order_relaxed);
   }
-  _group_open = true;
   for (std::size_t i = 0; i < _group.size(); ++i) _world->launch(*this, i);
   return Group(this);
 }
@@ -367,7 +243,7 @@ inline void InProcessCommunicator::wait_group(std::chrono::milliseconds timeout)
   lk.lock();
   const bool completed = _remaining.load(std::memory_order_relaxed) == 0;
   const bool failed = _failed;
-  std::string what = failed ? _error : (completed ? std::string() : describe_unfinished());
+  std::string what = failed ? _error : (completed ? std::string() : detail::describe_unfinished(_group));
   // The transfer that never came: the first unfinished receive (what this rank waits for), else send.
   const Posted* missing = nullptr;
   for (const Posted& p : _group)
@@ -387,18 +263,6 @@ inline void InProcessCommunicator::wait_group(std::chrono::milliseconds timeout)
                      missing_tag, missing_peer);
 }
 
-inline std::string InProcessCommunicator::describe_unfinished() {
-  std::string out;
-  int n = 0;
-  for (const Posted& p : _group) {
-    if (p.done) continue;
-    out += (n++ ? ", " : "");
-    out += (p.send ? "send to rank " : "receive from rank ") + std::to_string(p.peer) + " " + describe(p.tag) + " " +
-           std::to_string(p.size) + " bytes";
-  }
-  return std::to_string(n) + " of " + std::to_string(_group.size()) + " operations: " + out;
-}
-
 inline void InProcessCommunicator::cancel_unfinished() noexcept {
   for (std::size_t i = 0; i < _group.size(); ++i) {
     bool done;
@@ -408,7 +272,7 @@ inline void InProcessCommunicator::cancel_unfinished() noexcept {
     }
     // Withdrawn under the mailbox lock: from here on no peer can match (and write into) this op. It stays
     // not done, so that the timeout message names it.
-    if (!done) (void)_world->withdraw(*this, i);
+    if (!done) (void)_world->_boxes.withdraw(*this, i, _group[i]);
   }
 }
 
@@ -429,16 +293,6 @@ inline void InProcessCommunicator::clear_local() noexcept {
   _group_open = false;
   _failed = false;
   _remaining.store(0, std::memory_order_relaxed);
-}
-
-inline void InProcessCommunicator::abort(const FailureOrigin& origin) { _world->abort(origin); }
-
-inline void InProcessCommunicator::barrier(std::chrono::milliseconds timeout) { _world->barrier(_rank, timeout); }
-
-inline void InProcessCommunicator::reset(std::chrono::milliseconds timeout) {
-  abandon_group();
-  _queued.clear();
-  _world->reset_collective(_rank, timeout);
 }
 
 static_assert(check_communicator<InProcessCommunicator>());

@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "dualpipe/comm/communicator.hpp"
+#include "dualpipe/comm/detail/mailbox.hpp"
 #include "dualpipe/comm/inprocess.hpp"
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/cuda/error.hpp"
@@ -271,13 +272,7 @@ public:
   }
 
 private:
-  struct Posted {
-    bool send;
-    int peer;
-    MessageTag tag;
-    std::byte* data;
-    std::size_t size;
-  };
+  using Posted = detail::PostedOp;
   struct Flight {
     std::unique_ptr<Event> done;
     std::chrono::steady_clock::time_point deadline;
@@ -292,8 +287,7 @@ private:
     for (std::size_t i = 0; i < shown; ++i) {
       const Posted& p = ops[i];
       out += (i ? ", " : "");
-      out += (p.send ? "send to rank " : "receive from rank ") + std::to_string(p.peer) + " " + describe(p.tag) + " " +
-             std::to_string(p.size) + " bytes";
+      out += detail::describe(p);
     }
     if (shown < ops.size()) out += ", ...";
     return out;
