@@ -362,12 +362,13 @@ private:
       if (cur->names.push(index)) ++nvtx_depth;
       if (timing_on && is_compute(op.kind)) {
         timed_op = index;
+        end_timed = false;
         cur->timing[2 * static_cast<std::size_t>(index)].record(main);
       }
     }
     void op_end(const Op& op, int index) {
       if (timing_on && is_compute(op.kind)) {
-        cur->timing[2 * static_cast<std::size_t>(index) + 1].record(main);
+        if (!end_timed) cur->timing[2 * static_cast<std::size_t>(index) + 1].record(main);
         cur->timed.push_back(index);
         timed_op = -1;
       }
@@ -391,6 +392,12 @@ private:
       }
     }
     void used(signed char lane, ConstBytes bytes) {
+      // The op's work on the main stream is all issued once it reports its first buffer used there: its span
+      // ends here, before the buffers' events, so that a consumer they release never starts before it.
+      if (timed_op >= 0 && !end_timed && lane == lane_id(ComputeLane::main)) {
+        cur->timing[2 * static_cast<std::size_t>(timed_op) + 1].record(main);
+        end_timed = true;
+      }
       const long i = find(bytes);
       if (i < 0) return;
       Slot& s = slots[static_cast<std::size_t>(i)];
@@ -404,6 +411,7 @@ private:
     void join() {
       join_event.record(second);
       main.wait(join_event);
+      end_timed = false;  // the main stream now has the second's work to wait for: the span ends later
     }
     void post(ConstBytes bytes) {
       const long i = find(bytes);
@@ -543,7 +551,8 @@ private:
     bool capturing = false;
     bool replayed = false;
     bool timing_on = false;
-    int timed_op = -1;  // the compute op whose GPU span is being timed, or -1
+    int timed_op = -1;       // the compute op whose GPU span is being timed, or -1
+    bool end_timed = false;  // its end event is recorded (see used())
     int nvtx_depth = 0;
     long replays = 0;
     long captures = 0;
