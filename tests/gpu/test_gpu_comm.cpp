@@ -65,8 +65,10 @@ TEST_CASE("Gpu.CudaLocal.SizeMismatchTimeoutAbort" * doctest::timeout(60)) {
                          "activation) has 1024 bytes but the receive buffer has 2048 bytes",
                          Error);
   });
-  // Rank 0 waits for a message rank 1 never sends.
+  // Rank 0 waits for a message rank 1 never sends (and sends one rank 1 never takes): the error names the
+  // receive, what rank 0 waits for, though the send was posted first.
   CudaLocalCommunicator& c0 = world.communicator(0);
+  c0.post_send(1, MessageTag{0, 5, Payload::activation}, ConstBytes(static_cast<const std::byte*>(a.data()), 1024));
   c0.post_recv(1, MessageTag{0, 3, Payload::gradient}, MutableBytes(static_cast<std::byte*>(b.data()), 2048));
   try {
     c0.commit().wait(100ms);

@@ -291,10 +291,10 @@ inline void CudaLocalCommunicator::wait_group(std::chrono::milliseconds timeout)
   }
   withdraw_unfinished();  // under the lock: no peer can match (and copy into) them any more
   std::string what = failed ? _error : (completed ? std::string() : detail::describe_unfinished(_group));
-  // The first transfer that never came, for TimeoutError::tag()/peer() (the executor names its op).
-  const auto missing = std::find_if(_group.begin(), _group.end(), [](const Posted& p) { return !p.done; });
-  const MessageTag missing_tag = missing != _group.end() ? missing->tag : MessageTag{-1, -1, Payload::activation};
-  const int missing_peer = missing != _group.end() ? missing->peer : -1;
+  // The transfer that never came, for TimeoutError::tag()/peer() (the executor names its op).
+  const detail::LaunchedOp* missing = detail::first_missing(_group);
+  const MessageTag missing_tag = missing ? missing->tag : MessageTag{-1, -1, Payload::activation};
+  const int missing_peer = missing ? missing->peer : -1;
   _group.clear();
   _group_open = false;
   _failed = false;

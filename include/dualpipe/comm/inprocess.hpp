@@ -244,10 +244,7 @@ inline void InProcessCommunicator::wait_group(std::chrono::milliseconds timeout)
   const bool completed = _remaining.load(std::memory_order_relaxed) == 0;
   const bool failed = _failed;
   std::string what = failed ? _error : (completed ? std::string() : detail::describe_unfinished(_group));
-  // The transfer that never came: the first unfinished receive (what this rank waits for), else send.
-  const Posted* missing = nullptr;
-  for (const Posted& p : _group)
-    if (!p.done && (missing == nullptr || (missing->send && !p.send))) missing = &p;
+  const detail::LaunchedOp* missing = detail::first_missing(_group);  // the transfer that never came
   const MessageTag missing_tag = missing ? missing->tag : MessageTag{-1, -1, Payload::activation};
   const int missing_peer = missing ? missing->peer : -1;
   _group.clear();

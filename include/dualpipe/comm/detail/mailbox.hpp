@@ -57,6 +57,15 @@ struct LaunchedOp : PostedOp {
   return std::to_string(n) + " of " + std::to_string(group.size()) + " operations: " + out;
 }
 
+/// The transfer a timed-out group names (TimeoutError::tag() and peer()): its first unfinished receive (what
+/// the rank waits for), else its first unfinished send; nullptr when every op is done.
+[[nodiscard]] inline const LaunchedOp* first_missing(const std::vector<LaunchedOp>& group) noexcept {
+  const LaunchedOp* missing = nullptr;
+  for (const LaunchedOp& p : group)
+    if (!p.done && (missing == nullptr || (missing->send && !p.send))) missing = &p;
+  return missing;
+}
+
 /// A BasicLockable that locks nothing: the Lock of Mailboxes whose caller holds the one lock that guards
 /// them (and every rank's group state) for every call.
 struct CallerHoldsLock {
