@@ -396,14 +396,29 @@ TEST_CASE("Gpu.Pipeline.GraphCaptureAndReplay" * doctest::timeout(300)) {
   CHECK(pipe.device().graph_replays() == 2);
 }
 
-TEST_CASE("Gpu.Pipeline.GpuTimeline" * doctest::timeout(300)) {
-  Event epoch(Event::timing);
-  epoch.record(StreamRef());
-  epoch.synchronize();
+namespace {
+
+// One step with the GPU timeline on, every rank's spans on the clock of `epoch` (a timing event, done).
+GpuRunOptions one_timed_step(const Event& epoch) {
   GpuRunOptions o;
   o.steps = 1;
   o.device.gpu_timeline = true;
   o.epoch = &epoch;
+  return o;
+}
+
+Event done_timing_event() {
+  Event e(Event::timing);
+  e.record(StreamRef());
+  e.synchronize();
+  return e;
+}
+
+}  // namespace
+
+TEST_CASE("Gpu.Pipeline.GpuTimeline" * doctest::timeout(300)) {
+  const Event epoch = done_timing_event();
+  const GpuRunOptions o = one_timed_step(epoch);
   const int P = 4, C = 8;
   const RunResult r = run_gpu<DualPipe, false>(P, C, 1 << 16, o);
   for (int rank = 0; rank < P; ++rank) {
@@ -431,14 +446,9 @@ TEST_CASE("Gpu.Pipeline.GpuTimeline" * doctest::timeout(300)) {
 // With one module per rank (1F1B), rank r's F of chunk c needs rank r-1's F of c, and its B needs rank
 // r+1's B of c, so on the shared clock no consumer may start before its producer ended.
 TEST_CASE("Gpu.Pipeline.GpuTimelineSpansStartWhenTheirDataArrives" * doctest::timeout(300)) {
-  Event epoch(Event::timing);
-  epoch.record(StreamRef());
-  epoch.synchronize();
-  GpuRunOptions o;
-  o.steps = 1;
+  const Event epoch = done_timing_event();
+  GpuRunOptions o = one_timed_step(epoch);
   o.spin_ns = 50'000;  // every kernel takes a while, so that a waiting consumer would start visibly early
-  o.device.gpu_timeline = true;
-  o.epoch = &epoch;
   const int P = 4, C = 6;
   const RunResult r = run_gpu<OneFOneB, false>(P, C, 1 << 12, o);
   // end[rank][kind][chunk] and start[...], on the shared clock (seconds since the epoch).
