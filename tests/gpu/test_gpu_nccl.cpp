@@ -30,7 +30,10 @@ TEST_CASE("Gpu.Nccl.SelfSend" * doctest::timeout(120)) {
   CHECK_FALSE(comm.aborted());
 }
 
-TEST_CASE("Gpu.Nccl.WatchdogEndsAHang" * doctest::timeout(120)) {
+// A receive that no send will ever match ends with an error, never a hang. NCCL itself refuses a receive
+// from self without a send (ncclInvalidUsage, which the group's poll reports and which aborts the
+// communicator); were it accepted, the watchdog would abort it. The watchdog's own test is the next one.
+TEST_CASE("Gpu.Nccl.AnUnmatchedReceiveEndsWithAnError" * doctest::timeout(120)) {
   NcclOptions o;
   o.watchdog_period = 20ms;
   NcclCommunicator comm(0, 1, make_unique_id(), 0, o);
