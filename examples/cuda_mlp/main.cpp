@@ -282,6 +282,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "dualpipe-cuda-mlp: error: %s\n", e.what());
     return 2;
   }
+  // Several ranks on one GPU use three streams each: more hardware queues than CUDA's default 8, so that
+  // their streams do not wait for each other. Before the first CUDA call; a value set by the user wins.
+  setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", 0);
   if (!cuda_device_available()) {
     std::fprintf(stderr, "no CUDA device (%s)\n", cuda_unavailable_reason().c_str());
     return 77;
