@@ -278,6 +278,10 @@ else
   # The NCCL cases in a step of their own, last: a stuck NCCL bootstrap or abort then costs only them.
   step test_gpu 150 "$bin/test_gpu" --duration=true --test-case-exclude='*Nccl*' || tests_ok=no
   step test_gpu_nccl 90 "$bin/test_gpu" --duration=true --test-case='*Nccl*' || tests_ok=no
+  if grep -q '^\[doctest\] test cases: *0 |' "$work/test_gpu_nccl.txt" 2>/dev/null; then
+    say "   test_gpu_nccl ran no test case: the kit's test_gpu was built without NCCL"
+    tests_ok=no
+  fi
   grep -h '^\[doctest\] \(test cases\|Status\)' "$work/test_cuda_cpu.txt" "$work/test_gpu.txt" \
        "$work/test_gpu_nccl.txt" 2>/dev/null
 fi

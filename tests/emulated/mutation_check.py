@@ -48,6 +48,10 @@ MUTATIONS = [
      "      main.wait(join_event);\n      end_timed = false;",
      "      end_timed = false;",
      "the main stream continues after the FB's second half"),
+    ("timeline-start", DEVICE,
+     "        if (timed_op >= 0 && lane != comm_lane)\n",
+     "        if (false)\n",
+     "a GPU span starts after its op's wait for data (the wait is bubble)"),
     ("local-launch-wait", LOCAL,
      "      if (&a != &b) DUALPIPE_CUDA_CHECK(cudaStreamWaitEvent(b.stream(), a._launch.get(), 0));\n",
      "",
@@ -100,13 +104,15 @@ def main():
         print("mutation_check: git ls-files failed:\n" + files, file=sys.stderr)
         return 1
     shutil.rmtree(src, ignore_errors=True)
+    shutil.rmtree(build, ignore_errors=True)  # a build left by an earlier run may hold a mutated object
     for rel in filter(None, files.split("\0")):
         s = os.path.join(REPO, rel)
         if not os.path.isfile(s):
             continue  # a deleted file not yet committed
         d = os.path.join(src, rel)
         os.makedirs(os.path.dirname(d), exist_ok=True)
-        shutil.copy2(s, d)
+        shutil.copyfile(s, d)  # fresh modification times: the build folder is reused only within a run
+        shutil.copymode(s, d)
 
     t0 = time.time()
     rc, out = run(["cmake", "-S", src, "-B", build, "-DCMAKE_BUILD_TYPE=Release", "-DDUALPIPE_BUILD_BENCH=OFF",

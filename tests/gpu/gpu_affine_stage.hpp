@@ -34,8 +34,11 @@ struct Call {
 template <bool Hook>
 class GpuAffineStage {
 public:
-  GpuAffineStage(int stage, int chunks, std::size_t n, unsigned spin_ns = 0)
-      : _stage(stage), _n(n), _spin(spin_ns), _a(param_a(stage)), _b(param_b(stage)) {
+  /// `spin_ns`: every kernel busy-waits that long first; `backward_spin_ns` (when > 0) instead for the kernel
+  /// that makes the gradient sent on (backward_input), so that gradients come late against activations.
+  GpuAffineStage(int stage, int chunks, std::size_t n, unsigned spin_ns = 0, unsigned backward_spin_ns = 0)
+      : _stage(stage), _n(n), _spin(spin_ns), _backward_spin(backward_spin_ns > 0 ? backward_spin_ns : spin_ns),
+        _a(param_a(stage)), _b(param_b(stage)) {
     const std::size_t c = static_cast<std::size_t>(chunks < 1 ? 1 : chunks);
     DUALPIPE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&_mem), (3 * c * n + c + 2) * sizeof(double)));
     DUALPIPE_CUDA_CHECK(cudaMemset(_mem, 0, (3 * c * n + c + 2) * sizeof(double)));
@@ -82,7 +85,7 @@ public:
     DUALPIPE_CUDA_CHECK(cudaMemcpyAsync(dy(ctx), g, bytes(), cudaMemcpyDeviceToDevice, s));
     if (!in_grad.empty()) {
       check(ctx, in_grad.size(), bytes());
-      scale(g, reinterpret_cast<double*>(in_grad.data()), _a, _n, _spin, s);
+      scale(g, reinterpret_cast<double*>(in_grad.data()), _a, _n, _backward_spin, s);
       DUALPIPE_CUDA_CHECK_LAST();
     }
     calls.push_back({'I', ctx.chunk, ctx.stream});
@@ -139,6 +142,7 @@ private:
   int _stage;
   std::size_t _n;
   unsigned _spin;
+  unsigned _backward_spin;
   double _a, _b;
   int _chunks = 0;
   double* _mem = nullptr;

@@ -76,6 +76,8 @@ struct GpuRunOptions {
   bool return_outputs = true;
   Mode mode = Mode::train;
   unsigned spin_ns = 20'000;
+  unsigned backward_spin_ns = 0;  // > 0: the stages' backward_input kernel spins this long instead
+  int slow_backward_rank = -1;    // >= 0: only this pipeline rank's stages take backward_spin_ns
   CudaDeviceOptions device;
   const Event* epoch = nullptr;
   int fail_rank = -1;  // this pipeline rank's module 0 throws in the forward of its chunk 1, in step 0
@@ -141,7 +143,8 @@ RunResult run_gpu(int P, int C, std::size_t n, GpuRunOptions o = {}) {
     std::array<StageT*, M> ptrs{};
     for (int m = 0; m < M; ++m) {
       const ModulePlacement pl = Schedule::placement(P, C, r, m);
-      stages.push_back(std::make_unique<StageT>(pl.stage, pl.num_chunks, n, o.spin_ns));
+      const bool slow = o.slow_backward_rank < 0 || o.slow_backward_rank == r;
+      stages.push_back(std::make_unique<StageT>(pl.stage, pl.num_chunks, n, o.spin_ns, slow ? o.backward_spin_ns : 0));
       ptrs[static_cast<std::size_t>(m)] = stages.back().get();
     }
     PipelineOptions po;
@@ -471,6 +474,34 @@ TEST_CASE("Gpu.Pipeline.GpuTimelineSpansStartWhenTheirDataArrives" * doctest::ti
         ++checked;
       }
   CHECK(checked == 2 * (P - 1) * C);
+}
+
+// The same for an FB, which waits for two transfers: the activation on the main stream and the gradient on
+// the second. DualPipe with 2 ranks and 4 chunks: rank 0 runs F1.0 F0.1 B1.0 and then FB1.1/0.0, whose
+// activation (rank 1's F1.1) is there early and whose gradient (rank 1's B0.0) comes late, as rank 1's
+// backward kernels are made slow: the FB's span must not start before that gradient was made.
+TEST_CASE("Gpu.Pipeline.GpuTimelineFbSpansStartWhenBothHalvesHaveTheirData" * doctest::timeout(300)) {
+  const Event epoch = done_timing_event();
+  GpuRunOptions o = one_timed_step(epoch);
+  o.spin_ns = 10'000;
+  o.backward_spin_ns = 400'000;
+  o.slow_backward_rank = 1;
+  const int P = 2, C = 4;
+  const RunResult r = run_gpu<DualPipe, false>(P, C, 1 << 12, o);
+  auto span = [&](int rank, const std::string& token) {
+    const StepResult& s = r.last[static_cast<std::size_t>(rank)];
+    for (const Span& sp : s.spans)
+      if (to_token(sp.op) == token) return std::pair{s.clock_start + sp.start, s.clock_start + sp.end};
+    FAIL("no span " << token << " on rank " << rank);
+    return std::pair{0.0, 0.0};
+  };
+  const auto fb = span(0, "FB1.1/0.0");
+  const auto activation = span(1, "F1.1");
+  const auto gradient = span(1, "B0.0");
+  CHECK(activation.second < gradient.first);           // the set-up: the activation is made first
+  CHECK(fb.first >= activation.second - 1e-6);
+  CHECK(fb.first >= gradient.second - 1e-6);           // the second stream's wait counts, not the op's time
+  CHECK(fb.second > fb.first);
 }
 
 #ifdef DUALPIPE_TEST_NCCL

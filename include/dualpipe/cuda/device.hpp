@@ -85,8 +85,9 @@ struct CudaDeviceOptions {
   StreamRef origin{};               ///< A step starts after the work issued here so far (the batch).
   bool gpu_timeline = false;        ///< StepResult::spans from CUDA events (compute ops, GPU time) instead of
                                     ///< the host clock; off while graphs are captured or replayed. A span
-                                    ///< starts once the main stream has the op's data (the wait for a
-                                    ///< transfer is idle time, not the op's) and ends with its last work.
+                                    ///< starts once the op has its data (an FB: both of its streams; the
+                                    ///< wait for a transfer is idle time, not the op's) and ends with its
+                                    ///< last work.
   const Event* timeline_epoch = nullptr;  ///< With gpu_timeline: a timing event recorded (and done) before
                                           ///< the step on this device; clock_start becomes the seconds from it
                                           ///< to the step's start, so that ranks of one device line up.
@@ -221,7 +222,7 @@ private:
     NvtxNames names;
     PinnedBuffer losses;               // C doubles
     PinnedBuffer outputs;              // returned outputs, as StepResult::outputs
-    std::vector<Event> timing;         // 2 per op (start, end), made on the first GPU-timed step
+    std::vector<Event> timing;         // 3 per op (start, end, the second stream's start), made on the first GPU-timed step
     Event step_start{Event::timing};
     std::vector<int> timed;            // ops timed this step
     int eager_steps = 0;
@@ -346,7 +347,7 @@ private:
       wait_origin();
       if (options.gpu_timeline) {
         if (p.timing.empty())
-          for (std::size_t i = 0; i < 2 * plan.ops.size(); ++i) p.timing.emplace_back(Event::timing);
+          for (std::size_t i = 0; i < 3 * plan.ops.size(); ++i) p.timing.emplace_back(Event::timing);
         p.step_start.record(main);
         timing_on = true;
       }
@@ -363,12 +364,12 @@ private:
       if (timing_on && is_compute(op.kind)) {
         timed_op = index;
         end_timed = false;
-        cur->timing[2 * static_cast<std::size_t>(index)].record(main);
+        cur->timing[3 * static_cast<std::size_t>(index)].record(main);
       }
     }
     void op_end(const Op& op, int index) {
       if (timing_on && is_compute(op.kind)) {
-        if (!end_timed) cur->timing[2 * static_cast<std::size_t>(index) + 1].record(main);
+        if (!end_timed) cur->timing[3 * static_cast<std::size_t>(index) + 1].record(main);
         cur->timed.push_back(index);
         timed_op = -1;
       }
@@ -385,17 +386,19 @@ private:
       if (s.last != none && s.last != lane) {
         DUALPIPE_CUDA_CHECK(cudaStreamWaitEvent(stream_of(lane), s.event.get(), 0));
         ++slot_waits;
-        // The op starts when its data is there: the time the main stream waits for a transfer is bubble, not
-        // the op's (re-recording moves the start event past the wait).
-        if (timed_op >= 0 && lane == lane_id(ComputeLane::main))
-          cur->timing[2 * static_cast<std::size_t>(timed_op)].record(main);
+        // The op starts when its data is there: the time a stream waits for a transfer is bubble, not the
+        // op's (re-recording moves the start event past the wait). An FB's backward half waits on the
+        // second stream: its own start event, and the span starts when both halves have their data.
+        if (timed_op >= 0 && lane != comm_lane)
+          cur->timing[3 * static_cast<std::size_t>(timed_op) + (lane == lane_id(ComputeLane::main) ? 0 : 2)].record(
+              stream_of(lane));
       }
     }
     void used(signed char lane, ConstBytes bytes) {
       // The op's work on the main stream is all issued once it reports its first buffer used there: its span
       // ends here, before the buffers' events, so that a consumer they release never starts before it.
       if (timed_op >= 0 && !end_timed && lane == lane_id(ComputeLane::main)) {
-        cur->timing[2 * static_cast<std::size_t>(timed_op) + 1].record(main);
+        cur->timing[3 * static_cast<std::size_t>(timed_op) + 1].record(main);
         end_timed = true;
       }
       const long i = find(bytes);
@@ -407,6 +410,7 @@ private:
     void fork() {
       fork_event.record(main);
       second.wait(fork_event);
+      if (timed_op >= 0) cur->timing[3 * static_cast<std::size_t>(timed_op) + 2].record(second);
     }
     void join() {
       join_event.record(second);
@@ -487,8 +491,10 @@ private:
           const auto k = static_cast<std::size_t>(i);
           Span s;
           s.op = p.plan->ops[k];
-          s.start = p.timing[2 * k].elapsed_ms_since(p.step_start) * 1e-3;
-          s.end = p.timing[2 * k + 1].elapsed_ms_since(p.step_start) * 1e-3;
+          s.start = p.timing[3 * k].elapsed_ms_since(p.step_start) * 1e-3;
+          s.end = p.timing[3 * k + 1].elapsed_ms_since(p.step_start) * 1e-3;
+          if (s.op.kind == OpKind::forward_backward)  // as the simulator has it: once both halves have their data
+            s.start = std::max(s.start, p.timing[3 * k + 2].elapsed_ms_since(p.step_start) * 1e-3);
           s.lane = Span::Lane::compute;
           s.index = i;
           r.spans.push_back(s);
