@@ -222,7 +222,10 @@ private:
     NvtxNames names;
     PinnedBuffer losses;               // C doubles
     PinnedBuffer outputs;              // returned outputs, as StepResult::outputs
-    std::vector<Event> timing;         // 3 per op (start, end, the second stream's start), made on the first GPU-timed step
+    std::vector<Event> timing;         // per op: start, end, the second stream's start (made on the first GPU-timed step)
+    enum Mark : std::size_t { start = 0, end = 1, second_start = 2 };
+    Event& mark(std::size_t op, Mark m) { return timing[3 * op + m]; }
+    Event& mark(int op, Mark m) { return mark(static_cast<std::size_t>(op), m); }
     Event step_start{Event::timing};
     std::vector<int> timed;            // ops timed this step
     int eager_steps = 0;
@@ -364,12 +367,12 @@ private:
       if (timing_on && is_compute(op.kind)) {
         timed_op = index;
         end_timed = false;
-        cur->timing[3 * static_cast<std::size_t>(index)].record(main);
+        cur->mark(index, Program::start).record(main);
       }
     }
     void op_end(const Op& op, int index) {
       if (timing_on && is_compute(op.kind)) {
-        if (!end_timed) cur->timing[3 * static_cast<std::size_t>(index) + 1].record(main);
+        if (!end_timed) cur->mark(index, Program::end).record(main);
         cur->timed.push_back(index);
         timed_op = -1;
       }
@@ -390,15 +393,15 @@ private:
         // op's (re-recording moves the start event past the wait). An FB's backward half waits on the
         // second stream: its own start event, and the span starts when both halves have their data.
         if (timed_op >= 0 && lane != comm_lane)
-          cur->timing[3 * static_cast<std::size_t>(timed_op) + (lane == lane_id(ComputeLane::main) ? 0 : 2)].record(
-              stream_of(lane));
+          cur->mark(timed_op, lane == lane_id(ComputeLane::main) ? Program::start : Program::second_start)
+              .record(stream_of(lane));
       }
     }
     void used(signed char lane, ConstBytes bytes) {
       // The op's work on the main stream is all issued once it reports its first buffer used there: its span
       // ends here, before the buffers' events, so that a consumer they release never starts before it.
       if (timed_op >= 0 && !end_timed && lane == lane_id(ComputeLane::main)) {
-        cur->timing[3 * static_cast<std::size_t>(timed_op) + 1].record(main);
+        cur->mark(timed_op, Program::end).record(main);
         end_timed = true;
       }
       const long i = find(bytes);
@@ -410,7 +413,7 @@ private:
     void fork() {
       fork_event.record(main);
       second.wait(fork_event);
-      if (timed_op >= 0) cur->timing[3 * static_cast<std::size_t>(timed_op) + 2].record(second);
+      if (timed_op >= 0) cur->mark(timed_op, Program::second_start).record(second);
     }
     void join() {
       join_event.record(second);
@@ -491,10 +494,11 @@ private:
           const auto k = static_cast<std::size_t>(i);
           Span s;
           s.op = p.plan->ops[k];
-          s.start = p.timing[3 * k].elapsed_ms_since(p.step_start) * 1e-3;
-          s.end = p.timing[3 * k + 1].elapsed_ms_since(p.step_start) * 1e-3;
+          auto at = [&](Program::Mark m) { return p.mark(k, m).elapsed_ms_since(p.step_start) * 1e-3; };
+          s.start = at(Program::start);
+          s.end = at(Program::end);
           if (s.op.kind == OpKind::forward_backward)  // as the simulator has it: once both halves have their data
-            s.start = std::max(s.start, p.timing[3 * k + 2].elapsed_ms_since(p.step_start) * 1e-3);
+            s.start = std::max(s.start, at(Program::second_start));
           s.lane = Span::Lane::compute;
           s.index = i;
           r.spans.push_back(s);
