@@ -221,12 +221,9 @@ double gpu_seconds(Solo& solo, F&& fn) {
 // With DUALPIPE_BENCH_TIMELINE_DIR set: the last measured step as bubble-<schedule>.svg and a Chrome trace
 // (.json), next to the simulated one (bubble-<schedule>-simulated.svg), so that a bubble figure far from
 // the simulator's can be looked at without running again.
-void write_timelines(const std::string& schedule, const std::vector<StepResult>& results, int chunks, double latency) {
+void write_timelines(const std::string& schedule, const Timeline& measured, const Timeline& simulated) {
   const char* dir = std::getenv("DUALPIPE_BENCH_TIMELINE_DIR");
   if (!dir || !*dir) return;
-  const Timeline measured = merge_timelines(schedule, chunks, Mode::train, results);
-  const ProfileReport p =
-      profile_step(measured, make_trace(parse_schedule_kind(schedule), measured.ranks, chunks), CommModel::async, latency);
   auto write = [&](const std::string& name, const std::string& text) {
     const std::string path = std::string(dir) + "/" + name;
     std::FILE* f = std::fopen(path.c_str(), "w");
@@ -236,7 +233,7 @@ void write_timelines(const std::string& schedule, const std::vector<StepResult>&
   };
   write("bubble-" + schedule + ".svg", render_svg(measured));
   write("bubble-" + schedule + ".json", render_chrome_trace(measured));
-  write("bubble-" + schedule + "-simulated.svg", render_svg(p.simulated));
+  write("bubble-" + schedule + "-simulated.svg", render_svg(simulated));
 }
 
 // Seconds from the end of an op on one rank to the start of the op on the next rank that needs its output:
@@ -318,18 +315,20 @@ void bubble_bench(benchmark::State& state) {
   Team<Schedule> team(P, C, cost, {}, dopt);
   double measured = 0, in_step = 0, makespan = 0;
   Costs step_costs;
+  Timeline last;
+  ProfileReport p;
   for (auto _ : state) {
     state.SetIterationTime(team.step());
-    const Timeline t = merge_timelines(std::string(Schedule::name), C, Mode::train, team.results);
-    measured = t.bubble_ratio();
-    makespan = t.makespan();
+    last = merge_timelines(std::string(Schedule::name), C, Mode::train, team.results);
+    measured = last.bubble_ratio();
+    makespan = last.makespan();
     // The same comparison with the op times of this very step (ranks sharing the GPU slow each other a
     // little; a span no longer counts the wait for its data, see CudaDeviceOptions::gpu_timeline).
-    const ProfileReport p = profile_step(t, trace, CommModel::async, costs.latency);
+    p = profile_step(last, trace, CommModel::async, costs.latency);
     in_step = p.simulated_bubble;
     step_costs = p.costs;
   }
-  write_timelines(std::string(Schedule::name), team.results, C, costs.latency);
+  write_timelines(std::string(Schedule::name), last, p.simulated);
   auto rel = [](double m, double s) { return s > 0 ? std::abs(m - s) / s : 0.0; };
   state.counters["measured"] = measured;
   state.counters["simulated"] = simulated;
