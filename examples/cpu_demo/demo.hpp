@@ -31,12 +31,12 @@
 #include <type_traits>
 #include <vector>
 
-#include "dualpipe/analysis/timeline.hpp"
+#include "dualpipe/core/timeline.hpp"
 #include "dualpipe/comm/communicator.hpp"
 #include "dualpipe/comm/inprocess.hpp"
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/runtime/pipeline.hpp"
-#include "dualpipe/runtime/profile.hpp"
+#include "dualpipe/analysis/profile.hpp"
 #include "dualpipe/runtime/run_ranks.hpp"
 #include "dualpipe/schedule/registry.hpp"
 #include "mlp_stage.hpp"

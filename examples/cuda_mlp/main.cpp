@@ -41,7 +41,7 @@
 #include "dualpipe/nccl.hpp"
 #endif
 #ifdef DUALPIPE_CUDA_MLP_MPI
-#include "dualpipe/comm/nccl_mpi_bootstrap.hpp"
+#include "dualpipe/nccl/mpi_bootstrap.hpp"
 #endif
 
 using namespace dualpipe;

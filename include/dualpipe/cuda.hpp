@@ -4,7 +4,7 @@
 // dualpipe/nccl.hpp.
 #pragma once
 
-#include "dualpipe/comm/cuda_local.hpp"
+#include "dualpipe/cuda/local_communicator.hpp"
 #include "dualpipe/cuda/device.hpp"
 #include "dualpipe/cuda/error.hpp"
 #include "dualpipe/cuda/memory.hpp"

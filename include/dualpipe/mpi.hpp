@@ -3,5 +3,5 @@
 // The umbrella dualpipe/dualpipe.hpp does not include it, so programs without MPI never see mpi.h.
 #pragma once
 
-#include "dualpipe/comm/mpi_communicator.hpp"
-#include "dualpipe/comm/mpi_session.hpp"
+#include "dualpipe/mpi/communicator.hpp"
+#include "dualpipe/mpi/session.hpp"

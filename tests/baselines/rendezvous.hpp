@@ -1,5 +1,5 @@
 // tests/baselines/rendezvous.hpp: a small, test-only model of the commit-rendezvous semantics of
-// spec/schedules.md, written independently of analysis/simulator.hpp: it shows that schedules cannot
+// docs/schedules.md, written independently of analysis/simulator.hpp: it shows that schedules cannot
 // deadlock and reads off their idle times, and test_with_analysis.cpp checks that both agree.
 //
 // Ops on a rank run in order. A compute op takes its cost (Bw costs B-W). Posts accumulate; a commit

@@ -8,8 +8,8 @@
 #include <random>
 #include <string>
 
-#include "dualpipe/comm/nccl_bootstrap.hpp"
-#include "dualpipe/cuda/nccl_error.hpp"
+#include "dualpipe/nccl/bootstrap.hpp"
+#include "dualpipe/nccl/error.hpp"
 
 using namespace dualpipe;
 

@@ -23,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 
 DEVICE = "include/dualpipe/cuda/device.hpp"
-LOCAL = "include/dualpipe/comm/cuda_local.hpp"
+LOCAL = "include/dualpipe/cuda/local_communicator.hpp"
 
 # name, file, the exact code (must occur once), what replaces it, what the call is for.
 # Not here: the communication stream's wait for the origin at a step's start (CudaDevice::wait_origin). It is

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "dualpipe/analysis/detail/format.hpp"
-#include "dualpipe/analysis/timeline.hpp"
+#include "dualpipe/core/timeline.hpp"
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/core/trace.hpp"
 

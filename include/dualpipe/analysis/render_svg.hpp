@@ -10,7 +10,7 @@
 #include <string_view>
 
 #include "dualpipe/analysis/detail/format.hpp"
-#include "dualpipe/analysis/timeline.hpp"
+#include "dualpipe/core/timeline.hpp"
 #include "dualpipe/core/trace.hpp"
 
 namespace dualpipe {

@@ -7,7 +7,7 @@
 // latency + bytes / bandwidth once both of its ends are launched. They differ in when posts launch and
 // who waits:
 //
-//  - CommModel::rendezvous (spec/schedules.md, the model the published figures use): a post is launched
+//  - CommModel::rendezvous (docs/schedules.md, the model the published figures use): a post is launched
 //    at the rank's next commit, together with every other post since the previous commit. A transfer
 //    finishes at max(sender's launch, receiver's launch) + transfer(). A commit returns when all the
 //    transfers it launched have finished; until then the rank does nothing. Spans: each post is a
@@ -39,7 +39,7 @@
 #include "dualpipe/analysis/costs.hpp"
 #include "dualpipe/analysis/detail/rendezvous.hpp"
 #include "dualpipe/analysis/detail/trace_index.hpp"
-#include "dualpipe/analysis/timeline.hpp"
+#include "dualpipe/core/timeline.hpp"
 #include "dualpipe/analysis/validator.hpp"
 #include "dualpipe/core/trace.hpp"
 

@@ -15,7 +15,7 @@
 //     sB its backward; nothing is posted twice; at the end no deferred group is left and every chunk
 //     with a remote consumer (producer) was sent (its gradient sent). FB counts as its forward, then
 //     its backward;
-//  4. progress: the commit-rendezvous model of spec/schedules.md with zero costs completes. A commit
+//  4. progress: the commit-rendezvous model of docs/schedules.md with zero costs completes. A commit
 //     returns only when every transfer it launched has its peer's matching post launched too (the peer
 //     reached its own commit). If no rank can move, that is a deadlock, reported with every stuck rank.
 // An empty commit (a `|` with nothing posted since the previous one) is allowed and does nothing.

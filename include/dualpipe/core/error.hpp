@@ -19,7 +19,7 @@ public:
   using Error::Error;
 };
 
-/// A trace text that does not follow the grammar of spec/schedules.md. Names the token and its position.
+/// A trace text that does not follow the grammar of docs/schedules.md. Names the token and its position.
 class TraceParseError : public Error {
 public:
   TraceParseError(const std::string& what, int line, int column)

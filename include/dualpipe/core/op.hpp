@@ -1,6 +1,6 @@
 // dualpipe/core/op.hpp: the operation IR. A rank's step is a list of Ops; schedules produce
 // such lists, the analysis reads them and the runtime executes them. Each Op prints as exactly
-// one token of the trace grammar (spec/schedules.md).
+// one token of the trace grammar (docs/schedules.md).
 #pragma once
 
 #include <compare>

@@ -1,4 +1,4 @@
-// dualpipe/core/trace.hpp: the trace grammar of spec/schedules.md, printed and parsed.
+// dualpipe/core/trace.hpp: the trace grammar of docs/schedules.md, printed and parsed.
 //
 //   # <schedule> ranks=<P> chunks=<C> mode=<train|forward>
 //   rank 0: F0.0 sF0.0 | F0.1 ...

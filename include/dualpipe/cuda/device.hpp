@@ -52,7 +52,7 @@
 #include <utility>
 #include <vector>
 
-#include "dualpipe/comm/communicator.hpp"
+#include "dualpipe/core/failure.hpp"
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/core/op.hpp"
 #include "dualpipe/cuda/error.hpp"

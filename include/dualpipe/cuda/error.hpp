@@ -8,7 +8,7 @@
 // and where it was made:
 //   "CUDA error 1 (cudaErrorInvalidValue): invalid argument in `cudaMemsetAsync(p, 0, n, s)` at f.cpp:42"
 // cuBLAS (dualpipe/cuda/cublas.hpp) reports through the same CudaError; NCCL through NcclError
-// (dualpipe/cuda/nccl_error.hpp).
+// (dualpipe/nccl/error.hpp).
 #pragma once
 
 #include <cuda_runtime_api.h>

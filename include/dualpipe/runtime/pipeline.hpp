@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "dualpipe/analysis/timeline.hpp"
+#include "dualpipe/core/timeline.hpp"
 #include "dualpipe/comm/communicator.hpp"
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/core/op.hpp"

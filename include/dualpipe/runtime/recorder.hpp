@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "dualpipe/analysis/timeline.hpp"
+#include "dualpipe/core/timeline.hpp"
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/core/op.hpp"
 #include "dualpipe/runtime/step_result.hpp"

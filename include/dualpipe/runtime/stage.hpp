@@ -40,16 +40,11 @@
 
 #include <concepts>
 #include <cstddef>
-#include <span>
 
+#include "dualpipe/core/bytes.hpp"
 #include "dualpipe/core/op.hpp"
 
 namespace dualpipe {
-
-/// Bytes a stage reads.
-using ConstBytes = std::span<const std::byte>;
-/// Bytes a stage writes.
-using MutableBytes = std::span<std::byte>;
 
 /// What a stage is told about the chunk it is asked to compute.
 struct StageContext {

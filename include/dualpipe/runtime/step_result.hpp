@@ -5,7 +5,7 @@
 #include <cstddef>
 #include <vector>
 
-#include "dualpipe/analysis/timeline.hpp"
+#include "dualpipe/core/timeline.hpp"
 
 namespace dualpipe {
 

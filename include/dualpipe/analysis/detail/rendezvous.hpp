@@ -1,4 +1,4 @@
-// dualpipe/analysis/detail/rendezvous.hpp: the commit-rendezvous model of spec/schedules.md, run over
+// dualpipe/analysis/detail/rendezvous.hpp: the commit-rendezvous model of docs/schedules.md, run over
 // a whole trace. With zero costs it is the validator's deadlock check; with real costs it is the
 // simulator's rendezvous model. Each rank runs until a commit must wait for a peer that has not yet
 // launched its side; the launch of that side wakes it. The times it computes depend only on the

@@ -1,6 +1,6 @@
 // dualpipe/schedule/detail/bidirectional.hpp: the eight-step walk shared by DualPipe and DualPipeV.
 //
-// Both schedules issue the same sequence of primitives (spec/schedules.md, "The eight steps"); they
+// Both schedules issue the same sequence of primitives (docs/schedules.md, "The eight steps"); they
 // differ only in how a phase maps to a module, which ranks sit at a direction's ends, and the
 // constants H, h, K. This walker mirrors the reference control flow primitive by primitive, so the
 // op list it records is the reference's own issue order, token for token.

@@ -3,7 +3,7 @@
 // The walk is Megatron's non-interleaved 1F1B: rank r runs w = min(P-1-r, C) warm-up forwards, then
 // C-w steady (forward, backward) pairs, then w cool-down backwards. Its transfers are grouped the way
 // Megatron batches them, and that grouping is what makes the step deadlock-free under the
-// commit-rendezvous model (spec/schedules.md):
+// commit-rendezvous model (docs/schedules.md):
 //
 //   warm-up   rF(i) | F(i) sF(i) |                   (recv_forward, send_forward)
 //   steady    F(c) sF(c) rB(j) | B(j) sB(j) rF(c+1) | (send_forward_recv_backward,

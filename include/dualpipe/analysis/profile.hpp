@@ -1,4 +1,4 @@
-// dualpipe/runtime/profile.hpp: a measured step next to its simulation.
+// dualpipe/analysis/profile.hpp: a measured step next to its simulation.
 //
 //   Timeline measured = merge_timelines("dualpipe", C, Mode::train, results);   // recorder.hpp
 //   ProfileReport p = profile_step(measured, make_trace(ScheduleKind::dualpipe, P, C));
@@ -17,7 +17,7 @@
 
 #include "dualpipe/analysis/costs.hpp"
 #include "dualpipe/analysis/simulator.hpp"
-#include "dualpipe/analysis/timeline.hpp"
+#include "dualpipe/core/timeline.hpp"
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/core/op.hpp"
 #include "dualpipe/core/trace.hpp"

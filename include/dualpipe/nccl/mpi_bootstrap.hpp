@@ -1,4 +1,4 @@
-// dualpipe/comm/nccl_mpi_bootstrap.hpp: the NCCL unique id broadcast over MPI (optional: needs <mpi.h>
+// dualpipe/nccl/mpi_bootstrap.hpp: the NCCL unique id broadcast over MPI (optional: needs <mpi.h>
 // and an MPI library at link time, e.g. the CMake target dualpipe::mpi or MPI::MPI_C).
 //
 //   MPI_Init(&argc, &argv);
@@ -18,7 +18,7 @@
 
 #include <string>
 
-#include "dualpipe/comm/nccl_bootstrap.hpp"
+#include "dualpipe/nccl/bootstrap.hpp"
 #include "dualpipe/core/error.hpp"
 
 namespace dualpipe {

@@ -1,4 +1,4 @@
-// dualpipe/analysis/timeline.hpp: what ran where and when, on every rank of one step. The simulator
+// dualpipe/core/timeline.hpp: what ran where and when, on every rank of one step. The simulator
 // produces it from costs; the runtime's recorder produces it from clocks. Summaries and pictures
 // (text grid, SVG, Chrome trace) are made from a Timeline, so simulated and measured steps look alike.
 #pragma once
@@ -50,7 +50,7 @@ struct Timeline {
     return b;
   }
 
-  /// Idle time of rank r: makespan minus its busy time (spec/schedules.md).
+  /// Idle time of rank r: makespan minus its busy time (docs/schedules.md).
   [[nodiscard]] double idle(int r) const noexcept { return makespan() - busy(r); }
 
   /// Total idle over ranks / (ranks x makespan); 0 for an empty timeline.

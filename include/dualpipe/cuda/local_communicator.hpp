@@ -1,4 +1,4 @@
-// dualpipe/comm/cuda_local.hpp: CudaLocalCommunicator, several ranks of one process (threads) on one or
+// dualpipe/cuda/local_communicator.hpp: CudaLocalCommunicator, several ranks of one process (threads) on one or
 // more GPUs; the transfers are device-to-device (or peer) copies on the ranks' communication streams.
 //
 //   CudaLocalWorld world(P);                       // P ranks on the current device (or a list of devices)
@@ -43,7 +43,6 @@
 #include "dualpipe/comm/detail/commit_handle.hpp"
 #include "dualpipe/comm/detail/mailbox.hpp"
 #include "dualpipe/comm/detail/meeting.hpp"
-#include "dualpipe/comm/inprocess.hpp"
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/cuda/error.hpp"
 #include "dualpipe/cuda/stream.hpp"

@@ -1,4 +1,4 @@
-// dualpipe/comm/mpi_communicator.hpp: the Communicator model for one pipeline rank per MPI process.
+// dualpipe/mpi/communicator.hpp: the Communicator model for one pipeline rank per MPI process.
 //
 // Buffers are host memory. A send starts (MPI_Isend) when it is posted; a receive is matched when its group
 // is waited on: the wait probes for the message (MPI_Improbe), compares its size with the buffer's, and only
@@ -29,7 +29,7 @@
 #include <vector>
 
 #include "dualpipe/comm/communicator.hpp"
-#include "dualpipe/comm/mpi_session.hpp"
+#include "dualpipe/mpi/session.hpp"
 
 namespace dualpipe {
 

@@ -1,4 +1,4 @@
-// dualpipe/comm/nccl_bootstrap.hpp: getting every process the same ncclUniqueId (and its rank) without
+// dualpipe/nccl/bootstrap.hpp: getting every process the same ncclUniqueId (and its rank) without
 // MPI: as hex text in an environment variable, or in a file on a shared file system.
 //
 //   // launcher: DUALPIPE_NCCL_ID=$(some tool that prints to_hex(id)), DUALPIPE_RANK, DUALPIPE_WORLD_SIZE
@@ -7,7 +7,7 @@
 //   // or: every rank calls unique_id_via_file("/shared/run42.id", who.rank, 60s): rank 0 writes, others wait
 //   NcclCommunicator comm(who.rank, who.size, id, who.local_rank);
 //
-// MPI: dualpipe/comm/nccl_mpi_bootstrap.hpp (broadcast from rank 0).
+// MPI: dualpipe/nccl/mpi_bootstrap.hpp (broadcast from rank 0).
 #pragma once
 
 #include <nccl.h>
@@ -28,7 +28,7 @@
 
 #include "dualpipe/comm/communicator.hpp"
 #include "dualpipe/core/error.hpp"
-#include "dualpipe/cuda/nccl_error.hpp"
+#include "dualpipe/nccl/error.hpp"
 
 namespace dualpipe {
 

@@ -1,4 +1,4 @@
-// dualpipe/comm/mpi_session.hpp: RAII over MPI_Init_thread / MPI_Finalize, and the MPI error check.
+// dualpipe/mpi/session.hpp: RAII over MPI_Init_thread / MPI_Finalize, and the MPI error check.
 //
 // One MpiSession lives in main() for the whole program; communicators are made and destroyed inside it.
 // A session that is left by an exception aborts the whole job (MPI_Abort) instead of finalizing: the

@@ -1,4 +1,4 @@
-// dualpipe/comm/nccl_communicator.hpp: NcclCommunicator, one pipeline rank per process (one GPU each),
+// dualpipe/nccl/communicator.hpp: NcclCommunicator, one pipeline rank per process (one GPU each),
 // transfers with NCCL point-to-point calls on the communicator's stream, and a watchdog that turns a hang
 // into an error.
 //
@@ -43,10 +43,9 @@
 
 #include "dualpipe/comm/communicator.hpp"
 #include "dualpipe/comm/detail/mailbox.hpp"
-#include "dualpipe/comm/inprocess.hpp"
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/cuda/error.hpp"
-#include "dualpipe/cuda/nccl_error.hpp"
+#include "dualpipe/nccl/error.hpp"
 #include "dualpipe/cuda/stream.hpp"
 
 namespace dualpipe {

@@ -1,4 +1,4 @@
-// dualpipe/cuda/nccl_error.hpp: NcclError and the check macro for NCCL calls.
+// dualpipe/nccl/error.hpp: NcclError and the check macro for NCCL calls.
 //
 //   DUALPIPE_NCCL_CHECK(ncclGroupEnd());   // throws dualpipe::NcclError unless ncclSuccess or ncclInProgress
 //   "NCCL error 5 (ncclInvalidUsage): invalid usage (run with NCCL_DEBUG=WARN for details); last error:
