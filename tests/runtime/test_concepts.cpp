@@ -201,6 +201,7 @@ TEST_CASE("Runtime.Concepts.StageRefinements") {
 
 TEST_CASE("Runtime.Concepts.Communicator") {
   static_assert(check_communicator<MinimalComm>());
+  static_assert(CommitGroup<MinimalComm::Group> && !CommitGroup<NoWaitComm::Bad>);
   static_assert(!Communicator<NoWaitComm>);
   static_assert(!Communicator<NoAbortComm>);
   static_assert(Communicator<NullCommunicator>);

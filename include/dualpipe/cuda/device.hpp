@@ -35,6 +35,9 @@
 // stages; its StepResult has no spans and peak_buffers_in_use 0. With one rank, a step whose batch memory
 // or options changed warms up and is captured again; with several ranks that is a ConfigError, since every
 // rank would have to recapture at the same step.
+//
+// This header is the policy's face; its options are cuda/device_options.hpp's, and the work behind each
+// hook (streams, slot events, programs, capture, timing) is cuda/detail/device_state.hpp's.
 #pragma once
 
 #include <cuda_runtime_api.h>

@@ -75,7 +75,8 @@ class Executor {
 public:
   /// `stages[m]` computes module m (not owned, never null); `comm_rank_of[p]` is the communicator rank of
   /// pipeline rank p; `rank` is this rank's pipeline rank; `device` is owned. A device with
-  /// `attach(comm)` is attached to the communicator here (a CUDA device takes its communication stream).
+  /// `attach(comm)` (DeviceWithAttach) is attached to the communicator here (a CUDA device takes its
+  /// communication stream).
   Executor(Comm& comm, std::array<S*, Modules> stages, std::vector<int> comm_rank_of, int rank,
            Device device = Device())
       : _comm(comm), _stages(stages), _comm_rank_of(std::move(comm_rank_of)), _rank(rank), _device(std::move(device)) {
