@@ -79,11 +79,16 @@ TEST_CASE("Cuda.Policy.Concepts") {
   static_assert(!DeviceAllocator<NotAnAllocator>);
   static_assert(check_communicator<CudaLocalCommunicator>());
   static_assert(CommunicatorWithBarrier<CudaLocalCommunicator>);
+  static_assert(CommunicatorWithCollectiveReset<CudaLocalCommunicator>);
+  static_assert(DeviceWithAttach<CudaDevice, CudaLocalCommunicator> && !DeviceWithAttach<HostDevice, CudaLocalCommunicator>);
   static_assert(StageWithAsyncLoss<GpuLikeStage> && !StageWithAsyncLoss<PlainStage>);
   static_assert(StageWithOverlap<GpuLikeStage>);
 #ifdef DUALPIPE_TEST_NCCL
   static_assert(check_communicator<NcclCommunicator>());
   static_assert(CommunicatorWithBarrier<NcclCommunicator>);
+  // No reset: after an abort an NCCL communicator is dead (build a new one).
+  static_assert(!CommunicatorWithReset<NcclCommunicator> && !CommunicatorWithCollectiveReset<NcclCommunicator>);
+  static_assert(DeviceWithAttach<CudaDevice, NcclCommunicator>);
   static_assert(NcclCommunicator::graph_capturable());
 #endif
   CHECK(HostDevice{}.stream(ComputeLane::second) == nullptr);

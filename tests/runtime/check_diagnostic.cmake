@@ -1,6 +1,7 @@
 # cmake -DCXX=<compiler> -DINCLUDE=<include dir> -DSOURCE=<file> -DEXPECT=<text> -P check_diagnostic.cmake
 # A compile-fail check: SOURCE must compile with -DDUALPIPE_GOOD_STAGE (a control: the includes and the
-# rest of the file are fine) and must FAIL without it, with EXPECT in the compiler's output.
+# rest of the file are fine; the macro completes whichever type the file leaves short) and must FAIL
+# without it, with EXPECT in the compiler's output.
 foreach(var CXX INCLUDE SOURCE EXPECT)
   if(NOT DEFINED ${var})
     message(FATAL_ERROR "check_diagnostic.cmake: -D${var}=... is required")
@@ -11,7 +12,7 @@ set(flags -std=c++20 -fsyntax-only -I${INCLUDE})
 execute_process(COMMAND ${CXX} ${flags} -DDUALPIPE_GOOD_STAGE ${SOURCE}
                 RESULT_VARIABLE good_rc OUTPUT_VARIABLE good_out ERROR_VARIABLE good_out)
 if(NOT good_rc EQUAL 0)
-  message(FATAL_ERROR "the control (complete stage) does not compile:\n${good_out}")
+  message(FATAL_ERROR "the control (-DDUALPIPE_GOOD_STAGE: every member there) does not compile:\n${good_out}")
 endif()
 
 execute_process(COMMAND ${CXX} ${flags} ${SOURCE}

@@ -38,9 +38,11 @@
 #include "dualpipe/analysis/activations.hpp"
 #include "dualpipe/analysis/costs.hpp"
 #include "dualpipe/analysis/detail/rendezvous.hpp"
+#include "dualpipe/analysis/detail/trace_checker.hpp"
 #include "dualpipe/analysis/detail/trace_index.hpp"
-#include "dualpipe/core/timeline.hpp"
+#include "dualpipe/analysis/validation_result.hpp"
 #include "dualpipe/analysis/validator.hpp"
+#include "dualpipe/core/timeline.hpp"
 #include "dualpipe/core/trace.hpp"
 
 namespace dualpipe {

@@ -1,4 +1,4 @@
-// dualpipe/comm/communicator.hpp: the Communicator concept.
+// dualpipe/comm/communicator.hpp: the Communicator concept and its optional refinements.
 //
 // A communicator moves chunk buffers between pipeline ranks. The executor posts sends and receives as the
 // op list says, then commits: everything posted since the last commit is launched as one group, and the
@@ -13,6 +13,12 @@
 //                                   CommAborted if any rank aborted, Error on a size mismatch.
 //   abort(origin)                   fail every rank's current and future waits with CommAborted(origin),
 //                                   until the communicator is reset.
+// Optional, detected at compile time (each a named refinement below):
+//   barrier(timeout)                CommunicatorWithBarrier: meet every rank at the end of a step.
+//   reset(timeout)                  CommunicatorWithCollectiveReset: after a failed step, every rank calls it.
+//   reset()                         CommunicatorWithReset: after a failed step, this rank alone.
+// Each requirement is written once, as a detail:: concept that both the concepts and check_communicator()
+// use.
 #pragma once
 
 #include <chrono>
@@ -28,30 +34,62 @@ namespace dualpipe {
 template <class G>
 concept CommitGroup = requires(G& g, std::chrono::milliseconds timeout) { g.wait(timeout); };
 
+namespace detail {
+template <class C>
+concept comm_has_rank_and_size = requires(const C& c) {
+  { c.rank() } -> std::convertible_to<int>;
+  { c.size() } -> std::convertible_to<int>;
+};
+template <class C>
+concept comm_has_post_send = requires(C& c, int peer, MessageTag tag, ConstBytes src) { c.post_send(peer, tag, src); };
+template <class C>
+concept comm_has_post_recv = requires(C& c, int peer, MessageTag tag, MutableBytes dst) { c.post_recv(peer, tag, dst); };
+template <class C>
+concept comm_has_commit = requires(C& c) {
+  { c.commit() } -> CommitGroup;
+};
+template <class C>
+concept comm_has_abort = requires(C& c, const FailureOrigin& origin) { c.abort(origin); };
+template <class C>
+concept comm_has_barrier = requires(C& c, std::chrono::milliseconds timeout) { c.barrier(timeout); };
+template <class C>
+concept comm_has_collective_reset = requires(C& c, std::chrono::milliseconds timeout) { c.reset(timeout); };
+template <class C>
+concept comm_has_reset = requires(C& c) { c.reset(); };
+}  // namespace detail
+
 /// A type that can carry pipeline messages between ranks.
 template <class C>
-concept Communicator = requires(C& c, const C& cc, int peer, MessageTag tag, ConstBytes src, MutableBytes dst,
-                                const FailureOrigin& origin) {
-  { cc.rank() } -> std::convertible_to<int>;
-  { cc.size() } -> std::convertible_to<int>;
-  c.post_send(peer, tag, src);
-  c.post_recv(peer, tag, dst);
-  { c.commit() } -> CommitGroup;
-  c.abort(origin);
-};
+concept Communicator = detail::comm_has_rank_and_size<C> && detail::comm_has_post_send<C> &&
+                       detail::comm_has_post_recv<C> && detail::comm_has_commit<C> && detail::comm_has_abort<C>;
+
+/// A communicator that can also meet every rank at the end of a step: `barrier(timeout)` returns when every
+/// rank arrived and throws CommAborted if the communicator was aborted. With it, a failure on one rank ends
+/// every rank's step with an error, even ranks that had already issued their last op.
+template <class C>
+concept CommunicatorWithBarrier = Communicator<C> && detail::comm_has_barrier<C>;
+
+/// A communicator whose reset after a failed step is collective: every rank calls `reset(timeout)`, which
+/// throws TimeoutError when not every rank arrives in time. Pipeline::reset() prefers it to a plain reset().
+template <class C>
+concept CommunicatorWithCollectiveReset = Communicator<C> && detail::comm_has_collective_reset<C>;
+
+/// A communicator with `reset()`, this rank's alone: drops what a failed step left posted (and the abort,
+/// where the communicator recovers from one); called by Pipeline::reset() when there is no collective reset.
+template <class C>
+concept CommunicatorWithReset = Communicator<C> && detail::comm_has_reset<C>;
 
 /// Compile-time check with messages in plain words: `static_assert(check_communicator<MyComm>())`.
 template <class C>
 consteval bool check_communicator() {
-  static_assert(requires(const C& c) { { c.rank() } -> std::convertible_to<int>; { c.size() } -> std::convertible_to<int>; },
-                "Communicator needs: int rank() const and int size() const");
-  static_assert(requires(C& c, int p, MessageTag t, ConstBytes b) { c.post_send(p, t, b); },
+  static_assert(detail::comm_has_rank_and_size<C>, "Communicator needs: int rank() const and int size() const");
+  static_assert(detail::comm_has_post_send<C>,
                 "Communicator needs: post_send(int peer, dualpipe::MessageTag, dualpipe::ConstBytes)");
-  static_assert(requires(C& c, int p, MessageTag t, MutableBytes b) { c.post_recv(p, t, b); },
+  static_assert(detail::comm_has_post_recv<C>,
                 "Communicator needs: post_recv(int peer, dualpipe::MessageTag, dualpipe::MutableBytes)");
-  static_assert(requires(C& c) { { c.commit() } -> CommitGroup; },
+  static_assert(detail::comm_has_commit<C>,
                 "Communicator needs: commit() returning a group with wait(std::chrono::milliseconds)");
-  static_assert(requires(C& c, const FailureOrigin& o) { c.abort(o); },
+  static_assert(detail::comm_has_abort<C>,
                 "Communicator needs: abort(const dualpipe::FailureOrigin&) that wakes every waiting rank");
   return Communicator<C>;
 }

@@ -26,8 +26,8 @@
 #include <string_view>
 #include <thread>
 
-#include "dualpipe/comm/communicator.hpp"
 #include "dualpipe/core/error.hpp"
+#include "dualpipe/core/failure.hpp"
 #include "dualpipe/nccl/error.hpp"
 
 namespace dualpipe {

@@ -14,11 +14,11 @@
 //   and a message and its receive buffer must have the same size (NCCL does not check it).
 // - The communicator is non-blocking (ncclConfig_t::blocking = 0): no NCCL call blocks the host; waits
 //   poll ncclCommGetAsyncError with the caller's timeout.
-// - The watchdog thread polls ncclCommGetAsyncError and the groups in flight (an event recorded after
-//   each): on an asynchronous error, or a group not done within the timeout its wait was given, it aborts
-//   the communicator (ncclCommAbort, which also ends the kernels still waiting for a peer), so that this
-//   rank's step ends with CommAborted naming "watchdog" and what it saw, instead of hanging. Another rank
-//   whose peer died sees its own watchdog fire the same way.
+// - The watchdog thread (nccl/detail/watchdog.hpp) polls ncclCommGetAsyncError and the groups in flight (an
+//   event recorded after each): on an asynchronous error, or a group not done within the timeout its wait
+//   was given, it aborts the communicator (ncclCommAbort, which also ends the kernels still waiting for a
+//   peer), so that this rank's step ends with CommAborted naming "watchdog" and what it saw, instead of
+//   hanging. Another rank whose peer died sees its own watchdog fire the same way.
 // - After an abort the communicator is dead (NCCL's communicator is freed): build a new one with a new id.
 // - barrier(timeout), called by the executor at the end of a step: a one-integer ncclAllReduce on the stream,
 //   waited for on the host (bounded, abort-aware).
@@ -27,12 +27,9 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstddef>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -43,10 +40,14 @@
 
 #include "dualpipe/comm/communicator.hpp"
 #include "dualpipe/comm/detail/mailbox.hpp"
+#include "dualpipe/core/bytes.hpp"
 #include "dualpipe/core/error.hpp"
+#include "dualpipe/core/failure.hpp"
+#include "dualpipe/core/message_tag.hpp"
 #include "dualpipe/cuda/error.hpp"
-#include "dualpipe/nccl/error.hpp"
 #include "dualpipe/cuda/stream.hpp"
+#include "dualpipe/nccl/detail/watchdog.hpp"
+#include "dualpipe/nccl/error.hpp"
 
 namespace dualpipe {
 
@@ -88,7 +89,8 @@ public:
   /// Every rank must construct its communicator within options.init_timeout. Throws ConfigError (bad rank,
   /// size or device), NcclError, CudaError, TimeoutError.
   NcclCommunicator(int rank, int size, const ncclUniqueId& id, int device = -1, NcclOptions options = {})
-      : _rank(rank), _size(size), _device(device >= 0 ? device : current_device()), _options(options) {
+      : _rank(rank), _size(size), _device(device >= 0 ? device : current_device()), _options(options),
+        _watchdog(_device, _options.watchdog_period, watchdog_hooks()) {
     if (size < 1 || rank < 0 || rank >= size)
       throw ConfigError("NcclCommunicator: rank " + std::to_string(rank) + " is outside a world of size " +
                         std::to_string(size));
@@ -121,7 +123,7 @@ public:
     }
     _queued.reserve(32);
     _committed.reserve(32);
-    _watchdog = std::thread([this] { watchdog(); });
+    _watchdog.start();
   }
 
   NcclCommunicator(const NcclCommunicator&) = delete;
@@ -129,12 +131,7 @@ public:
 
   /// Stops the watchdog, then finalizes and destroys the NCCL communicator (or nothing, after an abort).
   ~NcclCommunicator() {
-    {
-      std::lock_guard lk(_flight_mutex);
-      _stop = true;
-    }
-    _flight_cv.notify_all();
-    if (_watchdog.joinable()) _watchdog.join();
+    _watchdog.stop();
     try {
       DeviceGuard on(_device);
       std::lock_guard lk(_nccl_mutex);
@@ -175,10 +172,7 @@ public:
     return _origin;
   }
   /// Groups the watchdog still watches.
-  [[nodiscard]] std::size_t groups_in_flight() const {
-    std::lock_guard lk(_flight_mutex);
-    return _flights.size();
-  }
+  [[nodiscard]] std::size_t groups_in_flight() const { return _watchdog.in_flight(); }
 
   // ---- Communicator -----------------------------------------------------------------------------------
   /// Queues a send of `bytes` (device memory on this rank's device) to `peer`.
@@ -272,26 +266,6 @@ public:
 
 private:
   using Posted = detail::PostedOp;
-  struct Flight {
-    std::unique_ptr<Event> done;
-    std::chrono::steady_clock::time_point deadline;
-    std::vector<Posted> ops;
-    long timeout_ms;
-  };
-
-  // "send to rank 1 (module 0, chunk 3, activation) 4096 bytes, ..." (the first few).
-  static std::string describe_ops(const std::vector<Posted>& ops) {
-    std::string out;
-    const std::size_t shown = std::min<std::size_t>(ops.size(), 4);
-    for (std::size_t i = 0; i < shown; ++i) {
-      const Posted& p = ops[i];
-      out += (i ? ", " : "");
-      out += detail::describe(p);
-    }
-    if (shown < ops.size()) out += ", ...";
-    return out;
-  }
-
   void check_peer(int peer, const char* what) const {
     if (peer < 0 || peer >= _size)
       throw Error(std::string("NCCL communicator: rank ") + std::to_string(_rank) + " " + what + " to peer " +
@@ -350,85 +324,24 @@ private:
       return;
     }
     poll_until_launched("launching a group", timeout);
-    watch(timeout);
+    _watchdog.watch(stream(), _committed, timeout);  // ops == _committed.size(): the group just waited on
   }
 
-  // Records an event after the group and hands it to the watchdog (not while the stream is being captured
-  // into a graph: there is nothing to watch then).
-  void watch(std::chrono::milliseconds timeout) {
-    DeviceGuard on(_device);  // the event is made and recorded on the stream's device
-    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-    DUALPIPE_CUDA_CHECK(cudaStreamIsCapturing(stream(), &cs));
-    if (cs != cudaStreamCaptureStatusNone) return;
-    std::unique_ptr<Event> ev;
-    std::vector<Posted> what;
-    {
-      std::lock_guard lk(_flight_mutex);
-      if (!_spare.empty()) {
-        ev = std::move(_spare.back());
-        _spare.pop_back();
-      }
-      if (!_spare_ops.empty()) {
-        what = std::move(_spare_ops.back());
-        _spare_ops.pop_back();
-      }
-    }
-    if (!ev) ev = std::make_unique<Event>(Event::ordering);  // grows to the most groups in flight, then stops
-    ev->record(stream());
-    what.assign(_committed.begin(), _committed.end());  // ops == _committed.size(): the group just waited on
-    std::lock_guard lk(_flight_mutex);
-    _flights.push_back(Flight{std::move(ev), deadline_after(timeout), std::move(what),
-                              static_cast<long>(timeout.count())});
-  }
-
-  void watchdog() {
-    try {
-      DUALPIPE_CUDA_CHECK(cudaSetDevice(_device));
-    } catch (...) {
-      return;
-    }
-    std::unique_lock lk(_flight_mutex);
-    while (!_stop) {
-      _flight_cv.wait_for(lk, _options.watchdog_period, [&] { return _stop; });
-      if (_stop || aborted()) break;
-      // Groups done since the last look go back to the spare events; the oldest one left must be in time.
-      std::optional<std::string> late;
-      while (!_flights.empty()) {
-        Flight& f = _flights.front();
-        bool ready = false;
-        try {
-          ready = f.done->ready();
-        } catch (const std::exception& e) {
-          late = std::string("a CUDA error on the communication stream: ") + e.what();
-          break;
-        }
-        if (ready) {
-          _spare.push_back(std::move(f.done));
-          _spare_ops.push_back(std::move(f.ops));
-          _flights.pop_front();
-          continue;
-        }
-        if (std::chrono::steady_clock::now() > f.deadline)
-          late = "a group of " + std::to_string(f.ops.size()) + " transfers (" + describe_ops(f.ops) +
-                 ") was not done within " +
-                 std::to_string(f.timeout_ms) + " ms (a peer rank failed or never posted the matching operations)";
-        break;
-      }
-      lk.unlock();
-      std::optional<std::string> error = late;
-      if (!error) {
-        std::lock_guard nl(_nccl_mutex);
-        if (_comm && !aborted()) {
-          ncclResult_t st = ncclSuccess;
-          const ncclResult_t q = ncclCommGetAsyncError(_comm, &st);
-          if (q != ncclSuccess) st = q;
-          if (st != ncclSuccess && st != ncclInProgress)
-            error = "NCCL asynchronous error: " + format_nccl_error(st, "ncclCommGetAsyncError", __FILE__, __LINE__, _comm);
-        }
-      }
-      if (error) abort_with("watchdog", *error);
-      lk.lock();
-    }
+  // What the watchdog asks of this communicator, from its own thread.
+  detail::NcclWatchdogHooks watchdog_hooks() {
+    detail::NcclWatchdogHooks h;
+    h.aborted = [this] { return aborted(); };
+    h.async_error = [this]() -> std::optional<std::string> {
+      std::lock_guard nl(_nccl_mutex);
+      if (!_comm || aborted()) return std::nullopt;
+      ncclResult_t st = ncclSuccess;
+      const ncclResult_t q = ncclCommGetAsyncError(_comm, &st);
+      if (q != ncclSuccess) st = q;
+      if (st == ncclSuccess || st == ncclInProgress) return std::nullopt;
+      return "NCCL asynchronous error: " + format_nccl_error(st, "ncclCommGetAsyncError", __FILE__, __LINE__, _comm);
+    };
+    h.fire = [this](const std::string& what) { abort_with("watchdog", what); };
+    return h;
   }
 
   void abort_with(const char* where, const std::string& what) {
@@ -471,14 +384,8 @@ private:
   FailureOrigin _origin;
   std::vector<Posted> _queued;            // owner thread
   bool _group_open = false;               // owner thread
-  mutable std::mutex _flight_mutex;       // _flights, _spare, _stop
-  std::condition_variable _flight_cv;
-  std::deque<Flight> _flights;
-  std::vector<std::unique_ptr<Event>> _spare;
-  std::vector<std::vector<Posted>> _spare_ops;
   std::vector<Posted> _committed;         // the last group's ops (owner thread)
-  bool _stop = false;
-  std::thread _watchdog;
+  detail::NcclWatchdog _watchdog;         // last: built after (and stopped before) what its hooks use
 };
 
 static_assert(check_communicator<NcclCommunicator>());

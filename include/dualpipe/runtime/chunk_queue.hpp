@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "dualpipe/core/error.hpp"
-#include "dualpipe/runtime/stage.hpp"
+#include "dualpipe/core/bytes.hpp"
 
 namespace dualpipe {
 

@@ -22,22 +22,27 @@
 //                                        step's buffers are built.
 // tracks_buffers                         static constexpr bool: whether use/used/post want every buffer
 //                                        (HostDevice: false, so the executor does not even look them up).
+// Optional, detected at compile time:
+//   attach(comm)                         DeviceWithAttach: called once when the Executor is built, with
+//                                        the pipeline's communicator (CudaDevice takes its stream).
+// Each requirement is written once, as a detail:: concept that both DevicePolicy and check_device_policy()
+// use.
 #pragma once
 
 #include <chrono>
 #include <concepts>
 #include <cstddef>
 #include <cstring>
+#include <type_traits>
 
+#include "dualpipe/core/bytes.hpp"
 #include "dualpipe/core/op.hpp"
 #include "dualpipe/runtime/chunk_queue.hpp"
+#include "dualpipe/runtime/executor_step.hpp"
 #include "dualpipe/runtime/plan.hpp"
-#include "dualpipe/runtime/stage.hpp"
 #include "dualpipe/runtime/step_result.hpp"
 
 namespace dualpipe {
-
-struct ExecutorStep;  // executor.hpp
 
 /// Which compute stream of a rank an op (or half of an FB) runs on.
 enum class ComputeLane : unsigned char {
@@ -45,54 +50,88 @@ enum class ComputeLane : unsigned char {
   second,  ///< The backward half of an FB (so that both halves can run at once).
 };
 
-/// A device policy: see the file comment for what each expression means.
+namespace detail {
 template <class D>
-concept DevicePolicy = requires(D& d, const D& cd, const RankPlan& plan, const ExecutorStep& step, const Op& op,
-                                int index, ComputeLane lane, ConstBytes bytes, StepResult& result, std::size_t n,
-                                std::chrono::milliseconds timeout) {
+concept device_has_tracks_buffers = requires {
   { D::tracks_buffers } -> std::convertible_to<bool>;
+  typename std::bool_constant<static_cast<bool>(D::tracks_buffers)>;  // static and constant: `if constexpr`
+};
+template <class D>
+concept device_has_slot_memory = requires(D& d) {
   { d.slot_memory() } -> std::convertible_to<SlotMemory*>;
+};
+template <class D>
+concept device_has_begin_step = requires(D& d, const RankPlan& plan, const ExecutorStep& step) {
   { d.begin_step(plan, step) } -> std::convertible_to<bool>;
-  { cd.stream(lane) } -> std::convertible_to<void*>;
+};
+template <class D>
+concept device_has_stream = requires(const D& d, ComputeLane lane) {
+  { d.stream(lane) } -> std::convertible_to<void*>;
+};
+template <class D>
+concept device_has_op_hooks = requires(D& d, const Op& op, int index) {
   d.op_begin(op, index);
   d.op_end(op, index);
+};
+template <class D>
+concept device_has_buffer_hooks = requires(D& d, ComputeLane lane, ConstBytes bytes) {
   d.use(lane, bytes);
   d.used(lane, bytes);
+  d.post(bytes);
+};
+template <class D>
+concept device_has_order_hooks = requires(D& d) {
   d.fork();
   d.join();
-  d.post(bytes);
   d.before_commit();
   d.after_commit();
-  { d.loss_slot(result, n) } -> std::same_as<double*>;
-  d.copy_output(result, n, bytes);
-  d.end_step(result, timeout);
   d.abandon_step();
 };
+template <class D>
+concept device_has_result_hooks = requires(D& d, StepResult& result, std::size_t n, ConstBytes bytes) {
+  { d.loss_slot(result, n) } -> std::same_as<double*>;
+  d.copy_output(result, n, bytes);
+};
+template <class D>
+concept device_has_end_step = requires(D& d, StepResult& result, std::chrono::milliseconds timeout) {
+  d.end_step(result, timeout);
+};
+template <class D, class Comm>
+concept device_has_attach = requires(D& d, Comm& comm) { d.attach(comm); };
+}  // namespace detail
+
+/// A device policy: see the file comment for what each expression means.
+template <class D>
+concept DevicePolicy = detail::device_has_tracks_buffers<D> && detail::device_has_slot_memory<D> &&
+                       detail::device_has_begin_step<D> && detail::device_has_stream<D> &&
+                       detail::device_has_op_hooks<D> && detail::device_has_buffer_hooks<D> &&
+                       detail::device_has_order_hooks<D> && detail::device_has_result_hooks<D> &&
+                       detail::device_has_end_step<D>;
+
+/// A device policy that attaches to the pipeline's communicator (`attach(comm)`, called once when the
+/// Executor is built; a CUDA device takes the communicator's stream there).
+template <class D, class Comm>
+concept DeviceWithAttach = DevicePolicy<D> && detail::device_has_attach<D, Comm>;
 
 /// Compile-time check with messages in plain words: `static_assert(check_device_policy<MyDevice>())`.
 template <class D>
 consteval bool check_device_policy() {
-  static_assert(requires { { D::tracks_buffers } -> std::convertible_to<bool>; },
-                "Device policy needs: static constexpr bool tracks_buffers");
-  static_assert(requires(D& d) { { d.slot_memory() } -> std::convertible_to<SlotMemory*>; },
+  static_assert(detail::device_has_tracks_buffers<D>, "Device policy needs: static constexpr bool tracks_buffers");
+  static_assert(detail::device_has_slot_memory<D>,
                 "Device policy needs: dualpipe::SlotMemory* slot_memory() (null: host memory)");
-  static_assert(requires(D& d, const RankPlan& p, const ExecutorStep& s) { { d.begin_step(p, s) } -> std::convertible_to<bool>; },
+  static_assert(detail::device_has_begin_step<D>,
                 "Device policy needs: bool begin_step(const dualpipe::RankPlan&, const dualpipe::ExecutorStep&)");
-  static_assert(requires(const D& d, ComputeLane l) { { d.stream(l) } -> std::convertible_to<void*>; },
-                "Device policy needs: void* stream(dualpipe::ComputeLane) const");
-  static_assert(requires(D& d, const Op& op, int i) { d.op_begin(op, i); d.op_end(op, i); },
+  static_assert(detail::device_has_stream<D>, "Device policy needs: void* stream(dualpipe::ComputeLane) const");
+  static_assert(detail::device_has_op_hooks<D>,
                 "Device policy needs: op_begin(const dualpipe::Op&, int) and op_end(const dualpipe::Op&, int)");
-  static_assert(requires(D& d, ComputeLane l, ConstBytes b) { d.use(l, b); d.used(l, b); d.post(b); },
+  static_assert(detail::device_has_buffer_hooks<D>,
                 "Device policy needs: use(ComputeLane, ConstBytes), used(ComputeLane, ConstBytes), post(ConstBytes)");
-  static_assert(requires(D& d) { d.fork(); d.join(); d.before_commit(); d.after_commit(); d.abandon_step(); },
+  static_assert(detail::device_has_order_hooks<D>,
                 "Device policy needs: fork(), join(), before_commit(), after_commit(), abandon_step()");
-  static_assert(requires(D& d, StepResult& r, std::size_t n, ConstBytes b) {
-                  { d.loss_slot(r, n) } -> std::same_as<double*>;
-                  d.copy_output(r, n, b);
-                },
+  static_assert(detail::device_has_result_hooks<D>,
                 "Device policy needs: double* loss_slot(StepResult&, std::size_t batch_chunk) and "
                 "copy_output(StepResult&, std::size_t offset, ConstBytes)");
-  static_assert(requires(D& d, StepResult& r, std::chrono::milliseconds t) { d.end_step(r, t); },
+  static_assert(detail::device_has_end_step<D>,
                 "Device policy needs: end_step(StepResult&, std::chrono::milliseconds timeout)");
   return DevicePolicy<D>;
 }

@@ -36,6 +36,7 @@
 #include "dualpipe/core/trace.hpp"
 #include "dualpipe/runtime/chunk_buffers.hpp"
 #include "dualpipe/runtime/device.hpp"
+#include "dualpipe/runtime/executor_step.hpp"
 #include "dualpipe/runtime/plan.hpp"
 #include "dualpipe/runtime/recorder.hpp"
 #include "dualpipe/runtime/stage.hpp"
@@ -44,16 +45,6 @@
 
 namespace dualpipe {
 
-/// A communicator that can also meet every rank at the end of a step (optional): `barrier(timeout)` returns
-/// when every rank arrived and throws CommAborted if the communicator was aborted. With it, a failure on
-/// one rank ends every rank's step with an error, even ranks that had already issued their last op.
-template <class C>
-concept CommunicatorWithBarrier = Communicator<C> && requires(C& c, std::chrono::milliseconds t) { c.barrier(t); };
-
-/// A stage with an optional reset(), called by Pipeline::reset() after a failed step.
-template <class S>
-concept StageWithReset = Stage<S> && requires(S& s) { s.reset(); };
-
 /// A RankPlan with everything sized for it: the buffers, the weight FIFO and where outputs go.
 struct StepProgram {
   RankPlan plan;                            ///< The op list and placements.
@@ -61,16 +52,6 @@ struct StepProgram {
   WeightFifo fifo;                          ///< Deferred weight groups, sized from the dry run.
   std::vector<std::size_t> output_offset;   ///< Batch chunk -> byte offset in StepResult::outputs.
   std::size_t output_bytes = 0;             ///< Bytes of StepResult::outputs when outputs are returned.
-};
-
-/// What one run of the executor is given besides its program.
-struct ExecutorStep {
-  ConstBytes inputs;                        ///< The whole batch (read by first stages).
-  ConstBytes labels;                        ///< The whole batch's labels (read by last stages); may be empty.
-  double loss_scale = 1.0;                  ///< StageContext::loss_scale.
-  std::chrono::milliseconds timeout{60'000};  ///< Bound on every wait.
-  bool return_outputs = false;              ///< Copy last-stage outputs into StepResult::outputs.
-  bool record_timeline = false;             ///< Fill StepResult::spans.
 };
 
 namespace detail {
@@ -94,11 +75,12 @@ class Executor {
 public:
   /// `stages[m]` computes module m (not owned, never null); `comm_rank_of[p]` is the communicator rank of
   /// pipeline rank p; `rank` is this rank's pipeline rank; `device` is owned. A device with
-  /// `attach(comm)` is attached to the communicator here (a CUDA device takes its communication stream).
+  /// `attach(comm)` (DeviceWithAttach) is attached to the communicator here (a CUDA device takes its
+  /// communication stream).
   Executor(Comm& comm, std::array<S*, Modules> stages, std::vector<int> comm_rank_of, int rank,
            Device device = Device())
       : _comm(comm), _stages(stages), _comm_rank_of(std::move(comm_rank_of)), _rank(rank), _device(std::move(device)) {
-    if constexpr (requires { _device.attach(comm); }) _device.attach(comm);
+    if constexpr (DeviceWithAttach<Device, Comm>) _device.attach(comm);
   }
 
   /// The device policy.

@@ -25,14 +25,12 @@
 #include <string>
 #include <vector>
 
-#include "dualpipe/core/timeline.hpp"
 #include "dualpipe/comm/communicator.hpp"
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/core/op.hpp"
 #include "dualpipe/runtime/device.hpp"
 #include "dualpipe/runtime/executor.hpp"
 #include "dualpipe/runtime/plan.hpp"
-#include "dualpipe/runtime/recorder.hpp"
 #include "dualpipe/runtime/stage.hpp"
 #include "dualpipe/runtime/step_result.hpp"
 
@@ -47,21 +45,15 @@ struct PipelineOptions {
   bool record_timeline = true;                ///< Fill StepResult::spans with host-clock spans.
 };
 
-/// A Stage that says how many label bytes one chunk has (optional): the pipeline then checks labels exactly.
-template <class S>
-concept StageWithLabelBytes = Stage<S> && requires(const S& s) {
-  { s.label_bytes() } -> std::convertible_to<std::size_t>;
-};
-
 /// One rank of a pipeline: `Schedule`'s op lists run by the executor against `Comm`, the user's stages and
 /// the `Device` policy.
 // Comm and S are plain parameters checked by static_asserts below, so that a type missing a member gets a
 // message in plain words ("Stage needs: void backward_weight(...)") instead of a constraint dump.
 template <class Schedule, class Comm, class S, DevicePolicy Device = HostDevice>
 class Pipeline {
-  static_assert(SchedulePolicy<Schedule>,
-                "Pipeline's Schedule must be a schedule policy (name, modules_per_rank, check, ops, placement), "
-                "e.g. dualpipe::DualPipe or dualpipe::DualPipeV");
+  static_assert(check_schedule_policy<Schedule>(),
+                "Pipeline's Schedule must model dualpipe::SchedulePolicy, e.g. dualpipe::DualPipe or "
+                "dualpipe::DualPipeV");
   static_assert(check_communicator<Comm>(), "Pipeline's Comm must model dualpipe::Communicator");
   static_assert(check_stage<S>(), "Pipeline's Stage must model dualpipe::Stage");
 
@@ -127,8 +119,8 @@ public:
             _stages.begin() + static_cast<std::ptrdiff_t>(m))
           _stages[m]->reset();
     }
-    if constexpr (requires { _comm.reset(_options.timeout); }) _comm.reset(_options.timeout);
-    else if constexpr (requires { _comm.reset(); }) _comm.reset();
+    if constexpr (CommunicatorWithCollectiveReset<Comm>) _comm.reset(_options.timeout);
+    else if constexpr (CommunicatorWithReset<Comm>) _comm.reset();
   }
 
   /// This rank's pipeline rank.

@@ -3,7 +3,6 @@
 #pragma once
 
 #include <array>
-#include <concepts>
 #include <cstddef>
 #include <string>
 #include <string_view>
@@ -13,19 +12,9 @@
 #include "dualpipe/core/op.hpp"
 #include "dualpipe/core/trace.hpp"
 #include "dualpipe/schedule/placement.hpp"
+#include "dualpipe/schedule/schedule_policy.hpp"
 
 namespace dualpipe {
-
-/// A schedule policy type (DualPipe, DualPipeV, the baselines): a name, a module count, a configuration
-/// check, per-rank op lists and module placements.
-template <class S>
-concept SchedulePolicy = requires(int p, int c, int r, int m, Mode mode) {
-  { S::name } -> std::convertible_to<std::string_view>;
-  { S::modules_per_rank } -> std::convertible_to<int>;
-  S::check(p, c);
-  { S::ops(p, c, r, mode) } -> std::convertible_to<std::vector<Op>>;
-  { S::placement(p, c, r, m) } -> std::convertible_to<ModulePlacement>;
-};
 
 /// Everything about one rank's step that depends only on (schedule, ranks, chunks, rank, mode).
 struct RankPlan {

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "dualpipe/core/error.hpp"
-#include "dualpipe/runtime/stage.hpp"
+#include "dualpipe/core/bytes.hpp"
 
 namespace dualpipe {
 

@@ -36,6 +36,13 @@
 //                                            an asynchronous loss (a GPU stage): writes the chunk's loss to
 //                                            *loss in the order of ctx.stream (e.g. cudaMemcpyAsync); read
 //                                            only after the step's end. Used instead of loss() when present.
+//   reset()                                  drop what the stage keeps between forward and backward; called
+//                                            by Pipeline::reset() after a failed step (once per stage object).
+//   label_bytes() const -> size_t            bytes of one chunk's labels: the pipeline then checks the labels'
+//                                            size exactly (without it, only that they split into chunks).
+// Each optional member is a named refinement below (StageWithFusedBackward, StageWithOverlap,
+// StageWithAsyncLoss, StageWithReset, StageWithLabelBytes); each requirement is written once, as a
+// detail:: concept that both the concepts and check_stage() use.
 #pragma once
 
 #include <concepts>
@@ -64,65 +71,87 @@ struct StageContext {
 
 namespace detail {
 template <class S>
-concept has_forward = requires(S& s, const StageContext& ctx, ConstBytes in, MutableBytes out) {
+concept stage_has_forward = requires(S& s, const StageContext& ctx, ConstBytes in, MutableBytes out) {
   s.forward(ctx, in, out);
 };
 template <class S>
-concept has_loss = requires(S& s, const StageContext& ctx, ConstBytes out, ConstBytes labels) {
+concept stage_has_loss = requires(S& s, const StageContext& ctx, ConstBytes out, ConstBytes labels) {
   { s.loss(ctx, out, labels) } -> std::convertible_to<double>;
 };
 template <class S>
-concept has_backward_input = requires(S& s, const StageContext& ctx, ConstBytes grad, MutableBytes in_grad) {
+concept stage_has_backward_input = requires(S& s, const StageContext& ctx, ConstBytes grad, MutableBytes in_grad) {
   s.backward_input(ctx, grad, in_grad);
 };
 template <class S>
-concept has_backward_weight = requires(S& s, const StageContext& ctx) { s.backward_weight(ctx); };
+concept stage_has_backward_weight = requires(S& s, const StageContext& ctx) { s.backward_weight(ctx); };
 template <class S>
-concept has_sizes = requires(const S& s) {
+concept stage_has_sizes = requires(const S& s) {
   { s.input_bytes() } -> std::convertible_to<std::size_t>;
   { s.output_bytes() } -> std::convertible_to<std::size_t>;
+};
+template <class S>
+concept stage_has_fused_backward = requires(S& s, const StageContext& ctx, ConstBytes grad, MutableBytes in_grad) {
+  s.backward(ctx, grad, in_grad);
+};
+template <class S>
+concept stage_has_forward_backward = requires(S& f, S& b, const StageContext& ctx, ConstBytes in, MutableBytes out) {
+  S::forward_backward(f, ctx, in, out, b, ctx, in, out);
+};
+template <class S>
+concept stage_has_loss_to = requires(S& s, const StageContext& ctx, ConstBytes out, ConstBytes labels, double* loss) {
+  s.loss_to(ctx, out, labels, loss);
+};
+template <class S>
+concept stage_has_reset = requires(S& s) { s.reset(); };
+template <class S>
+concept stage_has_label_bytes = requires(const S& s) {
+  { s.label_bytes() } -> std::convertible_to<std::size_t>;
 };
 }  // namespace detail
 
 /// A user type that can compute one module of one rank.
 template <class S>
-concept Stage = detail::has_forward<S> && detail::has_loss<S> && detail::has_backward_input<S> &&
-                detail::has_backward_weight<S> && detail::has_sizes<S>;
+concept Stage = detail::stage_has_forward<S> && detail::stage_has_loss<S> &&
+                detail::stage_has_backward_input<S> && detail::stage_has_backward_weight<S> &&
+                detail::stage_has_sizes<S>;
 
 /// A Stage that also offers a fused full backward, used for `B` ops instead of input then weight.
 template <class S>
-concept StageWithFusedBackward = Stage<S> && requires(S& s, const StageContext& ctx, ConstBytes g, MutableBytes ig) {
-  s.backward(ctx, g, ig);
-};
+concept StageWithFusedBackward = Stage<S> && detail::stage_has_fused_backward<S>;
 
 /// A Stage whose type offers an overlapped forward+backward of two chunks, used for `FB` ops.
 template <class S>
-concept StageWithOverlap = Stage<S> && requires(S& f, S& b, const StageContext& ctx, ConstBytes in, MutableBytes out) {
-  S::forward_backward(f, ctx, in, out, b, ctx, in, out);
-};
+concept StageWithOverlap = Stage<S> && detail::stage_has_forward_backward<S>;
 
 /// A Stage that writes its loss asynchronously (a device stage), used instead of loss() for the last stage:
 /// `loss_to(ctx, output, labels, loss)` must have written *loss (host memory the device can write, e.g.
 /// pinned) by the time the step's work on ctx.stream is done; the executor reads it at the end of the step.
 template <class S>
-concept StageWithAsyncLoss = Stage<S> && requires(S& s, const StageContext& ctx, ConstBytes out, ConstBytes labels,
-                                                  double* loss) { s.loss_to(ctx, out, labels, loss); };
+concept StageWithAsyncLoss = Stage<S> && detail::stage_has_loss_to<S>;
+
+/// A Stage with reset(), called by Pipeline::reset() after a failed step.
+template <class S>
+concept StageWithReset = Stage<S> && detail::stage_has_reset<S>;
+
+/// A Stage that says how many label bytes one chunk has: the pipeline then checks labels exactly.
+template <class S>
+concept StageWithLabelBytes = Stage<S> && detail::stage_has_label_bytes<S>;
 
 /// Compile-time check with messages in plain words: `static_assert(check_stage<MyStage>())`.
 template <class S>
 consteval bool check_stage() {
-  static_assert(detail::has_forward<S>,
+  static_assert(detail::stage_has_forward<S>,
                 "Stage needs: void forward(const dualpipe::StageContext&, dualpipe::ConstBytes input, "
                 "dualpipe::MutableBytes output)");
-  static_assert(detail::has_loss<S>,
+  static_assert(detail::stage_has_loss<S>,
                 "Stage needs: double loss(const dualpipe::StageContext&, dualpipe::ConstBytes output, "
                 "dualpipe::ConstBytes labels) (called at the last stage only)");
-  static_assert(detail::has_backward_input<S>,
+  static_assert(detail::stage_has_backward_input<S>,
                 "Stage needs: void backward_input(const dualpipe::StageContext&, dualpipe::ConstBytes output_grad, "
                 "dualpipe::MutableBytes input_grad)");
-  static_assert(detail::has_backward_weight<S>,
+  static_assert(detail::stage_has_backward_weight<S>,
                 "Stage needs: void backward_weight(const dualpipe::StageContext&) (the deferred weight gradient)");
-  static_assert(detail::has_sizes<S>,
+  static_assert(detail::stage_has_sizes<S>,
                 "Stage needs: std::size_t input_bytes() const and std::size_t output_bytes() const (one chunk)");
   return Stage<S>;
 }

@@ -8,6 +8,7 @@
 #include "dualpipe/schedule/config_check.hpp"
 #include "dualpipe/schedule/detail/bidirectional.hpp"
 #include "dualpipe/schedule/placement.hpp"
+#include "dualpipe/schedule/schedule_policy.hpp"
 
 namespace dualpipe {
 
@@ -57,5 +58,7 @@ struct DualPipeV {
     return p;
   }
 };
+
+static_assert(check_schedule_policy<DualPipeV>());
 
 }  // namespace dualpipe

@@ -8,6 +8,7 @@
 #include "dualpipe/schedule/config_check.hpp"
 #include "dualpipe/schedule/detail/linear.hpp"
 #include "dualpipe/schedule/placement.hpp"
+#include "dualpipe/schedule/schedule_policy.hpp"
 
 namespace dualpipe {
 
@@ -50,5 +51,7 @@ struct GPipe {
     return detail::linear_placement(ranks, chunks, rank);
   }
 };
+
+static_assert(check_schedule_policy<GPipe>());
 
 }  // namespace dualpipe

@@ -9,6 +9,7 @@
 #include "dualpipe/schedule/detail/linear.hpp"
 #include "dualpipe/schedule/detail/one_f_one_b_walk.hpp"
 #include "dualpipe/schedule/placement.hpp"
+#include "dualpipe/schedule/schedule_policy.hpp"
 
 namespace dualpipe {
 
@@ -39,5 +40,7 @@ struct ZB1P {
     return detail::linear_placement(ranks, chunks, rank);
   }
 };
+
+static_assert(check_schedule_policy<ZB1P>());
 
 }  // namespace dualpipe

@@ -19,9 +19,10 @@
 #include <string>
 #include <vector>
 
-#include "dualpipe/comm/communicator.hpp"
-#include "dualpipe/comm/detail/commit_handle.hpp"
+#include "dualpipe/core/bytes.hpp"
 #include "dualpipe/core/error.hpp"
+#include "dualpipe/core/failure.hpp"
+#include "dualpipe/core/message_tag.hpp"
 
 namespace dualpipe::detail {
 
