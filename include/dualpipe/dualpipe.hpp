@@ -36,3 +36,4 @@
 #include "dualpipe/schedule/placement.hpp"
 #include "dualpipe/schedule/registry.hpp"
 #include "dualpipe/schedule/zb1p.hpp"
+#include "dualpipe/version.hpp"
