@@ -147,15 +147,3 @@ function(dualpipe_mpi_target out)
     set(${out} "" PARENT_SCOPE)
   endif()
 endfunction()
-
-# ---- Install: each opt-in target in its own export set, loaded by the package config only when a
-# consumer asks for the component (find_package(dualpipe CONFIG COMPONENTS cuda nccl)), so that the
-# package keeps working for consumers without CUDA.
-if(DUALPIPE_HAS_CUDA)
-  install(TARGETS dualpipe_cuda EXPORT dualpipeCudaTargets)
-  install(EXPORT dualpipeCudaTargets NAMESPACE dualpipe:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/dualpipe)
-endif()
-if(DUALPIPE_HAS_NCCL)
-  install(TARGETS dualpipe_nccl EXPORT dualpipeNcclTargets)
-  install(EXPORT dualpipeNcclTargets NAMESPACE dualpipe:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/dualpipe)
-endif()

@@ -39,3 +39,4 @@
 #include "dualpipe/schedule/registry.hpp"
 #include "dualpipe/schedule/schedule_policy.hpp"
 #include "dualpipe/schedule/zb1p.hpp"
+#include "dualpipe/version.hpp"

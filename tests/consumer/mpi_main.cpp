@@ -1,4 +1,4 @@
-// The consumer of dualpipe::mpi (built when the installed or added dualpipe has it): compiles and links.
+// The consumer of the mpi component (dualpipe::mpi): compiles, links, and runs as one rank without mpirun.
 #include <cstdio>
 
 #include "dualpipe/mpi.hpp"
