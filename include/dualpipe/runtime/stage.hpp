@@ -36,6 +36,12 @@
 //                                            an asynchronous loss (a GPU stage): writes the chunk's loss to
 //                                            *loss in the order of ctx.stream (e.g. cudaMemcpyAsync); read
 //                                            only after the step's end. Used instead of loss() when present.
+//   on_grads_ready(ctx)                      called once per module per training step, right after the
+//                                            module's last weight gradient of the step (ctx.chunk is that
+//                                            chunk), on the rank's thread (on ctx.stream for a device): the
+//                                            gradients are final for this step, so a reduction of them can
+//                                            start during the pipeline's cool-down. ctx.accumulation_step
+//                                            and ctx.last_accumulation_step() say whether an update follows.
 #pragma once
 
 #include <concepts>
@@ -60,6 +66,13 @@ struct StageContext {
   Mode mode = Mode::train;      ///< forward: no backward will follow (a stage need not keep state).
   double loss_scale = 1.0;      ///< Factor the last stage applies to the loss gradient (1/chunks when asked).
   void* stream = nullptr;       ///< Device handle of the device policy (a cudaStream_t for CUDA); null on host.
+  int accumulation_step = 0;    ///< This step's index among the K steps whose gradients add up before an update.
+  int accumulation_steps = 1;   ///< K (PipelineOptions::accumulation_steps).
+
+  /// Whether this step is the last of the K: its gradients are the ones to reduce and apply.
+  [[nodiscard]] constexpr bool last_accumulation_step() const noexcept {
+    return accumulation_step + 1 >= accumulation_steps;
+  }
 };
 
 namespace detail {
@@ -82,6 +95,8 @@ concept has_sizes = requires(const S& s) {
   { s.input_bytes() } -> std::convertible_to<std::size_t>;
   { s.output_bytes() } -> std::convertible_to<std::size_t>;
 };
+template <class S>
+concept has_on_grads_ready = requires(S& s, const StageContext& ctx) { s.on_grads_ready(ctx); };
 }  // namespace detail
 
 /// A user type that can compute one module of one rank.
@@ -107,6 +122,10 @@ concept StageWithOverlap = Stage<S> && requires(S& f, S& b, const StageContext& 
 template <class S>
 concept StageWithAsyncLoss = Stage<S> && requires(S& s, const StageContext& ctx, ConstBytes out, ConstBytes labels,
                                                   double* loss) { s.loss_to(ctx, out, labels, loss); };
+
+/// A Stage told when a module's gradients of the step are final (`on_grads_ready(ctx)`, see the contract above).
+template <class S>
+concept StageWithGradsReady = Stage<S> && detail::has_on_grads_ready<S>;
 
 /// Compile-time check with messages in plain words: `static_assert(check_stage<MyStage>())`.
 template <class S>
