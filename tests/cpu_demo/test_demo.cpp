@@ -165,7 +165,7 @@ TEST_CASE("CpuDemo.ResultLineFormat") {
   r.grad_norm = 2.5;
   r.max_rel_err = 1.5e-16;
   CHECK(result_line(r) ==
-        "result: schedule=zb1p ranks=4 chunks=8 comm=inproc loss_sum=0.10000000000000001 grad_norm=2.5 "
+        "result: schedule=zb1p ranks=4 chunks=8 dp=1 accumulate=1 comm=inproc loss_sum=0.10000000000000001 grad_norm=2.5 "
         "max_rel_err=1.5e-16 check=pass");
   r.max_rel_err = 2e-12;
   CHECK(contains(result_line(r), "check=FAIL"));
