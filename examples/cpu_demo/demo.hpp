@@ -594,7 +594,12 @@ std::optional<DemoReport> run_rank(RankComms<Comm> comms, const DemoConfig& cfg,
     // Wake every rank of the grid instead of leaving them to time out: this pipeline (the runtime did that
     // when a step failed) and the reduction's communicators, which reach the other replicas.
     FailureOrigin origin{rank, -1, -1, "demo", e.what()};
-    if (const auto* step_error = dynamic_cast<const StepError*>(&e)) origin = step_error->origin();
+    if (const auto* step_error = dynamic_cast<const StepError*>(&e)) {
+      origin = step_error->origin();  // a rank of this pipeline: say which replica, for the other replicas
+      if (D > 1)
+        origin.what += " [replica " + std::to_string(replica) + ": grid rank " +
+                       std::to_string(replica * cfg.ranks + origin.rank) + "]";
+    }
     if (const auto* aborted = dynamic_cast<const CommAborted*>(&e)) origin = aborted->origin();
     comm.abort(origin);
     comms.copies.abort(origin);
