@@ -109,7 +109,8 @@ inline constexpr double inv_sqrt_2pi = 0.39894228040143267794;
 }
 }  // namespace detail
 
-/// One stage of the demo MLP; models dualpipe::Stage, StageWithFusedBackward and StageWithOverlap.
+/// One stage of the demo MLP; models dualpipe::Stage, StageWithFusedBackward, StageWithOverlap and
+/// StageWithGradsReady.
 class MlpStage {
 public:
   /// A stage of width `hidden` taking chunks of `rows` rows; its weights come from (seed, stage) alone.
