@@ -4,20 +4,10 @@
 #include <string>
 
 #include "dualpipe/analysis/costs.hpp"
+#include "support/messages.hpp"
 
 using namespace dualpipe;
-
-namespace {
-std::string config_message(auto&& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "<no ConfigError>";
-}
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-}  // namespace
+using namespace dualpipe::testing;
 
 TEST_CASE("Costs.ParseAllKeys") {
   const Costs c = parse_costs("F=1.5,B=3,W=1.25,FB=4,latency=0.5,bytes=1024,bandwidth=256");

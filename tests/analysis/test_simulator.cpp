@@ -30,15 +30,7 @@ std::vector<int> chunk_counts(int p, bool even_only) {
 }
 
 /// Two ranks, one module each, written by hand (stage 0 on rank 0, stage 1 on rank 1).
-ModulePlacement two_stage(int rank, int) {
-  ModulePlacement p;
-  p.stage = rank;
-  p.num_stages = 2;
-  p.num_chunks = 1;
-  p.prev_rank = rank == 1 ? 0 : -1;
-  p.next_rank = rank == 0 ? 1 : -1;
-  return p;
-}
+ModulePlacement two_stage(int rank, int) { return two_stage_placement(rank, 1); }
 
 }  // namespace
 
@@ -171,11 +163,7 @@ TEST_CASE("Simulator.HandComputed.Async") {
   Trace t{"handmade", 2, 2, Mode::forward, {{}, {}}};
   set_tokens(t, 0, {"F0.0", "sF0.0", "|", "F0.1", "sF0.1", "|"});
   set_tokens(t, 1, {"rF0.0", "rF0.1", "|", "F0.0", "F0.1"});
-  auto place = [](int rank, int module) {
-    ModulePlacement p = two_stage(rank, module);
-    p.num_chunks = 2;
-    return p;
-  };
+  auto place = [](int rank, int) { return two_stage_placement(rank, 2); };
   Costs c;
   c.latency = 2;
   // Rendezvous: rank 0 F 0-1, commit 1 -> sF0.0 done at max(1, 0) + 2 = 3; F0.1 3-4, sF0.1 done 6.

@@ -3,17 +3,16 @@
 
 #include <string>
 
-#include "../golden_files.hpp"
 #include "dualpipe/analysis/validator.hpp"
 #include "dualpipe/schedule/registry.hpp"
+#include "support/golden_files.hpp"
+#include "support/messages.hpp"
 #include "trace_edit.hpp"
 
 using namespace dualpipe;
 using namespace dualpipe::testing;
 
 namespace {
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 /// Validates `t` as a trace of the schedule its header names and checks the reported failure.
 void expect_failure(const Trace& t, ValidationRule rule, int rank, int index) {
@@ -297,15 +296,7 @@ TEST_CASE("Validator.MalformedTrace") {
 
 TEST_CASE("Validator.ExplicitPlacement") {
   // A two-stage, one-module pipeline (GPipe-like), written by hand with its own placement.
-  auto place = [](int rank, int) {
-    ModulePlacement p;
-    p.stage = rank;
-    p.num_stages = 2;
-    p.num_chunks = 2;
-    p.prev_rank = rank == 1 ? 0 : -1;
-    p.next_rank = rank == 0 ? 1 : -1;
-    return p;
-  };
+  auto place = [](int rank, int) { return two_stage_placement(rank, 2); };
   Trace t{"handmade", 2, 2, Mode::train, {}};
   t.ops.resize(2);
   set_tokens(t, 0, {"F0.0", "sF0.0", "|", "F0.1", "sF0.1", "rB0.0", "rB0.1", "|", "B0.0", "B0.1"});

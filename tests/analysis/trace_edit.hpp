@@ -1,4 +1,5 @@
-// tests/analysis/trace_edit.hpp: small edits of a trace by token, to break schedules by hand.
+// tests/analysis/trace_edit.hpp: small edits of a trace by token, to break schedules by hand, and the
+// placement of a pipeline written by hand.
 #pragma once
 
 #include <doctest/doctest.h>
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "dualpipe/core/trace.hpp"
+#include "dualpipe/schedule/placement.hpp"
 
 namespace dualpipe::testing {
 
@@ -66,5 +68,17 @@ inline void move_token(Trace& t, int r, int from, int to) {
 
 /// Rank r's ops as one line of tokens, for failure messages.
 inline std::string line(const Trace& t, int r) { return format_rank_line(r, t.ops[static_cast<std::size_t>(r)]); }
+
+/// The placement of a pipeline written by hand: two ranks, one module each (stage r on rank r), `chunks`
+/// chunks.
+inline ModulePlacement two_stage_placement(int rank, int chunks) {
+  ModulePlacement p;
+  p.stage = rank;
+  p.num_stages = 2;
+  p.num_chunks = chunks;
+  p.prev_rank = rank == 1 ? 0 : -1;
+  p.next_rank = rank == 0 ? 1 : -1;
+  return p;
+}
 
 }  // namespace dualpipe::testing

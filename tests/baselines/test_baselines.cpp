@@ -7,20 +7,12 @@
 #include <vector>
 
 #include "dualpipe/dualpipe.hpp"
+#include "support/messages.hpp"
 
 using namespace dualpipe;
+using namespace dualpipe::testing;
 
 namespace {
-
-std::string config_message(auto&& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "<no ConfigError>";
-}
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 constexpr std::array baseline_kinds{ScheduleKind::one_f_one_b, ScheduleKind::gpipe, ScheduleKind::zb1p};
 

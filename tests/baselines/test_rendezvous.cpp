@@ -5,9 +5,9 @@
 #include <cmath>
 #include <string>
 
-#include "../golden_files.hpp"
 #include "dualpipe/dualpipe.hpp"
 #include "rendezvous.hpp"
+#include "support/golden_files.hpp"
 
 using namespace dualpipe;
 using dualpipe::testing::RendezvousCosts;

@@ -10,8 +10,10 @@
 
 #include "demo.hpp"
 #include "options.hpp"
+#include "support/messages.hpp"
 
 using namespace dualpipe;
+using namespace dualpipe::testing;
 using namespace dualpipe::cpu_demo;
 
 namespace {
@@ -27,16 +29,6 @@ DemoConfig small(std::string_view schedule, int ranks, int chunks, int steps = 2
   c.timeout = std::chrono::milliseconds(30'000);
   return c;
 }
-
-std::string config_message(auto&& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "<no ConfigError>";
-}
-bool contains(const std::string& s, std::string_view part) { return s.find(part) != std::string::npos; }
 
 struct GridPoint {
   const char* schedule;

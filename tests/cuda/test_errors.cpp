@@ -7,14 +7,14 @@
 #include "dualpipe/cuda/cublas.hpp"
 #include "dualpipe/cuda/error.hpp"
 #include "dualpipe/cuda/stream.hpp"
+#include "support/messages.hpp"
 
 using namespace dualpipe;
+using namespace dualpipe::testing;
 
 namespace {
 cudaError_t returns(cudaError_t e) { return e; }
 cublasStatus_t returns_status(cublasStatus_t s) { return s; }
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 }  // namespace
 
 TEST_CASE("Cuda.Error.Format.AllParts") {

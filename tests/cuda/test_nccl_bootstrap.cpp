@@ -10,12 +10,13 @@
 
 #include "dualpipe/nccl/bootstrap.hpp"
 #include "dualpipe/nccl/error.hpp"
+#include "support/messages.hpp"
 
 using namespace dualpipe;
+using namespace dualpipe::testing;
 
 namespace {
 ncclResult_t returns(ncclResult_t r) { return r; }
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 ncclUniqueId random_id(unsigned seed) {
   std::mt19937 g(seed);

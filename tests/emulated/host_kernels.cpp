@@ -7,7 +7,7 @@
 #include <thread>
 #include <vector>
 
-#include "emulator/emulator.hpp"
+#include "cuda_emulator.hpp"
 #include "gpu_test_kernels.hpp"
 
 namespace gputest {

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "cuda_emulator.hpp"
 #include "dualpipe/cuda.hpp"
-#include "emulator/emulator.hpp"
 #include "gpu_test_kernels.hpp"
 
 using namespace dualpipe;

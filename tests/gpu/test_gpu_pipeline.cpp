@@ -43,6 +43,27 @@ struct RunResult {
   std::vector<long> slot_waits;                       // per rank
   std::vector<long> replays;                          // per rank
   std::vector<std::string> errors;                    // per rank: what a failed step threw
+
+  /// Keeps step `s`'s losses (the chunks whose loss this rank computed) and, for the last step, its outputs.
+  void record(int s, const StepResult& sr, bool last_step, std::size_t n) {
+    auto& mine = losses[static_cast<std::size_t>(s)];
+    for (std::size_t c = 0; c < mine.size(); ++c)
+      if (!std::isnan(sr.losses[c])) mine[c] = sr.losses[c];
+    if (!last_step) return;
+    std::size_t off = 0;
+    for (int b : sr.output_chunks) {
+      const auto* p = reinterpret_cast<const double*>(sr.outputs.data() + off);
+      outputs[b].assign(p, p + n);
+      off += n * sizeof(double);
+    }
+  }
+
+  /// Adds a stage copy's gradients to its model stage's.
+  void add_grads(int stage, const std::vector<double>& mine) {
+    auto& g = grads[stage];
+    if (g.empty()) g = mine;
+    else for (std::size_t i = 0; i < 2; ++i) g[i] += mine[i];
+  }
 };
 
 struct Batch {
@@ -176,25 +197,12 @@ RunResult run_gpu(int P, int C, std::size_t n, GpuRunOptions o = {}) {
         }
         sr = o.mode == Mode::train ? pipe.step(C, in, lab, {o.return_outputs}) : pipe.eval(C, in, lab, {o.return_outputs});
         std::lock_guard lk(mu);
-        for (int c = 0; c < C; ++c)
-          if (!std::isnan(sr.losses[static_cast<std::size_t>(c)]))
-            res.losses[static_cast<std::size_t>(s)][static_cast<std::size_t>(c)] = sr.losses[static_cast<std::size_t>(c)];
-        if (s == o.steps - 1) {
-          std::size_t off = 0;
-          for (int b : sr.output_chunks) {
-            const auto* p = reinterpret_cast<const double*>(sr.outputs.data() + off);
-            res.outputs[b].assign(p, p + n);
-            off += n * sizeof(double);
-          }
-          res.last[static_cast<std::size_t>(r)] = sr;
-        }
+        res.record(s, sr, s == o.steps - 1, n);
+        if (s == o.steps - 1) res.last[static_cast<std::size_t>(r)] = sr;
       }
       std::lock_guard lk(mu);
       for (auto& st : stages) {
-        auto& g = res.grads[st->stage()];
-        const std::vector<double> mine = st->grads();
-        if (g.empty()) g = mine;
-        else for (std::size_t i = 0; i < 2; ++i) g[i] += mine[i];
+        res.add_grads(st->stage(), st->grads());
         res.calls[static_cast<std::size_t>(r)].insert(res.calls[static_cast<std::size_t>(r)].end(), st->calls.begin(),
                                                       st->calls.end());
       }
@@ -230,25 +238,10 @@ RunResult run_cpu(int P, int C, std::size_t n, int steps, Mode mode = Mode::trai
       const ConstBytes lab = std::as_bytes(std::span(b.labels));
       const StepResult sr = mode == Mode::train ? pipe.step(C, in, lab, {true}) : pipe.eval(C, in, lab, {true});
       std::lock_guard lk(mu);
-      for (int c = 0; c < C; ++c)
-        if (!std::isnan(sr.losses[static_cast<std::size_t>(c)]))
-          res.losses[static_cast<std::size_t>(s)][static_cast<std::size_t>(c)] = sr.losses[static_cast<std::size_t>(c)];
-      if (s == steps - 1) {
-        std::size_t off = 0;
-        for (int bc : sr.output_chunks) {
-          const auto* p = reinterpret_cast<const double*>(sr.outputs.data() + off);
-          res.outputs[bc].assign(p, p + n);
-          off += n * sizeof(double);
-        }
-      }
+      res.record(s, sr, s == steps - 1, n);
     }
     std::lock_guard lk(mu);
-    for (auto& st : stages) {
-      auto& g = res.grads[st->stage()];
-      const std::vector<double> mine = st->grads();
-      if (g.empty()) g = mine;
-      else for (std::size_t i = 0; i < 2; ++i) g[i] += mine[i];
-    }
+    for (auto& st : stages) res.add_grads(st->stage(), st->grads());
   });
   return res;
 }

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <set>
 #include <span>
 #include <string>
@@ -50,6 +51,24 @@ std::vector<MessageTag> all_tags() {
     for (int chunk = 0; chunk < 3; ++chunk)
       for (Payload payload : {Payload::activation, Payload::gradient}) tags.push_back({module, chunk, payload});
   return tags;
+}
+
+/// Commits what `comm` has posted; the wait must fail with a size mismatch (not a timeout) whose message
+/// names each of `parts`.
+void expect_size_mismatch(MpiCommunicator& comm, const char* must, std::initializer_list<const char*> parts) {
+  try {
+    comm.commit().wait(wait_limit);
+    FAIL(must);
+  } catch (const TimeoutError&) {
+    FAIL("a size mismatch is not a timeout");
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    CAPTURE(what);
+    for (const char* part : parts) {
+      CAPTURE(part);
+      CHECK(what.find(part) != std::string::npos);
+    }
+  }
 }
 
 }  // namespace
@@ -170,32 +189,12 @@ TEST_CASE("Mpi.Communicator.SizeMismatchNamesBothSizes") {
     comm.commit().wait(wait_limit);
     std::vector<std::byte> small_in(12);
     comm.post_recv(1, tag, small_in);
-    try {
-      comm.commit().wait(wait_limit);
-      FAIL("a 4-byte message into a 12-byte buffer must throw");
-    } catch (const TimeoutError&) {
-      FAIL("a size mismatch is not a timeout");
-    } catch (const Error& e) {
-      const std::string what = e.what();
-      CHECK(what.find("4 bytes") != std::string::npos);
-      CHECK(what.find("12 bytes") != std::string::npos);
-      CHECK(what.find("rank 1") != std::string::npos);
-    }
+    expect_size_mismatch(comm, "a 4-byte message into a 12-byte buffer must throw", {"4 bytes", "12 bytes", "rank 1"});
   } else if (me == 1) {
     std::vector<std::byte> in(8);
     comm.post_recv(0, tag, in);
-    try {
-      comm.commit().wait(wait_limit);
-      FAIL("a 16-byte message into an 8-byte buffer must throw");
-    } catch (const TimeoutError&) {
-      FAIL("a size mismatch is not a timeout");
-    } catch (const Error& e) {
-      const std::string what = e.what();
-      CHECK(what.find("16 bytes") != std::string::npos);
-      CHECK(what.find("8 bytes") != std::string::npos);
-      CHECK(what.find("rank 0") != std::string::npos);
-      CHECK(what.find("chunk 5") != std::string::npos);
-    }
+    expect_size_mismatch(comm, "a 16-byte message into an 8-byte buffer must throw",
+                         {"16 bytes", "8 bytes", "rank 0", "chunk 5"});
     // The buffer was not written: the message was taken off the queue, not received into it.
     CHECK(std::all_of(in.begin(), in.end(), [](std::byte b) { return b == std::byte{0}; }));
     const std::vector<std::byte> little(4, std::byte{2});

@@ -7,22 +7,11 @@
 
 #include "byte_stage.hpp"
 #include "dualpipe/dualpipe.hpp"
+#include "support/messages.hpp"
 
 using namespace dualpipe;
+using namespace dualpipe::testing;
 using testmodel::ByteStage;
-
-namespace {
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-template <class F>
-std::string error_message(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
-}  // namespace
 
 TEST_CASE("Runtime.WeightFifo.OrderAndGroups") {
   WeightFifo fifo(3);

@@ -9,14 +9,14 @@
 
 #include "byte_stage.hpp"
 #include "harness.hpp"
+#include "support/messages.hpp"
 
 using namespace dualpipe;
+using namespace dualpipe::testing;
 using namespace testmodel;
 using namespace std::chrono_literals;
 
 namespace {
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 /// Runs one training step on every rank and returns what each rank threw (null where it succeeded).
 template <class H>
@@ -126,18 +126,6 @@ void check_stage_failure(int P, int C, int p, int m, FailPoint f) {
                     seq.layers[static_cast<std::size_t>(s)].grad_b().end());
     CHECK(rel_err(h.grad(s), expected) <= 1e-12);
   }
-}
-
-template <class F>
-std::string config_message(F&& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("<not a ConfigError: ") + e.what() + ">";
-  }
-  return "<no ConfigError>";
 }
 
 }  // namespace

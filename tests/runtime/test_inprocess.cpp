@@ -8,12 +8,13 @@
 #include <vector>
 
 #include "dualpipe/dualpipe.hpp"
+#include "support/messages.hpp"
 
 using namespace dualpipe;
+using namespace dualpipe::testing;
 using namespace std::chrono_literals;
 
 namespace {
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 constexpr MessageTag tag(int m, int c, Payload p = Payload::activation) { return MessageTag{m, c, p}; }
 }  // namespace
 

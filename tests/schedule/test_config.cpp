@@ -4,20 +4,10 @@
 #include <string>
 
 #include "dualpipe/dualpipe.hpp"
+#include "support/messages.hpp"
 
 using namespace dualpipe;
-
-namespace {
-std::string config_message(auto&& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "<no ConfigError>";
-}
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-}  // namespace
+using namespace dualpipe::testing;
 
 TEST_CASE("Config.DualPipeRules") {
   auto odd_ranks = config_message([] { (void)DualPipe::ops(3, 12, 0); });

@@ -1,8 +1,8 @@
 // The schedules against the reference's own recorded control flow (tests/golden/), token for token.
 #include <doctest/doctest.h>
 
-#include "../golden_files.hpp"
 #include "dualpipe/dualpipe.hpp"
+#include "support/golden_files.hpp"
 
 using namespace dualpipe;
 

@@ -1,8 +1,8 @@
 // The trace grammar: printing, parsing, round trips, and parse errors that point at the token.
 #include <doctest/doctest.h>
 
-#include "../golden_files.hpp"
 #include "dualpipe/dualpipe.hpp"
+#include "support/golden_files.hpp"
 
 using namespace dualpipe;
 

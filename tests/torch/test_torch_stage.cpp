@@ -12,25 +12,15 @@
 #include <vector>
 
 #include "dualpipe/torch.hpp"
+#include "support/messages.hpp"
 
 // Last: glog (through libtorch) defines its own CHECK, which would otherwise replace doctest's.
 #include <doctest/doctest.h>
 
 using namespace dualpipe;
+using namespace dualpipe::testing;
 
 namespace {
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-
-template <class F>
-std::string error_message(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no dualpipe::Error>";
-}
 
 ConstBytes bytes_of(const torch::Tensor& t) {
   REQUIRE(t.is_contiguous());

@@ -6,7 +6,7 @@
 #include <cstring>
 #include <vector>
 
-#include "emulator/emulator.hpp"
+#include "cuda_emulator.hpp"
 #include "mlp_kernels.hpp"
 
 namespace mlp {

@@ -5,7 +5,7 @@
 #include <thread>
 
 #include "bench_kernels.hpp"
-#include "emulator/emulator.hpp"
+#include "cuda_emulator.hpp"
 
 namespace gpubench {
 

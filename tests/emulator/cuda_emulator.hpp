@@ -1,4 +1,4 @@
-// tests/emulated/emulator/emulator.hpp: a host emulation of the parts of the CUDA runtime and NCCL that
+// tests/emulator/cuda_emulator.hpp: a host emulation of the parts of the CUDA runtime and NCCL that
 // dualpipe uses, for testing the CUDA device policy and the communicators where there is no GPU.
 //
 // The emulator defines the CUDA runtime functions (cuda_runtime.cpp) and the NCCL functions (nccl.cpp)

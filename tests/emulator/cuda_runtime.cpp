@@ -1,4 +1,4 @@
-// The CUDA runtime half of the emulator (see emulator.hpp): streams, events, memory, stream capture and
+// The CUDA runtime half of the emulator (see cuda_emulator.hpp): streams, events, memory, stream capture and
 // graphs, on host threads.
 #include <cuda_runtime_api.h>
 
@@ -20,7 +20,7 @@
 #include <utility>
 #include <vector>
 
-#include "emulator.hpp"
+#include "cuda_emulator.hpp"
 
 struct Capture;
 

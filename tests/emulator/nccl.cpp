@@ -1,4 +1,4 @@
-// The NCCL half of the emulator (see emulator.hpp): communicators of rank threads in one process,
+// The NCCL half of the emulator (see cuda_emulator.hpp): communicators of rank threads in one process,
 // point-to-point groups with NCCL's per-peer ordering, a sum/max/min all-reduce, non-blocking mode, async
 // errors and abort.
 #include <nccl.h>
@@ -18,7 +18,7 @@
 #include <thread>
 #include <vector>
 
-#include "emulator.hpp"
+#include "cuda_emulator.hpp"
 
 namespace {
 

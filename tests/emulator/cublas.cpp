@@ -1,4 +1,4 @@
-// The cuBLAS half of the emulator (see emulator.hpp): handles bound to a stream, and cublasGemmEx with
+// The cuBLAS half of the emulator (see cuda_emulator.hpp): handles bound to a stream, and cublasGemmEx with
 // fp32 or bf16 inputs and outputs and fp32 accumulation, as a naive loop in stream order (slow: for small
 // problems). The handle's stream is the legacy one until cublasSetStream.
 #include <cublas_v2.h>
@@ -7,7 +7,7 @@
 #include <cstring>
 #include <vector>
 
-#include "emulator.hpp"
+#include "cuda_emulator.hpp"
 
 struct cublasContext {
   cudaStream_t stream = nullptr;

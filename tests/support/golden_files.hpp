@@ -1,4 +1,4 @@
-// tests/golden_files.hpp: reads the repository's copy of the reference traces (tests/golden/).
+// tests/support/golden_files.hpp: reads the repository's copy of the reference traces (tests/golden/).
 #pragma once
 
 #include <algorithm>
