@@ -14,6 +14,7 @@ if(DUALPIPE_ENABLE_TORCH AND Torch_FOUND)
   install(TARGETS dualpipe_torch EXPORT dualpipeTorchTargets)
   install(EXPORT dualpipeTorchTargets NAMESPACE dualpipe:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/dualpipe)
   message(STATUS "dualpipe: libtorch support ON (Torch ${Torch_VERSION} at ${Torch_DIR})")
+  include(${CMAKE_CURRENT_LIST_DIR}/dualpipe_torch_blas.cmake)  # says which BLAS libtorch calls
 elseif(DUALPIPE_ENABLE_TORCH)
   message(STATUS "dualpipe: libtorch support OFF (libtorch not found: install libtorch-dev or set Torch_DIR)")
 else()

@@ -18,6 +18,7 @@
 #include <chrono>
 #include <ctime>
 #include <memory>
+#include <string_view>
 #include <vector>
 
 #include "dualpipe/comm/inprocess.hpp"
@@ -32,6 +33,14 @@ using namespace dualpipe;
 namespace {
 
 constexpr int hidden = 16;
+
+// The BLAS that libtorch calls, in the run's context (console header, JSON): figures taken on the netlib
+// reference BLAS are about 30x off. Its own threads set to one: the rank threads are the parallelism.
+const bool blas_in_context = [] {
+  set_blas_threads(1);
+  benchmark::AddCustomContext("blas", describe_blas(loaded_blas()).substr(std::string_view("blas: ").size()));
+  return true;
+}();
 
 double thread_cpu_seconds() {
   timespec ts{};

@@ -2,4 +2,5 @@
 #pragma once
 
 #include "dualpipe/dualpipe.hpp"
+#include "dualpipe/torch/blas.hpp"
 #include "dualpipe/torch/stage.hpp"
