@@ -3,4 +3,5 @@
 
 #include "dualpipe/dualpipe.hpp"
 #include "dualpipe/torch/blas.hpp"
+#include "dualpipe/torch/deferred_linear.hpp"
 #include "dualpipe/torch/stage.hpp"
