@@ -24,6 +24,7 @@ if(DUALPIPE_ENABLE_TORCH AND Torch_FOUND)
   set_target_properties(dualpipe_torch PROPERTIES EXPORT_NAME torch)
   target_link_libraries(dualpipe_torch INTERFACE dualpipe torch)
   message(STATUS "dualpipe: libtorch support ON (Torch ${Torch_VERSION} at ${Torch_DIR})")
+  include(${CMAKE_CURRENT_LIST_DIR}/dualpipe_torch_blas.cmake)  # says which BLAS libtorch calls
 elseif(DUALPIPE_ENABLE_TORCH)
   message(STATUS "dualpipe: libtorch support OFF (libtorch not found: install libtorch-dev or set Torch_DIR)")
 else()

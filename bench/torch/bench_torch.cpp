@@ -12,12 +12,21 @@
 //   Sequential/torch/stages:S/chunks:C           the same model and batch, one thread, plain libtorch.
 //   TorchStage/backward/{split,fused}            one chunk's backward through the adapter: B+W (autograd
 //                                                walks the graph twice) against the fused one-pass backward.
+//   TorchStage/split_over_fused                  the stage (Linear(256,1024) -> GELU ->
+//                                                Linear(1024,256), float32, chunks of 3 x 64 rows), built
+//                                                from DeferredLinear: input part + weight part against the
+//                                                fused backward, each iteration both on the same input.
+//       forward_ms, fused_ms, input_ms, weight_ms   per chunk, thread CPU time (means);
+//       split_over_fused = (input + weight) / fused in CPU time; split_over_fused_wall the same in wall time.
+//   TorchStage/split_over_fused_two_pass         the same with torch::nn::Linear: autograd's two-pass split.
 #include <benchmark/benchmark.h>
+#include <torch/nn/modules/linear.h>
 #include <torch/utils.h>
 
 #include <chrono>
 #include <ctime>
 #include <memory>
+#include <string_view>
 #include <vector>
 
 #include "dualpipe/comm/inprocess.hpp"
@@ -32,6 +41,14 @@ using namespace dualpipe;
 namespace {
 
 constexpr int hidden = 16;
+
+// The BLAS that libtorch calls, in the run's context (console header, JSON): figures taken on the netlib
+// reference BLAS are about 30x off. Its own threads set to one: the rank threads are the parallelism.
+const bool blas_in_context = [] {
+  set_blas_threads(1);
+  benchmark::AddCustomContext("blas", describe_blas(loaded_blas()).substr(std::string_view("blas: ").size()));
+  return true;
+}();
 
 double thread_cpu_seconds() {
   timespec ts{};
@@ -193,8 +210,58 @@ void stage_backward(benchmark::State& state) {
   state.counters["backward_us"] = 1e6 * backward_clock.wall / static_cast<double>(state.iterations());
 }
 
+/// The stage, Linear(h, 4h) -> GELU -> Linear(4h, h) without bias, with either linear layer.
+template <class Linear>
+struct SplitStageImpl : torch::nn::Module {
+  explicit SplitStageImpl(std::int64_t h)
+      : l1(register_module("l1", Linear(torch::nn::LinearOptions(h, 4 * h).bias(false)))),
+        l2(register_module("l2", Linear(torch::nn::LinearOptions(4 * h, h).bias(false)))) {}
+  torch::Tensor forward(torch::Tensor x) { return l2(torch::gelu(l1(x))); }
+  Linear l1, l2;
+};
+
+template <class Linear>
+void split_over_fused(benchmark::State& state) {
+  torch::set_num_threads(1);
+  const std::vector<std::int64_t> chunk{3, 64, 256};
+  torch::manual_seed(233);
+  auto module = std::make_shared<SplitStageImpl<Linear>>(chunk.back());
+  TorchStageOptions options;
+  options.activation_shape = chunk;
+  options.dtype = torch::kFloat32;
+  TorchStage stage(module, options);
+  torch::Tensor x = torch::randn(chunk), g = torch::randn(chunk);
+  std::vector<std::byte> out(stage.output_bytes()), in_grad(stage.input_bytes());
+  StageContext ctx;
+  ctx.stage = 1;
+  ctx.num_stages = 3;
+  CallClock forward_clock, fused_clock, input_clock, weight_clock;
+  for (auto _ : state) {
+    forward_clock.time([&] { stage.forward(ctx, torch_mlp::bytes_of(x), {out.data(), out.size()}); });
+    fused_clock.time([&] { stage.backward(ctx, torch_mlp::bytes_of(g), {in_grad.data(), in_grad.size()}); });
+    stage.forward(ctx, torch_mlp::bytes_of(x), {out.data(), out.size()});
+    input_clock.time([&] { stage.backward_input(ctx, torch_mlp::bytes_of(g), {in_grad.data(), in_grad.size()}); });
+    weight_clock.time([&] { stage.backward_weight(ctx); });
+    module->zero_grad();
+  }
+  // Thread CPU time: one thread computes, so it is the work done, and time slices lost to other processes on a
+  // busy machine do not count. The wall-clock ratio is given too (equal on an idle machine).
+  const double n = static_cast<double>(state.iterations());
+  state.counters["forward_ms"] = 1e3 * forward_clock.cpu / n;
+  state.counters["fused_ms"] = 1e3 * fused_clock.cpu / n;
+  state.counters["input_ms"] = 1e3 * input_clock.cpu / n;
+  state.counters["weight_ms"] = 1e3 * weight_clock.cpu / n;
+  state.counters["split_over_fused"] = (input_clock.cpu + weight_clock.cpu) / fused_clock.cpu;
+  state.counters["split_over_fused_wall"] = (input_clock.wall + weight_clock.wall) / fused_clock.wall;
+  state.counters["defers"] = stage.defers_weight_grads() ? 1 : 0;
+}
+
 }  // namespace
 
+BENCHMARK(split_over_fused<DeferredLinear>)->Name("TorchStage/split_over_fused")->Unit(benchmark::kMillisecond);
+BENCHMARK(split_over_fused<torch::nn::Linear>)
+    ->Name("TorchStage/split_over_fused_two_pass")
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(pipeline_step<DualPipe>)
     ->Name("Pipeline/torch/dualpipe")
     ->ArgNames({"ranks", "chunks"})

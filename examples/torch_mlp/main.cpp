@@ -268,6 +268,8 @@ int main(int argc, char** argv) {
   }
   // One intra-op thread: the P rank threads are the parallelism (and one thread keeps reductions in one order).
   torch::set_num_threads(1);
+  dualpipe::set_blas_threads(1);  // OpenBLAS's own threads: at::set_num_threads does not reach them
+  std::printf("%s\n", dualpipe::describe_blas(dualpipe::loaded_blas()).c_str());
   try {
     return visit_schedule(args.schedule, [&](auto schedule) { return run<decltype(schedule)>(args); });
   } catch (const std::exception& e) {

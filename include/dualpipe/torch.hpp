@@ -2,4 +2,6 @@
 #pragma once
 
 #include "dualpipe/dualpipe.hpp"
+#include "dualpipe/torch/blas.hpp"
+#include "dualpipe/torch/deferred_linear.hpp"
 #include "dualpipe/torch/stage.hpp"

@@ -1,7 +1,7 @@
 // dualpipe/torch/stage.hpp: a libtorch stage adapter (opt-in; CMake target dualpipe::torch).
 //
 // TorchStage turns one torch::nn module of a rank into a dualpipe Stage (runtime/stage.hpp), so that a
-// Pipeline can run it. The zero-bubble split of the backward is done by autograd itself:
+// Pipeline can run it. For a plain module, the zero-bubble split of the backward is done by autograd itself:
 //
 //   forward(ctx, input, output)     copies the received bytes into a fresh tensor (requiring grad, except at
 //                                   the first stage), runs the module and keeps the chunk's graph: its input,
@@ -17,8 +17,16 @@
 // What autograd's split costs: the weight pass walks the graph again from the chunk's output, so it
 // recomputes the activation gradients inside the module that lead to the parameters (all but the input's own
 // gradient). A B+W pair therefore does more work than one fused backward; the fused backward is offered so
-// that `B` ops pay nothing extra. A module with custom autograd functions that defer their weight work (as
-// the reference's example does) would avoid it; this adapter keeps to plain modules.
+// that `B` ops pay nothing extra.
+//
+// A module with layers that defer their weight work (DeferredLinear, torch/deferred_linear.hpp, or any
+// submodule marked DefersWeightGrads) avoids the second walk:
+//
+//   backward_input(ctx, g, g_in)    one autograd pass, as the fused backward, with the chunk's
+//                                   DeferredWeightGrads store active: the deferring layers compute their
+//                                   input gradients and put their weight products aside; other parameters
+//                                   get their gradients in this pass. The graph is released.
+//   backward_weight(ctx)            runs the chunk's store: the weight products, added into .grad.
 //
 // Data crossing the communicators are contiguous buffers of the shapes and dtypes the options name (the
 // reference's set_p2p_tensor_shapes / set_p2p_tensor_dtype). A module output of another shape or dtype, or
@@ -50,6 +58,7 @@
 
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/runtime/stage.hpp"
+#include "dualpipe/torch/deferred_weight_grads.hpp"
 
 namespace dualpipe {
 
@@ -138,6 +147,9 @@ public:
   [[nodiscard]] const std::vector<torch::Tensor>& parameters() const noexcept { return _parameters; }
   /// Chunks whose graph is kept: forwarded in Mode::train and not yet through their weight pass.
   [[nodiscard]] std::size_t chunks_in_flight() const noexcept { return _chunks.size(); }
+  /// Whether the split backward defers the weight work of the module's deferring layers (one autograd pass
+  /// and the kept products) rather than walking the graph twice: the module has a DefersWeightGrads submodule.
+  [[nodiscard]] bool defers_weight_grads() const noexcept { return _defers_weight_grads; }
   /// Drops every kept graph: after a failed step, Pipeline::reset() calls it. (A later forward of a chunk
   /// would also replace that chunk's state, but chunks not forwarded again would keep theirs.)
   void reset() noexcept { _chunks.clear(); }
@@ -154,10 +166,14 @@ private:
     torch::Tensor root;         // where the backward starts: output, or loss at the last stage
     torch::Tensor root_grad;    // its gradient: the received output gradient, or loss_scale
     bool input_done = false;    // the backward started (root and root_grad are set)
+    DeferredWeightGrads deferred;  // deferring split: the weight work its input pass put aside
   };
 
   ChunkState& state_of(const StageContext& ctx, const char* call);
   void start_backward(const StageContext& ctx, const char* call, ChunkState& st, ConstBytes output_grad);
+  // One autograd pass for the input's and the parameters' gradients (what deferring layers leave undefined
+  // goes to the active store, if any).
+  void one_pass_backward(const StageContext& ctx, const char* call, ChunkState& st, MutableBytes input_grad);
   void check_input_grad(const StageContext& ctx, const char* call, const ChunkState& st,
                         MutableBytes input_grad) const;
   void write_input_grad(const torch::Tensor& grad, MutableBytes input_grad) const;
@@ -185,6 +201,7 @@ private:
   torch::ScalarType _input_dtype, _label_dtype;
   std::size_t _input_bytes = 0, _output_bytes = 0, _label_bytes = 0;
   std::vector<torch::Tensor> _parameters;
+  bool _defers_weight_grads = false;
   std::unordered_map<int, ChunkState> _chunks;
 };
 
@@ -232,6 +249,8 @@ inline TorchStage::TorchStage(std::shared_ptr<torch::nn::Module> module, Forward
   _label_bytes = detail::checked_bytes("label", _label_shape, _label_dtype);
   for (const torch::Tensor& p : _module->parameters())
     if (p.requires_grad()) _parameters.push_back(p);
+  for (const std::shared_ptr<torch::nn::Module>& m : _module->modules(/*include_self=*/true))
+    if (dynamic_cast<const DefersWeightGrads*>(m.get()) != nullptr) _defers_weight_grads = true;
 }
 
 inline void TorchStage::forward(const StageContext& ctx, ConstBytes input, MutableBytes output) {
@@ -293,6 +312,14 @@ inline void TorchStage::backward_input(const StageContext& ctx, ConstBytes outpu
   guarded(ctx, "backward_input", [&] {
     ChunkState& st = state_of(ctx, "backward_input");
     start_backward(ctx, "backward_input", st, output_grad);
+    if (_defers_weight_grads) {
+      // One pass over the graph, the deferring layers' weight products put aside for backward_weight.
+      DeferWeightGradsInto defer(st.deferred);
+      one_pass_backward(ctx, "backward_input", st, input_grad);
+      // The graph is released; what the weight pass needs, the store's jobs hold.
+      st.output = st.loss = st.root = st.root_grad = torch::Tensor();
+      return;
+    }
     if (!input_grad.empty()) {
       check_input_grad(ctx, "backward_input", st, input_grad);
       // Only the input: the engine runs just the nodes on the path to it; the graph stays for the weights.
@@ -310,7 +337,9 @@ inline void TorchStage::backward_weight(const StageContext& ctx) {
     ChunkState& st = state_of(ctx, "backward_weight");
     if (!st.input_done)
       fail(ctx, "backward_weight", "called before backward_input of this chunk (the weight pass comes second)");
-    if (!_parameters.empty() && st.root.requires_grad()) {
+    if (_defers_weight_grads) {
+      st.deferred.run();
+    } else if (!_parameters.empty() && st.root.requires_grad()) {
       // retain_graph = false: this is the graph's last use, autograd frees its saved tensors as it goes.
       accumulate(torch::autograd::grad({st.root}, _parameters, {st.root_grad}, /*retain_graph=*/false,
                                        /*create_graph=*/false, /*allow_unused=*/true),
@@ -324,25 +353,31 @@ inline void TorchStage::backward(const StageContext& ctx, ConstBytes output_grad
   guarded(ctx, "backward", [&] {
     ChunkState& st = state_of(ctx, "backward");
     start_backward(ctx, "backward", st, output_grad);
-    std::vector<torch::Tensor> inputs;
-    inputs.reserve(_parameters.size() + 1);
-    const bool want_input = !input_grad.empty();
-    if (want_input) {
-      check_input_grad(ctx, "backward", st, input_grad);
-      inputs.push_back(st.input);
-    }
-    inputs.insert(inputs.end(), _parameters.begin(), _parameters.end());
-    if (!inputs.empty() && st.root.requires_grad()) {
-      std::vector<torch::Tensor> grads = torch::autograd::grad({st.root}, inputs, {st.root_grad},
-                                                               /*retain_graph=*/false, /*create_graph=*/false,
-                                                               /*allow_unused=*/true);
-      if (want_input) write_input_grad(grads[0], input_grad);
-      accumulate(grads, want_input ? 1 : 0);
-    } else if (want_input) {
-      write_input_grad(torch::Tensor(), input_grad);
-    }
+    one_pass_backward(ctx, "backward", st, input_grad);  // no store active: every layer does all its work
     _chunks.erase(ctx.chunk);
   });
+}
+
+inline void TorchStage::one_pass_backward(const StageContext& ctx, const char* call, ChunkState& st,
+                                          MutableBytes input_grad) {
+  std::vector<torch::Tensor> inputs;
+  inputs.reserve(_parameters.size() + 1);
+  const bool want_input = !input_grad.empty();
+  if (want_input) {
+    check_input_grad(ctx, call, st, input_grad);
+    inputs.push_back(st.input);
+  }
+  // Deferring layers' weights are asked for too, so that their nodes run; they answer undefined when deferred.
+  inputs.insert(inputs.end(), _parameters.begin(), _parameters.end());
+  if (!inputs.empty() && st.root.requires_grad()) {
+    std::vector<torch::Tensor> grads = torch::autograd::grad({st.root}, inputs, {st.root_grad},
+                                                             /*retain_graph=*/false, /*create_graph=*/false,
+                                                             /*allow_unused=*/true);
+    if (want_input) write_input_grad(grads[0], input_grad);
+    accumulate(grads, want_input ? 1 : 0);
+  } else if (want_input) {
+    write_input_grad(torch::Tensor(), input_grad);
+  }
 }
 
 inline TorchStage::ChunkState& TorchStage::state_of(const StageContext& ctx, const char* call) {

@@ -1,0 +1,423 @@
+#!/usr/bin/env python3
+"""The peer benchmark: the same model, weights and data under PyTorch's torch.distributed.pipelining and
+under dualpipe's TorchStage, one table. Started by bench/peers/run.sh (which also installs PyTorch); see
+docs/benchmarks-peers.md.
+
+The model is the reference example's: S stages of Linear(h, 4h) -> GELU -> Linear(4h, h) without bias,
+float32, mean squared error, C chunks (micro-batches) of micro_batch x seq_len rows. `dualpipe-peers data`
+writes the weights (libtorch's default Linear initialisation from a seed) and the batch as raw float32 files;
+both systems read them. One thread per rank everywhere (torch.set_num_threads(1); ours also the BLAS's own).
+
+Rows, per P:
+  PyTorch  Schedule1F1B (P stages), ScheduleDualPipeV, ScheduleZBVZeroBubble, ScheduleInterleavedZeroBubble
+           (2P stages): one process per rank, gloo over loopback.
+  dualpipe DualPipe, 1F1B, ZB1P (P stages), DualPipeV (2P stages): rank threads (InProcessWorld) and
+           MPI processes (mpirun -np P), modules built from DeferredLinear.
+Columns: step time (median of the timed steps, each step's time being its slowest rank's), the system's
+own sequential time for the same model (one process, chunk after chunk), efficiency = sequential / (P x
+step), our simulator's bound (1 - bubble ratio, from one stage's measured F/B/W costs; for PyTorch's rows,
+that of our schedule of the same name where there is one), and the first step's total loss with its
+largest per-chunk relative difference from our sequential run of the same model.
+
+Exit status: 0, 1 when a loss cross-check fails (the table is written anyway), 2 for bad arguments,
+3 when the machine is busy (load average above the core count; --force times anyway), 77 when PyTorch is
+missing (the CTest test's skip code).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+SKIP = 77
+TORCH_SCHEDULES = {  # name -> (class name, stages per rank, placement style)
+    "1F1B": ("Schedule1F1B", 1, "loop"),
+    "DualPipeV": ("ScheduleDualPipeV", 2, "v"),
+    "ZBVZeroBubble": ("ScheduleZBVZeroBubble", 2, "v"),
+    "InterleavedZeroBubble": ("ScheduleInterleavedZeroBubble", 2, "loop"),
+}
+OUR_SCHEDULES = {"dualpipe": 1, "dualpipev": 2, "1f1b": 1, "zb1p": 1}  # name -> stages per rank (S = k P)
+TORCH_TO_OURS = {"1F1B": "1f1b", "DualPipeV": "dualpipev"}
+LOSS_TOLERANCE = 1e-4  # float32, different BLAS libraries and summation orders
+
+
+def read_meta(data_dir: str) -> dict[str, int]:
+    with open(os.path.join(data_dir, "meta.txt")) as f:
+        return {k: int(v) for k, v in (item.split("=") for item in f.read().split())}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PyTorch's side (imported only here, so that the driver runs without PyTorch to say it is missing)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def torch_model(data_dir: str, meta: dict[str, int], stage_indices: list[int]):
+    import torch
+
+    h = meta["hidden"]
+
+    class Stage(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l1 = torch.nn.Linear(h, 4 * h, bias=False)
+            self.l2 = torch.nn.Linear(4 * h, h, bias=False)
+
+        def forward(self, x):
+            return self.l2(torch.nn.functional.gelu(self.l1(x)))
+
+    def load(path: str, shape: tuple[int, ...]):
+        n = 1
+        for d in shape:
+            n *= d
+        if os.path.getsize(path) != 4 * n:
+            raise SystemExit(f"{path}: expected {4 * n} bytes of float32")
+        return torch.from_file(path, shared=False, size=n, dtype=torch.float32).view(shape)
+
+    modules = []
+    with torch.no_grad():
+        for s in stage_indices:
+            m = Stage()
+            m.l1.weight.copy_(load(os.path.join(data_dir, f"stage{s}_l1.bin"), (4 * h, h)))
+            m.l2.weight.copy_(load(os.path.join(data_dir, f"stage{s}_l2.bin"), (h, 4 * h)))
+            modules.append(m)
+    batch = (meta["chunks"] * meta["micro_batch"], meta["seq_len"], h)
+    x = load(os.path.join(data_dir, "x.bin"), batch)
+    labels = load(os.path.join(data_dir, "labels.bin"), batch)
+    return modules, x, labels
+
+
+def torch_sequential(a: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    meta = read_meta(a.data)
+    model, x, labels = torch_model(a.data, meta, list(range(a.stages)))
+    xs, ls = x.chunk(meta["chunks"]), labels.chunk(meta["chunks"])
+    times, first = [], []
+    for step in range(a.warmup + a.steps):
+        for m in model:
+            m.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        for c in range(meta["chunks"]):
+            y = xs[c]
+            for m in model:
+                y = m(y)
+            loss = torch.nn.functional.mse_loss(y, ls[c])
+            loss.backward()
+            if step == 0:
+                first.append(loss.item())
+        if step >= a.warmup:
+            times.append(time.perf_counter() - t0)
+    print("result: " + json.dumps({"command": "sequential", "stages": a.stages, "step_ms": 1e3 * statistics.median(times),
+                                   "step_ms_all": [1e3 * t for t in times], "losses": first,
+                                   "torch": torch.__version__, "blas": torch_blas()}), flush=True)
+
+
+def torch_blas() -> str:
+    import torch
+
+    cfg = torch.__config__.show()
+    for key in ("BLAS_INFO=", "LAPACK_INFO="):
+        if key in cfg:
+            return cfg.split(key, 1)[1].split(",")[0].strip()
+    return "unknown"
+
+
+def torch_worker(a: argparse.Namespace) -> None:
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.pipelining as pipelining
+
+    torch.set_num_threads(1)
+    rank, ranks = a.rank, a.ranks
+    dist.init_process_group("gloo", rank=rank, world_size=ranks, init_method=f"tcp://127.0.0.1:{a.port}")
+    class_name, per_rank, style = TORCH_SCHEDULES[a.schedule]
+    num_stages = per_rank * ranks
+    if per_rank == 1:
+        indices = [rank]
+    elif style == "v":
+        indices = [rank, 2 * ranks - 1 - rank]
+    else:
+        indices = [rank, rank + ranks]
+    meta = read_meta(a.data)
+    modules, x, labels = torch_model(a.data, meta, indices)
+    stages = [pipelining.PipelineStage(m, i, num_stages, torch.device("cpu"))
+              for m, i in zip(modules, indices)]
+    cls = getattr(pipelining, class_name)
+    # scale_grads=False: gradients summed over chunks, as the reference's (and our) sequential step.
+    schedule = cls(stages[0] if per_rank == 1 else stages, n_microbatches=meta["chunks"],
+                   loss_fn=torch.nn.functional.mse_loss, scale_grads=False)
+    first_stage, last_stage = 0 in indices, num_stages - 1 in indices
+    times, first_losses = [], []
+    for step in range(a.warmup + a.steps):
+        for m in modules:
+            m.zero_grad(set_to_none=True)
+        losses: list = []
+        dist.barrier()  # every rank starts the step together
+        t0 = time.perf_counter()
+        args = (x,) if first_stage else ()
+        if last_stage:
+            schedule.step(*args, target=labels, losses=losses)
+        else:
+            schedule.step(*args)
+        elapsed = time.perf_counter() - t0
+        if step == 0 and last_stage:
+            first_losses = [float(v.detach()) for v in losses]
+        if step >= a.warmup:
+            times.append(elapsed)
+    gathered: list = [None] * ranks
+    dist.all_gather_object(gathered, {"times": times, "losses": first_losses})
+    if rank == 0:
+        slowest = [max(g["times"][i] for g in gathered) for i in range(len(times))]
+        losses = next(g["losses"] for g in gathered if g["losses"])
+        print("result: " + json.dumps({"command": "pipeline", "schedule": a.schedule, "comm": "gloo", "ranks": ranks,
+                                       "stages": num_stages, "step_ms": 1e3 * statistics.median(slowest),
+                                       "step_ms_all": [1e3 * t for t in slowest], "losses": losses,
+                                       "torch": torch.__version__, "blas": torch_blas()}), flush=True)
+    dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The driver
+# ---------------------------------------------------------------------------------------------------------
+
+
+class RunError(Exception):
+    pass
+
+
+def result_of(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> dict:
+    """Runs a command; returns the JSON of its `result:` line."""
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired as e:
+        raise RunError(f"timed out after {timeout:.0f} s: {shlex.join(cmd)}") from e
+    for line in p.stdout.splitlines():
+        if line.startswith("result: "):
+            if p.returncode != 0:
+                break
+            return json.loads(line[len("result: "):])
+    tail = (p.stderr.strip() or p.stdout.strip()).splitlines()[-12:]
+    raise RunError(f"exit {p.returncode}: {shlex.join(cmd)}\n    " + "\n    ".join(tail))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_torch_pipeline(a: argparse.Namespace, schedule: str, ranks: int, timeout: float) -> dict:
+    port = free_port()
+    env = dict(os.environ, GLOO_SOCKET_IFNAME=os.environ.get("GLOO_SOCKET_IFNAME", "lo"), OMP_NUM_THREADS="1")
+    procs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(ranks):
+            cmd = [sys.executable, os.path.abspath(__file__), "torch-worker", "--data", a.data, "--schedule", schedule,
+                   "--ranks", str(ranks), "--rank", str(r), "--port", str(port), "--steps", str(a.steps),
+                   "--warmup", str(a.warmup)]
+            out = open(os.path.join(tmp, f"{r}.out"), "w+")
+            procs.append((subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env), out))
+        deadline = time.monotonic() + timeout
+        failed = False
+        for p, _ in procs:
+            try:
+                p.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                failed = True
+            failed = failed or p.returncode != 0
+        if failed:
+            for p, _ in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        texts = []
+        for _, out in procs:
+            out.seek(0)
+            texts.append(out.read())
+            out.close()
+    for line in texts[0].splitlines():
+        if line.startswith("result: ") and not failed:
+            return json.loads(line[len("result: "):])
+    tail = "\n".join(t.strip() for t in texts).splitlines()[-12:]
+    raise RunError(f"PyTorch {schedule} on {ranks} ranks failed:\n    " + "\n    ".join(tail))
+
+
+def machine_line() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{platform.system()} {platform.release()}, {os.cpu_count()} cores ({cpu})"
+
+
+def load_line() -> str:
+    return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] in ("torch-worker", "torch-sequential"):
+        sub = argparse.ArgumentParser()
+        sub.add_argument("command")
+        for key in ("--data", "--schedule"):
+            sub.add_argument(key)
+        for key in ("--ranks", "--rank", "--port", "--steps", "--warmup", "--stages"):
+            sub.add_argument(key, type=int, default=0)
+        a = sub.parse_args()
+        (torch_worker if a.command == "torch-worker" else torch_sequential)(a)
+        return 0
+
+    ap = argparse.ArgumentParser(description="PyTorch's pipelining against dualpipe's TorchStage, one table.")
+    ap.add_argument("--peers-bin", required=True, help="the dualpipe-peers program")
+    ap.add_argument("--ranks", default="2,4", help="pipeline sizes P, comma-separated (default 2,4)")
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--chunks", type=int, default=20)
+    ap.add_argument("--micro-batch", type=int, default=3)
+    ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps (after the warm-up)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--mpiexec", default="", help="mpirun for our MPI rows (none: no MPI rows)")
+    ap.add_argument("--mpiexec-flags", default="", help="flags after 'mpirun -np P'")
+    ap.add_argument("--force", action="store_true", help="time even when the load average exceeds the cores")
+    ap.add_argument("--out", default="", help="also write the table (markdown) here")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds for one run")
+    a = ap.parse_args()
+    ranks_list = [int(p) for p in a.ranks.split(",") if p]
+
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print(f"peers: skipped: PyTorch is not installed for {sys.executable} (bench/peers/run.sh installs it "
+              f"into <build>/peers-venv; or set DUALPIPE_PEERS_PYTHON to a Python that has it)")
+        return SKIP
+    import torch
+
+    cores = os.cpu_count() or 1
+    load_before = load_line()
+    if os.getloadavg()[0] > cores and not a.force:
+        print(f"peers: the machine is busy (load average {load_before} on {cores} cores): timings would be "
+              f"meaningless. Wait, or pass --force to time anyway (the load is recorded with the table).",
+              file=sys.stderr)
+        return 3
+
+    started = datetime.datetime.now(datetime.timezone.utc)
+    rows: list[dict] = []
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="dualpipe-peers-") as data:
+        a.data = data
+        max_stages = 2 * max(ranks_list)
+        result_of([a.peers_bin, "data", "--dir", data, "--hidden", str(a.hidden), "--stages", str(max_stages),
+                   "--chunks", str(a.chunks), "--micro-batch", str(a.micro_batch), "--seq-len", str(a.seq_len),
+                   "--seed", str(a.seed)], a.timeout)
+        steps = ["--steps", str(a.steps), "--warmup", str(a.warmup)]
+        ours_seq: dict[int, dict] = {}
+        torch_seq: dict[int, dict] = {}
+        context: dict[str, str] = {}
+        for P in ranks_list:
+            for S in (P, 2 * P):
+                if S not in ours_seq:
+                    ours_seq[S] = result_of([a.peers_bin, "sequential", "--dir", data, "--stages", str(S)] + steps,
+                                            a.timeout)
+                    context["ours"] = f"{ours_seq[S]['torch']}, BLAS: {ours_seq[S]['blas']}"
+                if S not in torch_seq:
+                    torch_seq[S] = result_of([sys.executable, os.path.abspath(__file__), "torch-sequential", "--data",
+                                              data, "--stages", str(S)] + steps, a.timeout,
+                                             env=dict(os.environ, OMP_NUM_THREADS="1"))
+                    context["torch"] = f"PyTorch {torch_seq[S]['torch']}, BLAS: {torch_seq[S]['blas']}"
+            costs = result_of([a.peers_bin, "costs", "--dir", data, "--ranks", str(P)], a.timeout)
+            bound = costs["bound"]
+            context[f"costs{P}"] = (f"P={P}: one stage per chunk F {costs['forward_ms']:.2f} ms, fused backward "
+                                    f"{costs['fused_backward_ms']:.2f} ms, input part {costs['input_ms']:.2f} ms + "
+                                    f"weight part {costs['weight_ms']:.2f} ms")
+
+            def add(system, schedule, comm, res, seq, bound_value):
+                res["system"], res["schedule"], res["comm"] = system, schedule, comm
+                res["P"], res["sequential_ms"], res["bound"] = P, seq["step_ms"], bound_value
+                res["efficiency"] = seq["step_ms"] / (P * res["step_ms"])
+                ref = ours_seq[res["stages"]]["losses"]
+                res["loss_sum"] = sum(res["losses"])
+                res["loss_rel_diff"] = max(abs(x - y) / max(abs(y), 1e-30) for x, y in zip(res["losses"], ref)) \
+                    if len(res["losses"]) == len(ref) else float("inf")
+                if res["loss_rel_diff"] > LOSS_TOLERANCE:
+                    problems.append(f"{system} {schedule} ({comm}, P={P}): first-step losses differ from the "
+                                    f"sequential run's by {res['loss_rel_diff']:.3g} (relative)")
+                rows.append(res)
+
+            for name, (_, per_rank, _) in TORCH_SCHEDULES.items():
+                try:
+                    res = run_torch_pipeline(a, name, P, a.timeout)
+                    add("PyTorch", name, "gloo", res, torch_seq[per_rank * P], bound.get(TORCH_TO_OURS.get(name, "")))
+                except RunError as e:
+                    problems.append(str(e))
+            for name, per_rank in OUR_SCHEDULES.items():
+                base = [a.peers_bin, "pipeline", "--dir", data, "--schedule", name, "--ranks", str(P)] + steps
+                runs = [("threads", base)]
+                if a.mpiexec:
+                    runs.append(("MPI", [a.mpiexec, "-np", str(P)] + shlex.split(a.mpiexec_flags) + base + ["--mpi"]))
+                for comm, cmd in runs:
+                    try:
+                        add("dualpipe", name, comm, result_of(cmd, a.timeout), ours_seq[per_rank * P], bound[name])
+                    except RunError as e:
+                        problems.append(str(e))
+    load_after = load_line()
+
+    lines = [f"# Peer benchmark: dualpipe (TorchStage) and PyTorch's torch.distributed.pipelining",
+             "",
+             f"Date {started:%Y-%m-%d %H:%M} UTC. Machine: {machine_line()}. Load average (1, 5, 15 min) "
+             f"{load_before} before, {load_after} after"
+             + (" -- above the core count: timed with --force, figures are noisy." if
+                max(float(load_before.split()[0]), float(load_after.split()[0])) > cores else "."),
+             f"Model: stages of Linear({a.hidden},{4 * a.hidden}) -> GELU -> Linear({4 * a.hidden},{a.hidden}) "
+             f"without bias, float32, MSE loss; {a.chunks} chunks of {a.micro_batch} x {a.seq_len} rows; the same "
+             f"weights and data in both systems (seed {a.seed}). One thread per rank. {a.warmup} warm-up steps, "
+             f"median of {a.steps} timed steps (each step's slowest rank).",
+             f"dualpipe: {context.get('ours', '?')}; modules of DeferredLinear (one-pass zero-bubble split). "
+             f"PyTorch: {context.get('torch', '?')}, gloo over loopback, one process per rank.",
+             ""]
+    for P in ranks_list:
+        if f"costs{P}" in context:
+            lines.append(f"Stage costs (ours, for the bound) {context[f'costs{P}']}.")
+    lines += ["",
+              "efficiency = sequential / (P x step), the sequential time being the same system's own single-process run "
+              "of the same model (S stages). bound = 1 - bubble ratio of our simulator with the measured stage costs "
+              "(for PyTorch's rows: our schedule of the same name). loss: the first step's total; Δ: the largest "
+              "per-chunk relative difference from our sequential run.",
+              "",
+              "| P | system | schedule | comm | S | step ms | sequential ms | efficiency | bound | loss | Δ loss |",
+              "|--:|--------|----------|------|--:|--------:|--------------:|-----------:|------:|-----:|-------:|"]
+    for r in rows:
+        b = f"{r['bound']:.3f}" if r.get("bound") is not None else "-"
+        lines.append(f"| {r['P']} | {r['system']} | {r['schedule']} | {r['comm']} | {r['stages']} | {r['step_ms']:.2f} | "
+                     f"{r['sequential_ms']:.2f} | {r['efficiency']:.3f} | {b} | {r['loss_sum']:.6f} | "
+                     f"{r['loss_rel_diff']:.1e} |")
+    if problems:
+        lines += ["", "Problems:", ""] + [f"- {p}" for p in problems]
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(table)
+        json_path = os.path.splitext(a.out)[0] + ".json"
+        with open(json_path, "w") as f:
+            json.dump({"rows": rows, "load_before": load_before, "load_after": load_after, "context": context}, f,
+                      indent=1)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
