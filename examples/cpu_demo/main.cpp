@@ -27,11 +27,13 @@ namespace {
 void print_report(const DemoConfig& cfg, const DemoReport& r) {
   std::printf("\n== %s: %d ranks, %d stages", r.schedule.c_str(), r.ranks, r.stages);
   if (r.copies > 1) std::printf(" (%d copies of each)", r.copies);
-  std::printf(", %d chunks of %d rows, hidden %d, %d steps, lr %g, loss scale 1/%d\n", r.chunks, cfg.model.rows,
-              cfg.model.hidden, r.steps, cfg.model.lr, r.chunks);
+  if (r.dp > 1) std::printf(", x %d replicas (%d ranks in all; the table: replica 0)", r.dp, r.ranks * r.dp);
+  std::printf(", %d chunks of %d rows per step, hidden %d, %d steps", r.chunks, cfg.model.rows, cfg.model.hidden, r.steps);
+  if (r.accumulate > 1) std::printf(" of %d accumulated pipeline steps", r.accumulate);
+  std::printf(", lr %g, loss scale 1/%d\n", cfg.model.lr, r.chunks * r.dp * r.accumulate);
   std::printf("   %-30s", "loss sum over chunks, by step:");
   for (double l : r.step_loss_sums) std::printf(" %.9f", l);
-  std::printf("\n   %-30s", "step time, slowest rank (ms):");
+  std::printf("\n   %-30s", r.accumulate > 1 ? "pipeline step time, slowest (ms):" : "step time, slowest rank (ms):");
   for (double s : r.step_seconds) std::printf(" %.3f", s * 1e3);
   std::printf("\n");
   const double makespan = r.timeline.makespan();
@@ -42,7 +44,8 @@ void print_report(const DemoConfig& cfg, const DemoReport& r) {
   for (const RankReport& rr : r.per_rank)
     std::printf("   %4d %9.3f %9.3f %6.1f%% %10zu %8ld %8ld %8ld\n", rr.rank, rr.busy_seconds * 1e3,
                 rr.idle_seconds * 1e3, makespan > 0 ? 100.0 * rr.idle_seconds / makespan : 0.0, rr.peak_buffers,
-                rr.overlapped_calls / r.steps, rr.fused_backward_calls / r.steps, rr.deferred_weight_calls / r.steps);
+                rr.overlapped_calls / (r.steps * r.accumulate), rr.fused_backward_calls / (r.steps * r.accumulate),
+                rr.deferred_weight_calls / (r.steps * r.accumulate));
   std::printf("   bubble ratio (idle / (ranks x makespan)): %.3f\n", r.timeline.bubble_ratio());
   std::printf("   %s\n", profile_line(r).c_str());
   for (const std::string& p : r.problems) std::printf("   check failed: %s\n", p.c_str());

@@ -16,10 +16,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "dualpipe/core/error.hpp"
@@ -107,7 +109,8 @@ inline constexpr double inv_sqrt_2pi = 0.39894228040143267794;
 }
 }  // namespace detail
 
-/// One stage of the demo MLP; models dualpipe::Stage, StageWithFusedBackward and StageWithOverlap.
+/// One stage of the demo MLP; models dualpipe::Stage, StageWithFusedBackward, StageWithOverlap and
+/// StageWithGradsReady.
 class MlpStage {
 public:
   /// A stage of width `hidden` taking chunks of `rows` rows; its weights come from (seed, stage) alone.
@@ -132,6 +135,14 @@ public:
   static void forward_backward(MlpStage& fwd, const StageContext& fctx, ConstBytes input, MutableBytes output,
                                MlpStage& bwd, const StageContext& bctx, ConstBytes output_grad,
                                MutableBytes input_grad);
+  /// Told that this stage's gradients of the step are final (after its last weight gradient): counts the
+  /// call and runs the function given to when_grads_ready (the demo posts the gradient reduction there).
+  void on_grads_ready(const StageContext& ctx) {
+    ++_grads_ready_calls;
+    if (_grads_ready) _grads_ready(ctx);
+  }
+  /// What on_grads_ready runs (nothing by default).
+  void when_grads_ready(std::function<void(const StageContext&)> fn) { _grads_ready = std::move(fn); }
   /// Bytes of one chunk's input (rows * hidden doubles).
   [[nodiscard]] std::size_t input_bytes() const noexcept { return _chunk_values * sizeof(double); }
   /// Bytes of one chunk's output (rows * hidden doubles).
@@ -142,6 +153,8 @@ public:
   [[nodiscard]] std::span<const double> parameters() const noexcept { return _params; }
   /// Their accumulated gradients, laid out as parameters().
   [[nodiscard]] std::span<const double> gradients() const noexcept { return _grads; }
+  /// The same, writable: a gradient reduction sums into it in place.
+  [[nodiscard]] std::span<double> gradient_buffer() noexcept { return _grads; }
   /// Sets the gradients to zero.
   void zero_grad() noexcept;
   /// Plain SGD: parameters -= lr * grad (grad laid out as parameters()). Throws ConfigError on a size mismatch.
@@ -157,6 +170,8 @@ public:
   [[nodiscard]] long fused_backward_calls() const noexcept { return _fused_calls; }
   /// Calls of backward_weight that were deferred (zero-bubble `W`), i.e. not part of a fused backward.
   [[nodiscard]] long deferred_weight_calls() const noexcept { return _deferred_weight_calls; }
+  /// Calls of on_grads_ready.
+  [[nodiscard]] long grads_ready_calls() const noexcept { return _grads_ready_calls; }
   /// Chunks whose forward ran and whose weight gradient has not (0 after a complete training step).
   [[nodiscard]] int chunks_in_flight() const noexcept;
   /// Forgets every chunk's state (after a failed step, through Pipeline::reset()); keeps weights and gradients.
@@ -198,6 +213,8 @@ private:
   long _overlapped_calls = 0;
   long _fused_calls = 0;
   long _deferred_weight_calls = 0;
+  long _grads_ready_calls = 0;
+  std::function<void(const StageContext&)> _grads_ready;
 };
 
 // ---------------------------------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ struct ProgramOptions {
   int ranks = 4;
   std::optional<int> v_ranks;           ///< DualPipeV's ranks; default ranks / 2 (same model depth).
   int chunks = 8;
+  int dp = 1;                           ///< Data-parallel replicas D.
+  int accumulate = 1;                   ///< Pipeline steps per update K.
   int steps = 3;
   int hidden = 64;
   int rows = 32;
@@ -54,22 +56,28 @@ inline constexpr std::string_view default_schedules[] = {"dualpipe", "dualpipev"
          "                       choose from " + schedule_names() + ")\n"
          "  --ranks P            ranks of dualpipe/1f1b/zb1p/gpipe, and the model's stages (default 4)\n"
          "  --v-ranks Q          ranks of dualpipev (default P/2: the same P-stage model; with Q, 2Q stages)\n"
-         "  --chunks C           batch chunks (micro-batches) per step (default 8)\n"
-         "  --steps N            training steps (default 3)\n"
+         "  --chunks C           batch chunks (micro-batches) per pipeline step (default 8)\n"
+         "  --dp D               data-parallel replicas: D pipelines; replica d trains chunks [d*C, (d+1)*C) of a\n"
+         "                       D*C-chunk batch, gradients reduced over copies and replicas (default 1)\n"
+         "  --accumulate K       pipeline steps whose gradients add up before each update (default 1); an update's\n"
+         "                       batch is K*D*C chunks\n"
+         "  --steps N            training steps (updates; default 3)\n"
          "  --hidden H           hidden size h (default 64)\n"
          "  --batch-rows R       rows per chunk (default 32)\n"
          "  --seed S             seed of the weights and the data (default 233)\n"
          "  --lr X               SGD learning rate (default 0.1)\n"
          "  --trace-dir DIR      write the last step's measured timeline as DIR/<schedule>.svg and .json\n"
-         "  --inject-failure R   rank R's stage throws mid-way through the first step (the program exits 1)\n"
+         "  --inject-failure R   rank R's stage throws mid-way through the first step (the program exits 1); with\n"
+         "                       --dp, R is a grid rank in [0, P*D): pipeline rank R%P of replica R/P\n"
          "  --timeout-ms T       bound on every wait of a step (default 60000)\n"
-         "  --comm NAME          communicator: inproc (one thread per rank; the default), or mpi (one rank per\n"
-         "                       process: mpirun -np P dualpipe-cpu-demo --comm mpi ...; rank 0 prints)\n"
+         "  --comm NAME          communicator: inproc (one thread per rank, P*D threads; the default), or mpi (one\n"
+         "                       rank per process: mpirun -np P*D dualpipe-cpu-demo --comm mpi ...; rank 0 prints)\n"
          "  -h, --help           this text\n"
          "\n"
          "exit status: 0 all checks passed, 1 a check failed or a step failed, 2 bad arguments.\n"
          "Per schedule it prints a table and one line:\n"
-         "  result: schedule=<name> ranks=<P> chunks=<C> comm=<name> loss_sum=<%.17g> grad_norm=<%.17g> "
+         "  result: schedule=<name> ranks=<P> chunks=<C> dp=<D> accumulate=<K> comm=<name> loss_sum=<%.17g> "
+         "grad_norm=<%.17g> "
          "max_rel_err=<%.3g> check=<pass|FAIL>\n";
 }
 
@@ -140,6 +148,10 @@ inline double parse_real(std::string_view opt, std::string_view text) {
       o.v_ranks = detail::parse_integer(opt, value(), 1, 256);
     } else if (opt == "--chunks") {
       o.chunks = detail::parse_integer(opt, value(), 1, 100'000);
+    } else if (opt == "--dp") {
+      o.dp = detail::parse_integer(opt, value(), 1, 256);
+    } else if (opt == "--accumulate") {
+      o.accumulate = detail::parse_integer(opt, value(), 1, 10'000);
     } else if (opt == "--steps") {
       o.steps = detail::parse_integer(opt, value(), 1, 1'000'000);
     } else if (opt == "--hidden") {
@@ -190,6 +202,8 @@ inline double parse_real(std::string_view opt, std::string_view text) {
     c.model.hidden = o.hidden;
     c.model.rows = o.rows;
     c.model.chunks = o.chunks;
+    c.dp = o.dp;
+    c.accumulate = o.accumulate;
     c.model.steps = o.steps;
     c.model.seed = o.seed;
     c.model.lr = o.lr;

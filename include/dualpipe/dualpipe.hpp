@@ -13,7 +13,9 @@
 #include "dualpipe/analysis/validator.hpp"
 #include "dualpipe/comm/communicator.hpp"
 #include "dualpipe/comm/inprocess.hpp"
+#include "dualpipe/comm/inprocess_grid.hpp"
 #include "dualpipe/comm/null.hpp"
+#include "dualpipe/comm/process_grid.hpp"
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/core/op.hpp"
 #include "dualpipe/core/trace.hpp"
@@ -21,7 +23,11 @@
 #include "dualpipe/runtime/chunk_queue.hpp"
 #include "dualpipe/runtime/device.hpp"
 #include "dualpipe/runtime/executor.hpp"
+<<<<<<< HEAD
 #include "dualpipe/runtime/executor_step.hpp"
+=======
+#include "dualpipe/runtime/gradient_reduction.hpp"
+>>>>>>> grid
 #include "dualpipe/runtime/pipeline.hpp"
 #include "dualpipe/runtime/plan.hpp"
 #include "dualpipe/analysis/profile.hpp"
@@ -37,5 +43,9 @@
 #include "dualpipe/schedule/one_f_one_b.hpp"
 #include "dualpipe/schedule/placement.hpp"
 #include "dualpipe/schedule/registry.hpp"
+<<<<<<< HEAD
 #include "dualpipe/schedule/schedule_policy.hpp"
+=======
+#include "dualpipe/schedule/stage_copies.hpp"
+>>>>>>> grid
 #include "dualpipe/schedule/zb1p.hpp"

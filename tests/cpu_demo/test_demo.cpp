@@ -156,6 +156,81 @@ TEST_CASE("CpuDemo.Core.BadConfigurationsAreRefusedBeforeAnythingRuns") {
   CHECK(contains(config_message([&] { validate(c); }), "2 GiB"));
 }
 
+TEST_CASE("CpuDemo.Grid.DpTwoChunksEightTrainsLikeDpOneChunksSixteen" * doctest::timeout(240)) {
+  // The same 16-chunk batches, split over 2 replicas (or 2 accumulated steps) instead of one pipeline step:
+  // the per-step loss sums agree to rounding (the gradients add in another order), and every run passes.
+  for (const GridPoint& g : {GridPoint{"dualpipe", 4, 8}, GridPoint{"dualpipev", 2, 8}, GridPoint{"1f1b", 4, 8},
+                             GridPoint{"zb1p", 4, 8}}) {
+    CAPTURE(g.schedule);
+    const DemoReport one = run_demo_inproc(small(g.schedule, g.ranks, 2 * g.chunks, 3));
+    DemoConfig dp2 = small(g.schedule, g.ranks, g.chunks, 3);
+    dp2.dp = 2;
+    DemoConfig acc2 = dp2;
+    acc2.dp = 1;
+    acc2.accumulate = 2;
+    std::vector<DemoConfig> configs{dp2, acc2};
+    if (g.schedule != std::string_view("dualpipe")) {  // DualPipe needs chunks >= 2 * ranks
+      DemoConfig both = dp2;
+      both.model.chunks = g.chunks / 2;
+      both.accumulate = 2;
+      configs.push_back(both);
+    }
+    for (const DemoConfig& cfg : configs) {
+      CAPTURE(cfg.dp);
+      CAPTURE(cfg.accumulate);
+      CAPTURE(cfg.model.chunks);
+      const DemoReport r = run_demo_inproc(cfg);
+      std::string problems;
+      for (const auto& p : r.problems) problems += p + "; ";
+      CAPTURE(problems);
+      CHECK(r.pass());
+      CHECK(r.dp == cfg.dp);
+      CHECK(r.accumulate == cfg.accumulate);
+      REQUIRE(r.step_loss_sums.size() == one.step_loss_sums.size());
+      for (std::size_t u = 0; u < r.step_loss_sums.size(); ++u) {
+        CAPTURE(u);
+        CHECK(std::abs(r.step_loss_sums[u] - one.step_loss_sums[u]) <= 1e-12 * std::abs(one.step_loss_sums[u]));
+      }
+      // The first update starts from the same weights on the same data: the same losses bit for bit.
+      CHECK(r.step_loss_sums[0] == one.step_loss_sums[0]);
+      CHECK(std::abs(r.grad_norm - one.grad_norm) <= 1e-12 * one.grad_norm);
+      CHECK(contains(result_line(r), " chunks=" + std::to_string(cfg.model.chunks) + " dp=" + std::to_string(cfg.dp) +
+                                         " accumulate=" + std::to_string(cfg.accumulate) + " comm=inproc "));
+    }
+  }
+}
+
+TEST_CASE("CpuDemo.Grid.TheCheckCoversEveryReplica" * doctest::timeout(120)) {
+  // Checked against a run of half the batch (dp=1's sequential run): the second replica's chunks are
+  // missing from it, so the check must fail.
+  DemoConfig cfg = small("1f1b", 2, 4);
+  cfg.dp = 2;
+  DemoConfig half = cfg;
+  half.dp = 1;
+  const SequentialRun wrong = sequential_for(half);
+  CHECK_FALSE(run_demo_inproc(cfg, &wrong).pass());  // its losses have 4 chunks per step, the grid computes 8
+  DemoConfig other_data = cfg;
+  other_data.model.seed += 1;
+  const SequentialRun wrong_seed = sequential_for(other_data);
+  const DemoReport r = run_demo_inproc(cfg, &wrong_seed);
+  CHECK_FALSE(r.pass());
+}
+
+TEST_CASE("CpuDemo.Grid.AFailingStageInOneReplicaEndsEveryReplica" * doctest::timeout(120)) {
+  DemoConfig cfg = small("dualpipe", 2, 4);
+  cfg.dp = 2;
+  cfg.inject_failure = 3;  // pipeline rank 1 of replica 1
+  cfg.timeout = std::chrono::milliseconds(20'000);
+  try {
+    (void)run_demo_inproc(cfg);
+    FAIL("no error");
+  } catch (const Error& e) {
+    CHECK(contains(e.what(), "failure on rank 1"));
+    CHECK(contains(e.what(), "injected failure"));
+    CHECK(contains(e.what(), "[replica 1: grid rank 3]"));
+  }
+}
+
 TEST_CASE("CpuDemo.ResultLineFormat") {
   DemoReport r;
   r.schedule = "zb1p";
@@ -165,7 +240,7 @@ TEST_CASE("CpuDemo.ResultLineFormat") {
   r.grad_norm = 2.5;
   r.max_rel_err = 1.5e-16;
   CHECK(result_line(r) ==
-        "result: schedule=zb1p ranks=4 chunks=8 comm=inproc loss_sum=0.10000000000000001 grad_norm=2.5 "
+        "result: schedule=zb1p ranks=4 chunks=8 dp=1 accumulate=1 comm=inproc loss_sum=0.10000000000000001 grad_norm=2.5 "
         "max_rel_err=1.5e-16 check=pass");
   r.max_rel_err = 2e-12;
   CHECK(contains(result_line(r), "check=FAIL"));
@@ -217,4 +292,14 @@ TEST_CASE("CpuDemo.Options") {
   CHECK(contains(msg({"--inject-failure", "3"}), "failing rank"));  // dualpipev has 2 ranks by default
   CHECK(contains(msg({"--comm", "pigeon"}), "unknown --comm 'pigeon'"));
   CHECK(contains(msg({"--lr", "nan"}), "--lr needs a finite number"));
+  CHECK(contains(msg({"--dp", "0"}), "--dp must be in [1, 256] (got 0)"));
+  CHECK(contains(msg({"--accumulate", "two"}), "--accumulate needs an integer (got 'two')"));
+  CHECK(contains(msg({"--dp", "2", "--inject-failure", "8"}), "failing rank (a grid rank) must be in [0, ranks x dp)"));
+  const ProgramOptions g = parse({"--dp", "2", "--accumulate=3"});
+  CHECK(g.dp == 2);
+  CHECK(g.accumulate == 3);
+  CHECK(make_configs(g)[0].dp == 2);
+  CHECK(make_configs(g)[0].accumulate == 3);
+  CHECK(parse({}).dp == 1);
+  CHECK(parse({}).accumulate == 1);
 }

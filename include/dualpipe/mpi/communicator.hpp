@@ -126,8 +126,9 @@ public:
   void post_recv(int peer, MessageTag tag, MutableBytes bytes);
   /// Everything posted since the previous commit, as one group to wait on.
   [[nodiscard]] MpiCommitGroup commit();
-  /// Prints where the failure started (rank, module, chunk, op, what) on stderr and ends the whole MPI job
-  /// (MPI_Abort): every process exits non-zero. Does not return.
+  /// Prints where the failure started (rank, module, chunk, op, what; and the world rank when the
+  /// communicator is not the whole world, e.g. a pipeline group of a grid) on stderr and ends the whole MPI
+  /// job (MPI_Abort of MPI_COMM_WORLD): every process, of every group, exits non-zero. Does not return.
   [[noreturn]] void abort(const FailureOrigin& origin);
   /// Drops the messages posted and not committed (after a failed step; their requests are freed).
   void reset() noexcept { release_posted(); }
@@ -395,7 +396,15 @@ inline MpiCommitGroup MpiCommunicator::commit() {
 }
 
 inline void MpiCommunicator::abort(const FailureOrigin& origin) {
-  std::fprintf(stderr, "dualpipe: rank %d aborts the MPI job: failure on %s\n", _rank, origin.describe().c_str());
+  // In a grid (a sub-communicator) the rank alone is ambiguous: the world rank says which process it is.
+  int world_rank = 0, world_size = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &world_size);
+  const std::string where = world_size != _size ? " (world rank " + std::to_string(world_rank) + " of " +
+                                                      std::to_string(world_size) + ")"
+                                                : std::string();
+  std::fprintf(stderr, "dualpipe: rank %d aborts the MPI job: failure on %s%s\n", _rank, origin.describe().c_str(),
+               where.c_str());
   std::fflush(stderr);
   MPI_Abort(MPI_COMM_WORLD, 1);
   std::abort();  // MPI_Abort does not return; should it, the process must still end

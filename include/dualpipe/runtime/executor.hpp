@@ -9,6 +9,8 @@
 //   FB..         S::forward_backward if the stage type offers it (StageWithOverlap), else forward then backward
 //   sF rF sB rB  comm.post_send / post_recv with tag (module, chunk, payload), to the placement's neighbour
 //   |            comm.commit() then wait on the group with the step's timeout
+// A stage with on_grads_ready (StageWithGradsReady) is called once per module per training step, right
+// after that module's last weight gradient (its num_chunks-th: in a B, the backward half of an FB, or a W).
 // Where data comes from and goes to is the schedule's placement (schedule/placement.hpp) and nothing else;
 // the buffers are chunk_buffers.hpp's. A failure anywhere aborts the communicator, so that every rank's
 // step ends with a StepError naming where it started (rank, module, chunk, op token).
@@ -54,6 +56,21 @@ struct StepProgram {
   std::size_t output_bytes = 0;             ///< Bytes of StepResult::outputs when outputs are returned.
 };
 
+<<<<<<< HEAD
+=======
+/// What one run of the executor is given besides its program.
+struct ExecutorStep {
+  ConstBytes inputs;                        ///< The whole batch (read by first stages).
+  ConstBytes labels;                        ///< The whole batch's labels (read by last stages); may be empty.
+  double loss_scale = 1.0;                  ///< StageContext::loss_scale.
+  std::chrono::milliseconds timeout{60'000};  ///< Bound on every wait.
+  bool return_outputs = false;              ///< Copy last-stage outputs into StepResult::outputs.
+  bool record_timeline = false;             ///< Fill StepResult::spans.
+  int accumulation_step = 0;                ///< StageContext::accumulation_step.
+  int accumulation_steps = 1;               ///< StageContext::accumulation_steps.
+};
+
+>>>>>>> grid
 namespace detail {
 /// The dry run's stage: does nothing, holds no bytes. Overlapped, so that an FB takes both of its buffers
 /// before giving any back: the largest need of the two ways of running an FB.
@@ -140,6 +157,9 @@ public:
       ctx.mode = prog.plan.mode;
       ctx.loss_scale = step.loss_scale;
       ctx.stream = _device.stream(ComputeLane::main);
+      ctx.accumulation_step = step.accumulation_step;
+      ctx.accumulation_steps = step.accumulation_steps;
+      _weights_done[m] = 0;
       _offset[m] = p.chunk_offset;
       _input_bytes[m] = _stages[m]->input_bytes();
     }
@@ -277,9 +297,11 @@ private:
       _prog->fifo.push(WeightGroup{m, c}, op);
     } else if constexpr (StageWithFusedBackward<S>) {
       stage.backward(ctx, grad, in_grad);
+      weight_done(ctx);
     } else {
       stage.backward_input(ctx, grad, in_grad);
       stage.backward_weight(ctx);
+      weight_done(ctx);
     }
     _device.used(lane, grad);
     _device.used(lane, in_grad);
@@ -311,6 +333,7 @@ private:
       _device.use(ComputeLane::second, saved);
       S::forward_backward(fstage, fctx, in, out, bstage, bctx, grad, in_grad);
       if (fctx.is_last_stage) last_stage(fstage, fctx, out);
+      weight_done(bctx);
       _device.join();
       for (const ConstBytes b : {ConstBytes(in), ConstBytes(out), grad, ConstBytes(in_grad), saved})
         _device.used(ComputeLane::main, b);
@@ -329,7 +352,16 @@ private:
     const WeightGroup g = _prog->fifo.pop(op, index);
     _module = g.module;
     _chunk = g.chunk;
-    _stages[static_cast<std::size_t>(g.module)]->backward_weight(context(g.module, g.chunk));
+    const StageContext ctx = context(g.module, g.chunk);
+    _stages[static_cast<std::size_t>(g.module)]->backward_weight(ctx);
+    weight_done(ctx);
+  }
+
+  // Counts the weight gradients of ctx's module; right after its last one of the step, tells the stage.
+  void weight_done(const StageContext& ctx) {
+    const auto m = static_cast<std::size_t>(ctx.module);
+    if (++_weights_done[m] != _prog->plan.placements[m].num_chunks) return;
+    if constexpr (StageWithGradsReady<S>) _stages[m]->on_grads_ready(ctx);
   }
 
   // A compute op between the device's op_begin and op_end, recorded on the host clock.
@@ -406,6 +438,11 @@ private:
   // After the last op: the FIFO and the buffers must be empty (else the op list is wrong), then every rank
   // meets, when the communicator can, so that no rank reports success for a step another rank failed.
   void finish() {
+    // A module with no chunk this step has final (untouched) gradients too.
+    if constexpr (StageWithGradsReady<S>)
+      if (_prog->plan.mode == Mode::train)
+        for (std::size_t m = 0; m < Modules; ++m)
+          if (_prog->plan.placements[m].num_chunks == 0) _stages[m]->on_grads_ready(_ctx[m]);
     _module = -1;
     _chunk = -1;
     if (!_prog->fifo.empty())
@@ -482,6 +519,7 @@ private:
   std::array<StageContext, Modules> _ctx{};
   std::array<int, Modules> _offset{};
   std::array<std::size_t, Modules> _input_bytes{};
+  std::array<int, Modules> _weights_done{};  // weight gradients of each module so far this step
   std::size_t _label_bytes = 0;
   int _module = -1;
   int _chunk = -1;

@@ -41,8 +41,13 @@ struct PipelineOptions {
   std::chrono::milliseconds timeout{60'000};  ///< Bound on every wait of a step.
   std::vector<int> rank_mapping;              ///< Communicator rank -> pipeline rank (as the reference's
                                               ///< rank_mapping); empty = identity.
-  bool scale_loss_by_chunks = false;          ///< StageContext::loss_scale = 1.0 / chunks.
+  bool scale_loss_by_chunks = false;          ///< StageContext::loss_scale = 1 / (chunks x accumulation_steps
+                                              ///< x replicas): the summed gradient is that of the mean loss.
   bool record_timeline = true;                ///< Fill StepResult::spans with host-clock spans.
+  int accumulation_steps = 1;                 ///< K: training steps whose gradients add up before an update
+                                              ///< (the "no sync" steps, then the last); StageContext says which.
+  int replicas = 1;                           ///< Data-parallel replicas whose gradients are summed (only the
+                                              ///< loss scale uses it).
 };
 
 /// One rank of a pipeline: `Schedule`'s op lists run by the executor against `Comm`, the user's stages and
@@ -73,6 +78,11 @@ public:
                           std::string(Schedule::name) + " needs " + std::to_string(modules) + " stages per rank)");
     if (_options.timeout.count() <= 0)
       throw ConfigError("Pipeline: timeout must be positive (got " + std::to_string(_options.timeout.count()) + " ms)");
+    if (_options.accumulation_steps < 1)
+      throw ConfigError("Pipeline: accumulation_steps must be at least 1 (got " +
+                        std::to_string(_options.accumulation_steps) + ")");
+    if (_options.replicas < 1)
+      throw ConfigError("Pipeline: replicas must be at least 1 (got " + std::to_string(_options.replicas) + ")");
   }
 
   /// One training step over a batch of `chunks` chunks. `inputs` / `labels` hold the WHOLE batch, chunk after
@@ -106,9 +116,10 @@ public:
   }
 
   /// After a failed step, on every rank: frees the buffers, empties the weight FIFO, calls the stages'
-  /// reset() where they have one, and resets the communicator where it has a reset (the in-process one's
-  /// is collective: every rank must call it).
+  /// reset() where they have one, resets the communicator where it has a reset (the in-process one's
+  /// is collective: every rank must call it), and starts the accumulation cycle again at step 0.
   void reset() {
+    _accumulation_step = 0;
     for (auto& p : _programs) {
       p->buffers.reset();
       p->fifo.clear();
@@ -122,6 +133,10 @@ public:
     if constexpr (CommunicatorWithCollectiveReset<Comm>) _comm.reset(_options.timeout);
     else if constexpr (CommunicatorWithReset<Comm>) _comm.reset();
   }
+
+  /// The accumulation step the next training step will be (0 .. accumulation_steps-1): each successful
+  /// training step advances it, wrapping after the last of the K; reset() sets it back to 0.
+  [[nodiscard]] int accumulation_step() const noexcept { return _accumulation_step; }
 
   /// This rank's pipeline rank.
   [[nodiscard]] int rank() const noexcept { return _executor.rank(); }
@@ -248,11 +263,16 @@ private:
     ExecutorStep step;
     step.inputs = inputs;
     step.labels = labels;
-    step.loss_scale = _options.scale_loss_by_chunks ? 1.0 / chunks : 1.0;
+    step.loss_scale = _options.scale_loss_by_chunks
+                          ? 1.0 / (static_cast<double>(chunks) * _options.accumulation_steps * _options.replicas)
+                          : 1.0;
+    step.accumulation_step = mode == Mode::train ? _accumulation_step : 0;
+    step.accumulation_steps = _options.accumulation_steps;
     step.timeout = _options.timeout;
     step.return_outputs = options.return_outputs;
     step.record_timeline = _options.record_timeline;
     _executor.run(prog, step, result);
+    if (mode == Mode::train) _accumulation_step = (_accumulation_step + 1) % _options.accumulation_steps;
   }
 
   Comm& _comm;
@@ -260,6 +280,7 @@ private:
   PipelineOptions _options;
   Executor<Comm, S, modules, Device> _executor;
   std::vector<std::unique_ptr<StepProgram>> _programs;  // one per (chunks, mode) used so far
+  int _accumulation_step = 0;                            // of the next training step
 };
 
 }  // namespace dualpipe

@@ -40,8 +40,14 @@
 //                                            by Pipeline::reset() after a failed step (once per stage object).
 //   label_bytes() const -> size_t            bytes of one chunk's labels: the pipeline then checks the labels'
 //                                            size exactly (without it, only that they split into chunks).
+//   on_grads_ready(ctx)                      called once per module per training step, right after the
+//                                            module's last weight gradient of the step (ctx.chunk is that
+//                                            chunk), on the rank's thread (on ctx.stream for a device): the
+//                                            gradients are final for this step, so a reduction of them can
+//                                            start during the pipeline's cool-down. ctx.accumulation_step
+//                                            and ctx.last_accumulation_step() say whether an update follows.
 // Each optional member is a named refinement below (StageWithFusedBackward, StageWithOverlap,
-// StageWithAsyncLoss, StageWithReset, StageWithLabelBytes); each requirement is written once, as a
+// StageWithAsyncLoss, StageWithReset, StageWithLabelBytes, StageWithGradsReady); each requirement is written once, as a
 // detail:: concept that both the concepts and check_stage() use.
 #pragma once
 
@@ -67,6 +73,13 @@ struct StageContext {
   Mode mode = Mode::train;      ///< forward: no backward will follow (a stage need not keep state).
   double loss_scale = 1.0;      ///< Factor the last stage applies to the loss gradient (1/chunks when asked).
   void* stream = nullptr;       ///< Device handle of the device policy (a cudaStream_t for CUDA); null on host.
+  int accumulation_step = 0;    ///< This step's index among the K steps whose gradients add up before an update.
+  int accumulation_steps = 1;   ///< K (PipelineOptions::accumulation_steps).
+
+  /// Whether this step is the last of the K: its gradients are the ones to reduce and apply.
+  [[nodiscard]] constexpr bool last_accumulation_step() const noexcept {
+    return accumulation_step + 1 >= accumulation_steps;
+  }
 };
 
 namespace detail {
@@ -107,6 +120,8 @@ template <class S>
 concept stage_has_label_bytes = requires(const S& s) {
   { s.label_bytes() } -> std::convertible_to<std::size_t>;
 };
+template <class S>
+concept stage_has_on_grads_ready = requires(S& s, const StageContext& ctx) { s.on_grads_ready(ctx); };
 }  // namespace detail
 
 /// A user type that can compute one module of one rank.
@@ -136,6 +151,10 @@ concept StageWithReset = Stage<S> && detail::stage_has_reset<S>;
 /// A Stage that says how many label bytes one chunk has: the pipeline then checks labels exactly.
 template <class S>
 concept StageWithLabelBytes = Stage<S> && detail::stage_has_label_bytes<S>;
+
+/// A Stage told when a module's gradients of the step are final (`on_grads_ready(ctx)`, see the contract above).
+template <class S>
+concept StageWithGradsReady = Stage<S> && detail::stage_has_on_grads_ready<S>;
 
 /// Compile-time check with messages in plain words: `static_assert(check_stage<MyStage>())`.
 template <class S>
