@@ -22,7 +22,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 
-DEVICE = "include/dualpipe/cuda/device.hpp"
+DEVICE = "include/dualpipe/cuda/detail/device_state.hpp"
 LOCAL = "include/dualpipe/cuda/local_communicator.hpp"
 
 # name, file, the exact code (must occur once), what replaces it, what the call is for.
@@ -31,28 +31,28 @@ LOCAL = "include/dualpipe/cuda/local_communicator.hpp"
 # every transfer already waits for the compute that produced its buffer, so no test can see it go.
 MUTATIONS = [
     ("origin-wait-main", DEVICE,
-     "      origin_event.record(options.origin);\n      main.wait(origin_event);\n",
-     "      origin_event.record(options.origin);\n",
+     "    origin_event.record(options.origin);\n    main.wait(origin_event);\n",
+     "    origin_event.record(options.origin);\n",
      "a step's main stream waits for the batch's producers"),
     ("slot-wait", DEVICE,
-     "        DUALPIPE_CUDA_CHECK(cudaStreamWaitEvent(stream_of(lane), s.event.get(), 0));\n        ++slot_waits;\n",
-     "        ++slot_waits;\n",
+     "      DUALPIPE_CUDA_CHECK(cudaStreamWaitEvent(stream_of(lane), s.event.get(), 0));\n      ++slot_waits;\n",
+     "      ++slot_waits;\n",
      "a buffer's user waits for its last user on another stream"),
     ("before-commit", DEVICE,
-     "      for (long i : pending) use_slot(comm_lane, i);\n",
+     "    for (long i : pending) use_slot(comm_lane, i);\n",
      "",
      "a transfer waits for the compute that wrote or last read its buffer"),
     ("fork", DEVICE,
-     "      second.wait(fork_event);\n      if (timed_op >= 0)",
-     "      if (timed_op >= 0)",
+     "    second.wait(fork_event);\n    if (timed_op >= 0)",
+     "    if (timed_op >= 0)",
      "an FB's second stream starts after the main stream's earlier work"),
     ("join", DEVICE,
-     "      main.wait(join_event);\n      end_timed = false;",
-     "      end_timed = false;",
+     "    main.wait(join_event);\n    end_timed = false;",
+     "    end_timed = false;",
      "the main stream continues after the FB's second half"),
     ("timeline-start", DEVICE,
-     "        if (timed_op >= 0 && lane != comm_lane)\n",
-     "        if (false)\n",
+     "      if (timed_op >= 0 && lane != comm_lane)\n",
+     "      if (false)\n",
      "a GPU span starts after its op's wait for data (the wait is bubble)"),
     ("local-launch-wait", LOCAL,
      "      if (&a != &b) DUALPIPE_CUDA_CHECK(cudaStreamWaitEvent(b.stream(), a._launch.get(), 0));\n",
