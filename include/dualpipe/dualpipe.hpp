@@ -23,11 +23,8 @@
 #include "dualpipe/runtime/chunk_queue.hpp"
 #include "dualpipe/runtime/device.hpp"
 #include "dualpipe/runtime/executor.hpp"
-<<<<<<< HEAD
 #include "dualpipe/runtime/executor_step.hpp"
-=======
 #include "dualpipe/runtime/gradient_reduction.hpp"
->>>>>>> grid
 #include "dualpipe/runtime/pipeline.hpp"
 #include "dualpipe/runtime/plan.hpp"
 #include "dualpipe/analysis/profile.hpp"
@@ -43,9 +40,6 @@
 #include "dualpipe/schedule/one_f_one_b.hpp"
 #include "dualpipe/schedule/placement.hpp"
 #include "dualpipe/schedule/registry.hpp"
-<<<<<<< HEAD
 #include "dualpipe/schedule/schedule_policy.hpp"
-=======
 #include "dualpipe/schedule/stage_copies.hpp"
->>>>>>> grid
 #include "dualpipe/schedule/zb1p.hpp"

@@ -17,6 +17,8 @@ struct ExecutorStep {
   std::chrono::milliseconds timeout{60'000};  ///< Bound on every wait.
   bool return_outputs = false;              ///< Copy last-stage outputs into StepResult::outputs.
   bool record_timeline = false;             ///< Fill StepResult::spans.
+  int accumulation_step = 0;                ///< StageContext::accumulation_step.
+  int accumulation_steps = 1;               ///< StageContext::accumulation_steps.
 };
 
 }  // namespace dualpipe
