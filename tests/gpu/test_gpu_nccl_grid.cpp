@@ -318,3 +318,75 @@ TEST_CASE("Gpu.CudaDevice.LentStreams" * doctest::timeout(60)) {
   CHECK(dev.second_stream() != StreamRef(a.get()));
   CHECK(dev.second_stream().get() != nullptr);
 }
+
+namespace {
+float as_float(float v) { return v; }
+float as_float(double v) { return static_cast<float>(v); }
+#ifdef DUALPIPE_NCCL_HAS_BF16
+float as_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+#endif
+template <class T>
+T from_float(float v) {
+#ifdef DUALPIPE_NCCL_HAS_BF16
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16(v);
+  else
+#endif
+    return static_cast<T>(v);
+}
+}  // namespace
+
+#ifdef DUALPIPE_NCCL_HAS_BF16
+TYPE_TO_STRING(__nv_bfloat16);
+#define DUALPIPE_REDUCER_TYPES float, double, __nv_bfloat16
+#else
+#define DUALPIPE_REDUCER_TYPES float, double
+#endif
+
+// A one-copy schedule (1F1B): the group is the dp group; each element type sums exactly (small halves).
+TEST_CASE_TEMPLATE("Gpu.NcclGrid.ReducerElementTypes" * doctest::timeout(300), T, DUALPIPE_REDUCER_TYPES) {
+  constexpr int P = 2, D = 2, W = P * D;
+  constexpr std::size_t n = 8;
+  if (cuda_device_count() < W) {
+    MESSAGE("needs " << W << " CUDA devices");
+    return;
+  }
+  const ProcessGrid pgrid(W, {.pp = P, .dp = D}, "pp,dp");
+  const StageCopies copies = stage_copies<OneFOneB>(P, 4);
+  const NcclGridIds ids = NcclGridIds::make(ProcessGrid(W, {.pp = W}, "pp"));  // one world group
+  std::vector<std::vector<float>> got(W);
+  std::vector<std::string> errors(W);
+  run_ranks(W, [&](int r) {
+    try {
+      DUALPIPE_CUDA_CHECK(cudaSetDevice(r));
+      NcclGrid world(ProcessGrid(W, {.pp = W}, "pp"), r, ids, r);  // a world communicator from one id
+      NcclGrid grid(pgrid, world.communicator(GridDim::pp));
+      const GradientGroup g = gradient_group(pgrid, copies, r);
+      CHECK(g.size == D);
+      NcclComm comm = grid.split(g.colour, g.key);
+      const int d = pgrid.coord(r, GridDim::dp), p = pgrid.coord(r, GridDim::pp);
+      std::vector<T> h(n);
+      for (std::size_t i = 0; i < n; ++i) h[i] = from_float<T>(0.5f * static_cast<float>(d + 1) + static_cast<float>(i + p));
+      T* buf = nullptr;
+      DUALPIPE_CUDA_CHECK(cudaMalloc(&buf, n * sizeof(T)));
+      Stream s;
+      DUALPIPE_CUDA_CHECK(cudaMemcpyAsync(buf, h.data(), n * sizeof(T), cudaMemcpyHostToDevice, s.get()));
+      {
+        NcclGradientReducer<T> reduce(copies, pgrid, r, comm.get(), {std::span<T>(buf, n)});
+        reduce.post(0, s.get());
+        reduce.finish();
+      }
+      DUALPIPE_CUDA_CHECK(cudaMemcpy(h.data(), buf, n * sizeof(T), cudaMemcpyDeviceToHost));
+      DUALPIPE_CUDA_CHECK(cudaFree(buf));
+      for (const T& v : h) got[static_cast<std::size_t>(r)].push_back(as_float(v));
+    } catch (const std::exception& e) {
+      errors[static_cast<std::size_t>(r)] = e.what();
+    }
+  });
+  for (int r = 0; r < W; ++r) {
+    INFO("rank " << r << ": " << errors[static_cast<std::size_t>(r)]);
+    REQUIRE(errors[static_cast<std::size_t>(r)].empty());
+    const int p = pgrid.coord(r, GridDim::pp);
+    for (std::size_t i = 0; i < n; ++i)  // 0.5 * 1 + 0.5 * 2 + 2 (i + p): exact in every type
+      CHECK(got[static_cast<std::size_t>(r)][i] == 1.5f + 2.0f * static_cast<float>(i + static_cast<std::size_t>(p)));
+  }
+}
