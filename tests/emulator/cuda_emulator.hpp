@@ -116,4 +116,8 @@ struct Counters {
 };
 [[nodiscard]] Counters counters();
 
+/// NCCL communicators created so far (ncclCommInitRank*, and each new one of ncclCommSplit), so that a test
+/// can show the library made none behind its user's back. Defined with the NCCL half (nccl.cpp).
+[[nodiscard]] long nccl_communicators_created();
+
 }  // namespace cuda_emulator

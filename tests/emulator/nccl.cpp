@@ -1,6 +1,6 @@
 // The NCCL half of the emulator (see cuda_emulator.hpp): communicators of rank threads in one process,
 // point-to-point groups with NCCL's per-peer ordering, a sum/max/min all-reduce, non-blocking mode, async
-// errors and abort.
+// errors and abort, ncclCommSplit, and a count of the communicators created (nccl_communicators_created).
 #include <nccl.h>
 
 #include <algorithm>
@@ -48,7 +48,17 @@ struct Clique {
   int joined = 0;
   std::vector<std::deque<Message*>> channels;  // [src * size + dst]: sends not yet received, in order
   std::map<std::uint64_t, Reduction> reductions;  // by sequence number
+  // ncclCommSplit rounds, by sequence number: each member's (colour, key), then the new cliques.
+  struct Split {
+    std::vector<std::pair<int, int>> asks;  // per rank: (colour, key)
+    int arrived = 0;
+    int left = 0;
+    std::map<int, std::shared_ptr<Clique>> made;  // by colour
+  };
+  std::map<std::uint64_t, Split> splits;
 };
+
+std::atomic<long> g_created{0};  // communicators created (inits and splits)
 
 std::mutex g_cliques_mutex;
 std::map<std::string, std::shared_ptr<Clique>>& cliques() {
@@ -94,6 +104,7 @@ struct ncclComm {
   std::atomic<int> async_error{ncclSuccess};
   std::atomic<std::int64_t> busy_until{0};  // non-blocking mode: in progress until then (ns since epoch)
   std::uint64_t reductions = 0;             // sequence of this rank's all-reduces (owner thread)
+  std::uint64_t splits = 0;                 // sequence of this rank's ncclCommSplit calls
   std::mutex error_mutex;
   std::string last_error;
 };
@@ -218,6 +229,21 @@ void run_allreduce(ncclComm* self, const Pending& p, std::uint64_t seq) {
     case ncclInt64: reduce_into<std::int64_t>(p.recvbuf, red.inputs, p.count, p.op); break;
     case ncclFloat32: reduce_into<float>(p.recvbuf, red.inputs, p.count, p.op); break;
     case ncclFloat64: reduce_into<double>(p.recvbuf, red.inputs, p.count, p.op); break;
+    case ncclBfloat16: {  // each addition in fp32, rounded back to bf16 (one rank's order for every rank)
+      auto* o = static_cast<std::uint16_t*>(p.recvbuf);
+      for (std::size_t i = 0; i < p.count; ++i) {
+        std::uint16_t acc;
+        std::memcpy(&acc, red.inputs[0].data() + 2 * i, 2);
+        for (std::size_t r = 1; r < red.inputs.size(); ++r) {
+          std::uint16_t v;
+          std::memcpy(&v, red.inputs[r].data() + 2 * i, 2);
+          const float a = cuda_emulator::bf16_to_float(acc), b = cuda_emulator::bf16_to_float(v);
+          acc = cuda_emulator::float_to_bf16(p.op == ncclMax ? std::max(a, b) : p.op == ncclMin ? std::min(a, b) : a + b);
+        }
+        o[i] = acc;
+      }
+      break;
+    }
     default: set_error(self, ncclInvalidArgument, "emulated NCCL: all-reduce of an unsupported type");
   }
   if (--red.left == 0) q.reductions.erase(seq);
@@ -339,7 +365,88 @@ ncclResult_t ncclCommInitRankConfig(ncclComm_t* out, int nranks, ncclUniqueId id
       return ncclInternalError;
   }
   *out = c;
+  ++g_created;
   return c->blocking ? ncclSuccess : ncclInProgress;
+}
+
+ncclResult_t ncclCommInitRank(ncclComm_t* out, int nranks, ncclUniqueId id, int rank) {
+  return ncclCommInitRankConfig(out, nranks, id, rank, nullptr);
+}
+
+// Every rank of `comm` calls it (in the same order as its other splits); the ranks with the same colour
+// form a new communicator, ranked by key, then by rank in `comm`. NCCL_SPLIT_NOCOLOR: no new one. The
+// emulator waits for every rank here, even in non-blocking mode (then it reports ncclInProgress briefly).
+ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t* out, ncclConfig_t* config) {
+  if (!out) return ncclInvalidArgument;
+  *out = nullptr;
+  if (!usable(comm)) return ncclInvalidArgument;
+  if (config && config->magic != 0xcafebeef) return ncclInvalidArgument;
+  if (color < NCCL_SPLIT_NOCOLOR) return ncclInvalidArgument;
+  Clique& q = *comm->clique;
+  const std::uint64_t seq = comm->splits++;
+  std::shared_ptr<Clique> mine;
+  int new_rank = 0;
+  {
+    std::unique_lock lk(q.m);
+    auto& round = q.splits[seq];
+    if (round.asks.empty()) {
+      round.asks.assign(static_cast<std::size_t>(q.size), {NCCL_SPLIT_NOCOLOR, 0});
+      round.left = q.size;
+    }
+    round.asks[static_cast<std::size_t>(comm->rank)] = {color, key};
+    if (++round.arrived == q.size) {  // the last one builds the new cliques
+      std::map<int, int> sizes;
+      for (const auto& a : round.asks)
+        if (a.first != NCCL_SPLIT_NOCOLOR) ++sizes[a.first];
+      for (const auto& [c, n] : sizes) {
+        round.made[c] = std::make_shared<Clique>(n);
+        round.made[c]->joined = 0;
+      }
+      q.cv.notify_all();
+    }
+    if (!wait_or_abort(q, lk, comm, [&] { return round.arrived == q.size; }, "ncclCommSplit")) return ncclInternalError;
+    if (color != NCCL_SPLIT_NOCOLOR) {
+      mine = round.made[color];
+      for (int r = 0; r < q.size; ++r) {
+        const auto& a = round.asks[static_cast<std::size_t>(r)];
+        if (r != comm->rank && a.first == color && (a.second < key || (a.second == key && r < comm->rank))) ++new_rank;
+      }
+    }
+    if (--round.left == 0) q.splits.erase(seq);
+  }
+  if (!mine) return ncclSuccess;
+  auto* c = new ncclComm;
+  c->clique = mine;
+  c->rank = new_rank;
+  c->device = comm->device;
+  c->blocking = config ? config->blocking != 0 : comm->blocking;
+  {
+    std::lock_guard lk(mine->m);
+    mine->members[static_cast<std::size_t>(new_rank)] = c;
+    ++mine->joined;
+    mine->cv.notify_all();
+  }
+  *out = c;
+  ++g_created;
+  return c->blocking ? ncclSuccess : started(c);
+}
+
+ncclResult_t ncclCommCount(const ncclComm_t comm, int* count) {
+  if (!comm || !count || comm->destroyed.load()) return ncclInvalidArgument;
+  *count = comm->clique->size;
+  return ncclSuccess;
+}
+
+ncclResult_t ncclCommUserRank(const ncclComm_t comm, int* rank) {
+  if (!comm || !rank || comm->destroyed.load()) return ncclInvalidArgument;
+  *rank = comm->rank;
+  return ncclSuccess;
+}
+
+ncclResult_t ncclCommCuDevice(const ncclComm_t comm, int* device) {
+  if (!comm || !device || comm->destroyed.load()) return ncclInvalidArgument;
+  *device = comm->device;
+  return ncclSuccess;
 }
 
 ncclResult_t ncclCommGetAsyncError(ncclComm_t c, ncclResult_t* error) {
@@ -426,3 +533,5 @@ const char* ncclGetLastError(ncclComm_t c) {
 }
 
 }  // extern "C"
+
+long cuda_emulator::nccl_communicators_created() { return g_created.load(); }

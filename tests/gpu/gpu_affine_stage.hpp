@@ -123,6 +123,8 @@ public:
     DUALPIPE_CUDA_CHECK(cudaMemset(_grad, 0, 2 * sizeof(double)));
   }
   [[nodiscard]] int stage() const noexcept { return _stage; }
+  /// The device gradient (d/da, d/db): two doubles, for a device reduction.
+  [[nodiscard]] double* grad_data() const noexcept { return _grad; }
 
   std::vector<Call> calls;           ///< Every call, in order.
   int fail_forward_of_chunk = -1;    ///< Forward of this chunk throws (after issuing its work).

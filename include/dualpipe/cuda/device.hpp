@@ -11,6 +11,8 @@
 // of an FB, so that both halves can run at once) and the communicator's stream (the transfers; the device
 // takes it from the communicator when the Pipeline is built). StageContext::stream is the cudaStream_t a
 // stage must issue its work to (cuda_stream(ctx)).
+// A framework that owns its streams lends them: CudaDeviceOptions::main_stream and second_stream (on the
+// device; never destroyed here), and the communicator's through NcclBorrow (nccl/communicator.hpp).
 //
 // Ordering: every slot of every chunk buffer pool has an event, recorded after each use of the slot on the
 // stream that used it; the next use on another stream waits for it with cudaStreamWaitEvent. So a receive

@@ -1,6 +1,9 @@
 // dualpipe/cuda/device_options.hpp: the options of a CudaDevice (cuda/device.hpp): its device, where a
-// step's batch comes from, GPU timelines, CUDA graph capture and stream priorities.
+// step's batch comes from, GPU timelines, CUDA graph capture, its compute streams (its own, or a framework's)
+// and their priorities.
 #pragma once
+
+#include <cuda_runtime_api.h>
 
 #include "dualpipe/cuda/stream.hpp"
 
@@ -28,6 +31,10 @@ struct CudaDeviceOptions {
   int graph_warmup_steps = 1;       ///< Eager steps of a configuration before it is captured.
   int main_priority = 0;            ///< Priority of the main stream (cudaStreamCreateWithPriority).
   int second_priority = 0;          ///< Priority of the second stream.
+  cudaStream_t main_stream = nullptr;    ///< Compute on this stream (borrowed: never destroyed; on `device`);
+                                         ///< null: the device makes its own (with main_priority).
+  cudaStream_t second_stream = nullptr;  ///< The second (overlap) stream, borrowed likewise; null: its own. Must
+                                         ///< differ from main_stream (an FB's halves run on both at once).
 };
 
 }  // namespace dualpipe

@@ -22,6 +22,19 @@
 // - After an abort the communicator is dead (NCCL's communicator is freed): build a new one with a new id.
 // - barrier(timeout), called by the executor at the end of a step: a one-integer ncclAllReduce on the stream,
 //   waited for on the host (bounded, abort-aware).
+//
+// Borrowing (a framework that owns its communicators and streams):
+//
+//   ncclComm_t pp = ...;                   // the framework's, e.g. NcclGrid (nccl/grid.hpp) or its own split
+//   NcclOptions o;
+//   o.borrowed_on_failure = NcclFailurePolicy::report_only;   // or abort (the default)
+//   NcclCommunicator comm(NcclBorrow{pp, my_stream}, o);      // rank, size, device from the communicator
+//
+// A borrowed communicator is never initialised, finalised or destroyed here; on a failure it is aborted
+// (ncclCommAbort) only under NcclFailurePolicy::abort; under report_only this object only stops using it
+// and every wait throws CommAborted: the owner decides (NCCL kernels still waiting for a dead peer keep
+// waiting until the owner aborts the communicator). A borrowed stream is never destroyed either (without
+// one, the object makes its own). After this object is gone the borrowed communicator works as before.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -51,10 +64,24 @@
 
 namespace dualpipe {
 
+/// What a failure (the watchdog firing, a timeout, an NCCL error, abort()) does to a BORROWED communicator.
+/// An owned one is always aborted.
+enum class NcclFailurePolicy : unsigned char {
+  abort,        ///< ncclCommAbort it (ends the kernels still waiting for a peer; the owner must not use it again).
+  report_only,  ///< Leave it alone: this object stops using it and reports CommAborted; the owner acts.
+};
+
 /// Options of an NcclCommunicator.
 struct NcclOptions {
   std::chrono::milliseconds init_timeout{120'000};  ///< Bound on creating the communicator (every rank must join).
   std::chrono::milliseconds watchdog_period{50};    ///< How often the watchdog looks.
+  NcclFailurePolicy borrowed_on_failure = NcclFailurePolicy::abort;  ///< A borrowed communicator's fate.
+};
+
+/// A communicator (and optionally a stream) someone else owns, for NcclCommunicator to use.
+struct NcclBorrow {
+  ncclComm_t comm = nullptr;     ///< Initialised by the owner (done, or still in progress in non-blocking mode).
+  cudaStream_t stream = nullptr; ///< The transfers' stream, on the communicator's device; null: make one.
 };
 
 /// One rank of an NCCL communicator (see the file comment). Models Communicator and
@@ -98,12 +125,7 @@ public:
       throw ConfigError("NcclCommunicator: device " + std::to_string(_device) + " does not exist (" +
                         std::to_string(cuda_device_count()) + " CUDA devices)");
     DeviceGuard on(_device);
-    _stream = std::make_unique<Stream>(cudaStreamNonBlocking);
-    _done = std::make_unique<Event>(Event::ordering);
-    DUALPIPE_CUDA_CHECK(cudaMalloc(&_barrier_value, sizeof(int)));
-    // On the communication stream, which the barrier's all-reduce uses: cudaMemset would run on the legacy
-    // stream, which a non-blocking stream does not wait for.
-    DUALPIPE_CUDA_CHECK(cudaMemsetAsync(_barrier_value, 0, sizeof(int), _stream->get()));
+    make_cuda_resources(nullptr);
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
     const ncclResult_t r = ncclCommInitRankConfig(&_comm, size, id, rank, &config);
@@ -126,16 +148,24 @@ public:
     _watchdog.start();
   }
 
+  /// Borrows `b.comm` (and `b.stream`, if given): rank, size and device are the communicator's. It is never
+  /// initialised, finalised or destroyed here; a failure aborts it only under options.borrowed_on_failure ==
+  /// NcclFailurePolicy::abort. Waits up to options.init_timeout for a non-blocking communicator's
+  /// initialisation to finish. Throws ConfigError (a null communicator), NcclError, CudaError, TimeoutError.
+  explicit NcclCommunicator(NcclBorrow b, NcclOptions options = {})
+      : NcclCommunicator(query(b.comm), b, options) {}
+
   NcclCommunicator(const NcclCommunicator&) = delete;
   NcclCommunicator& operator=(const NcclCommunicator&) = delete;
 
-  /// Stops the watchdog, then finalizes and destroys the NCCL communicator (or nothing, after an abort).
+  /// Stops the watchdog, then finalizes and destroys the NCCL communicator (or nothing, after an abort, or
+  /// when it is borrowed).
   ~NcclCommunicator() {
     _watchdog.stop();
     try {
       DeviceGuard on(_device);
       std::lock_guard lk(_nccl_mutex);
-      if (_comm && !_aborted.load()) {
+      if (_comm && _owned && !_aborted.load()) {
         ncclResult_t st = ncclCommFinalize(_comm);
         const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
         while (st == ncclInProgress && std::chrono::steady_clock::now() < deadline) {
@@ -159,8 +189,10 @@ public:
   [[nodiscard]] int size() const noexcept { return _size; }
   /// The CUDA device of this rank.
   [[nodiscard]] int device() const noexcept { return _device; }
-  /// The stream every transfer is issued to.
-  [[nodiscard]] cudaStream_t stream() const noexcept { return _stream ? _stream->get() : nullptr; }
+  /// The stream every transfer is issued to (the borrowed one, or its own).
+  [[nodiscard]] cudaStream_t stream() const noexcept { return _stream_used; }
+  /// Whether the NCCL communicator is this object's (false: borrowed, see NcclBorrow).
+  [[nodiscard]] bool owns_communicator() const noexcept { return _owned; }
   /// NCCL's point-to-point calls can be captured into a CUDA graph.
   [[nodiscard]] static constexpr bool graph_capturable() noexcept { return true; }
   /// Whether the communicator was aborted (by abort() or the watchdog).
@@ -266,6 +298,53 @@ public:
 
 private:
   using Posted = detail::PostedOp;
+
+  struct Identity {
+    ncclComm_t comm;
+    int rank, size, device;
+  };
+  // A borrowed communicator's rank, size and device.
+  static Identity query(ncclComm_t comm) {
+    if (!comm) throw ConfigError("NcclCommunicator: NcclBorrow::comm is null (borrow an initialised communicator)");
+    Identity id{comm, 0, 0, 0};
+    DUALPIPE_NCCL_CHECK(ncclCommUserRank(comm, &id.rank));
+    DUALPIPE_NCCL_CHECK(ncclCommCount(comm, &id.size));
+    DUALPIPE_NCCL_CHECK(ncclCommCuDevice(comm, &id.device));
+    return id;
+  }
+
+  NcclCommunicator(Identity id, NcclBorrow b, NcclOptions options)
+      : _rank(id.rank), _size(id.size), _device(id.device), _options(options), _owned(false),
+        _watchdog(_device, _options.watchdog_period, watchdog_hooks()) {
+    DeviceGuard on(_device);
+    make_cuda_resources(b.stream);
+    _comm = id.comm;
+    try {
+      poll_until_launched("borrowing the communicator", _options.init_timeout);
+    } catch (...) {
+      _comm = nullptr;
+      release_cuda();
+      throw;
+    }
+    _queued.reserve(32);
+    _committed.reserve(32);
+    _watchdog.start();
+  }
+
+  // The stream (`given`, or its own), the synchronize event and the barrier's device integer.
+  void make_cuda_resources(cudaStream_t given) {
+    if (given) {
+      _stream_used = given;
+    } else {
+      _stream = std::make_unique<Stream>(cudaStreamNonBlocking);
+      _stream_used = _stream->get();
+    }
+    _done = std::make_unique<Event>(Event::ordering);
+    DUALPIPE_CUDA_CHECK(cudaMalloc(&_barrier_value, sizeof(int)));
+    // On the communication stream, which the barrier's all-reduce uses: cudaMemset would run on the legacy
+    // stream, which a non-blocking stream does not wait for.
+    DUALPIPE_CUDA_CHECK(cudaMemsetAsync(_barrier_value, 0, sizeof(int), _stream_used));
+  }
   void check_peer(int peer, const char* what) const {
     if (peer < 0 || peer >= _size)
       throw Error(std::string("NCCL communicator: rank ") + std::to_string(_rank) + " " + what + " to peer " +
@@ -281,6 +360,18 @@ private:
     if (_barrier_value) {
       try {
         DeviceGuard on(_device);
+        // cudaFree waits for the whole device: a borrowed communicator left alone after a failure
+        // (report_only) may still have a kernel waiting for a dead peer; then the integer is left behind.
+        if (!_owned && _done) {
+          _done->record(stream());
+          const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+          while (!_done->ready() && std::chrono::steady_clock::now() < deadline)
+            std::this_thread::sleep_for(std::chrono::microseconds(200));
+          if (!_done->ready()) {
+            _barrier_value = nullptr;
+            return;
+          }
+        }
         ignore_cuda_error(cudaFree(_barrier_value));
       } catch (...) {
       }
@@ -360,21 +451,23 @@ private:
       _aborted.store(true, std::memory_order_release);
     }
     std::lock_guard lk(_nccl_mutex);
-    if (_comm) {
+    if (_comm && (_owned || _options.borrowed_on_failure == NcclFailurePolicy::abort)) {
       try {
         DeviceGuard on(_device);
         (void)ncclCommAbort(_comm);  // frees the communicator and ends its pending kernels
       } catch (...) {
       }
-      _comm = nullptr;
     }
+    _comm = nullptr;  // report_only: the owner's to abort or keep; this object never touches it again
   }
 
   int _rank;
   int _size;
   int _device;
   NcclOptions _options;
-  std::unique_ptr<Stream> _stream;
+  bool _owned = true;                     // false: borrowed (NcclBorrow)
+  std::unique_ptr<Stream> _stream;        // its own stream, when none was lent
+  cudaStream_t _stream_used = nullptr;    // the transfers' stream (borrowed or _stream)
   std::unique_ptr<Event> _done;           // synchronize()'s event (owner thread)
   int* _barrier_value = nullptr;          // device int for the barrier allreduce
   ncclComm_t _comm = nullptr;             // null after an abort; under _nccl_mutex

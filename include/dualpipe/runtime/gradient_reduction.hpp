@@ -28,8 +28,8 @@
 // A failure (TimeoutError, a size mismatch, ...) aborts both communicators, so that every other rank's
 // reduction ends too, and is rethrown; a CommAborted (another rank's failure) is rethrown as it is.
 //
-// A device reducer (device buffers over NCCL) sits beside this one with the same two calls, post(module)
-// and finish(): the GradientReducer concept.
+// The device reducer (NcclGradientReducer in nccl/gradient_reducer.hpp: device buffers over NCCL) sits
+// beside this one with the same two calls, post(module) and finish(): the GradientReducer concept.
 #pragma once
 
 #include <algorithm>

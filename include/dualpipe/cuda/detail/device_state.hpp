@@ -13,6 +13,7 @@
 #include <initializer_list>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -35,6 +36,32 @@
 #include "dualpipe/runtime/step_result.hpp"
 
 namespace dualpipe::detail {
+
+/// A compute stream of a CudaDevice: its own, or one it was lent (CudaDeviceOptions::main_stream,
+/// second_stream), which it never destroys.
+class ComputeStream {
+public:
+  /// `lent`, or a new non-blocking stream with `priority` on the current device when `lent` is null.
+  ComputeStream(cudaStream_t lent, int priority) {
+    if (lent) {
+      _ref = StreamRef(lent);
+    } else {
+      _own = Stream(cudaStreamNonBlocking, priority);
+      _ref = _own->ref();
+    }
+  }
+  [[nodiscard]] cudaStream_t get() const noexcept { return _ref.get(); }
+  [[nodiscard]] StreamRef ref() const noexcept { return _ref; }
+  operator StreamRef() const noexcept { return _ref; }  // NOLINT: implicit, as Stream's
+  void wait(const Event& e) const { _ref.wait(e); }
+  void synchronize() const { _ref.synchronize(); }
+  /// Whether the stream was lent (not this object's).
+  [[nodiscard]] bool lent() const noexcept { return !_own.has_value(); }
+
+private:
+  std::optional<Stream> _own;
+  StreamRef _ref;
+};
 
 /// A CudaDevice's state, on the heap (so that the policy is cheap to move and pointers to its streams stay
 /// valid). Also the SlotMemory the chunk pools allocate from: device memory, an event per slot.
@@ -84,8 +111,12 @@ struct CudaDeviceState final : SlotMemory {
   };
 
   CudaDeviceState(CudaDeviceOptions o, Alloc a, int dev)
-      : options(std::move(o)), alloc(std::move(a)), device(dev), main(cudaStreamNonBlocking, options.main_priority),
-        second(cudaStreamNonBlocking, options.second_priority) {
+      : options(std::move(o)), alloc(std::move(a)), device(dev), main(options.main_stream, options.main_priority),
+        second(options.second_stream, options.second_priority) {
+    if (options.main_stream && options.main_stream == options.second_stream)
+      throw ConfigError("CudaDevice: main_stream and second_stream are the same stream; the second stream runs "
+                        "an FB's backward half beside the main one, so it must be another stream (or null: the "
+                        "device makes its own)");
     pending.reserve(64);
   }
   CudaDeviceState(const CudaDeviceState&) = delete;
@@ -396,8 +427,8 @@ struct CudaDeviceState final : SlotMemory {
   CudaDeviceOptions options;
   [[no_unique_address]] Alloc alloc;
   int device;
-  Stream main;
-  Stream second;
+  ComputeStream main;    // lent, or its own
+  ComputeStream second;
   cudaStream_t comm = nullptr;
   int ranks = 1;  // the communicator's
   Event fork_event, join_event, origin_event, end_main, end_comm;
