@@ -57,8 +57,7 @@ BENCHMARK_CAPTURE(BM_Validate, dualpipev, dualpipe::ScheduleKind::dualpipev)
     ->Args({32, 1024})
     ->ArgNames({"ranks", "chunks"})
     ->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_Simulate, dualpipe_rendezvous, dualpipe::ScheduleKind::dualpipe,
-                  dualpipe::CommModel::rendezvous)
+BENCHMARK_CAPTURE(BM_Simulate, dualpipe_rendezvous, dualpipe::ScheduleKind::dualpipe, dualpipe::CommModel::rendezvous)
     ->Name("Simulate/dualpipe/rendezvous")
     ->Args({64, 1024})
     ->ArgNames({"ranks", "chunks"})

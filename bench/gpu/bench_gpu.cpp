@@ -54,8 +54,8 @@ int sm_count() {
 StageCost comm_heavy() {
   StageCost c;
   c.forward_ns = c.backward_input_ns = c.weight_ns = 60'000;
-  c.blocks = 4;                 // a few SMs: most of the GPU is free for the other half's copy
-  c.copy_bytes = 256u << 20;    // 128 MiB copied per half: ~100 us of HBM traffic on an H100
+  c.blocks = 4;               // a few SMs: most of the GPU is free for the other half's copy
+  c.copy_bytes = 256u << 20;  // 128 MiB copied per half: ~100 us of HBM traffic on an H100
   return c;
 }
 StageCost compute_heavy() {
@@ -130,7 +130,8 @@ struct Team {
 
   Team(int ranks, int chunks, StageCost cost, CudaLocalOptions wo = {}, CudaDeviceOptions dopt = {},
        bool record_host_spans = false)
-      : P(ranks), C(chunks), world(ranks, 0, wo), inputs(cost.message_bytes * static_cast<std::size_t>(chunks), StreamRef()),
+      : P(ranks), C(chunks), world(ranks, 0, wo),
+        inputs(cost.message_bytes * static_cast<std::size_t>(chunks), StreamRef()),
         labels(8 * static_cast<std::size_t>(chunks), StreamRef()), results(static_cast<std::size_t>(ranks)) {
     PipelineOptions po;
     po.record_timeline = record_host_spans;
@@ -147,9 +148,10 @@ struct Team {
   double step() {
     run_ranks(P, [&](int r) {
       DUALPIPE_CUDA_CHECK(cudaSetDevice(0));
-      pipes[static_cast<std::size_t>(r)]->step_into(results[static_cast<std::size_t>(r)], C,
-                                                   ConstBytes(static_cast<const std::byte*>(inputs.data()), inputs.size()),
-                                                   ConstBytes(static_cast<const std::byte*>(labels.data()), labels.size()));
+      pipes[static_cast<std::size_t>(r)]->step_into(
+          results[static_cast<std::size_t>(r)], C,
+          ConstBytes(static_cast<const std::byte*>(inputs.data()), inputs.size()),
+          ConstBytes(static_cast<const std::byte*>(labels.data()), labels.size()));
     });
     double slowest = 0;
     for (const StepResult& r : results) slowest = std::max(slowest, r.step_seconds);
@@ -164,8 +166,8 @@ void step_bench(benchmark::State& state, bool transfers) {
   cost.message_bytes = 8u << 20;
   Team<DualPipe> team(4, 16, cost, CudaLocalOptions{transfers});
   for (auto _ : state) state.SetIterationTime(team.step());
-  state.counters["copies_per_step"] = static_cast<double>(team.world.copies()) /
-                                      static_cast<double>(state.iterations() + 1);
+  state.counters["copies_per_step"] =
+      static_cast<double>(team.world.copies()) / static_cast<double>(state.iterations() + 1);
 }
 
 std::size_t ops_of(const RankPlan& p) { return p.ops.size(); }
@@ -299,7 +301,8 @@ void bubble_bench(benchmark::State& state) {
       solo.device.join();
     });
     copy_seconds = gpu_seconds(solo, [&] {
-      DUALPIPE_CUDA_CHECK(cudaMemcpyAsync(y.data(), x.data(), x.size(), cudaMemcpyDeviceToDevice, solo.device.main_stream()));
+      DUALPIPE_CUDA_CHECK(
+          cudaMemcpyAsync(y.data(), x.data(), x.size(), cudaMemcpyDeviceToDevice, solo.device.main_stream()));
     });
   }
   Event epoch(Event::timing);
@@ -348,8 +351,8 @@ void bubble_bench(benchmark::State& state) {
   state.counters["B_us"] = costs.backward * 1e6;
   state.counters["W_us"] = costs.weight * 1e6;
   state.counters["FB_us"] = costs.forward_backward * 1e6;
-  state.counters["hop_us"] = costs.latency * 1e6;    // the simulator's transfer latency
-  state.counters["copy_us"] = copy_seconds * 1e6;    // the message's copy alone, for comparison
+  state.counters["hop_us"] = costs.latency * 1e6;  // the simulator's transfer latency
+  state.counters["copy_us"] = copy_seconds * 1e6;  // the message's copy alone, for comparison
   // Measured costs the simulator could not take as they were (fit_measured_costs), named in the label.
   std::vector<CostAdjustment> fits = fitted.adjustments;
   fits.insert(fits.end(), p.adjustments.begin(), p.adjustments.end());
@@ -361,15 +364,31 @@ void bubble_bench(benchmark::State& state) {
 
 void register_all() {
   using benchmark::RegisterBenchmark;
-  RegisterBenchmark("FB/comm_heavy/two_stream", [](benchmark::State& s) { fb_bench(s, comm_heavy(), true); })->UseManualTime();
-  RegisterBenchmark("FB/comm_heavy/f_then_b", [](benchmark::State& s) { fb_bench(s, comm_heavy(), false); })->UseManualTime();
-  RegisterBenchmark("FB/compute_heavy/two_stream", [](benchmark::State& s) { fb_bench(s, compute_heavy(), true); })->UseManualTime();
-  RegisterBenchmark("FB/compute_heavy/f_then_b", [](benchmark::State& s) { fb_bench(s, compute_heavy(), false); })->UseManualTime();
+  RegisterBenchmark("FB/comm_heavy/two_stream", [](benchmark::State& s) {
+    fb_bench(s, comm_heavy(), true);
+  })->UseManualTime();
+  RegisterBenchmark("FB/comm_heavy/f_then_b", [](benchmark::State& s) {
+    fb_bench(s, comm_heavy(), false);
+  })->UseManualTime();
+  RegisterBenchmark("FB/compute_heavy/two_stream", [](benchmark::State& s) {
+    fb_bench(s, compute_heavy(), true);
+  })->UseManualTime();
+  RegisterBenchmark("FB/compute_heavy/f_then_b", [](benchmark::State& s) {
+    fb_bench(s, compute_heavy(), false);
+  })->UseManualTime();
   RegisterBenchmark("Step/dualpipe/with_transfers", [](benchmark::State& s) { step_bench(s, true); })->UseManualTime();
-  RegisterBenchmark("Step/dualpipe/without_transfers", [](benchmark::State& s) { step_bench(s, false); })->UseManualTime();
-  RegisterBenchmark("HostOverhead/eager", [](benchmark::State& s) { host_overhead_bench(s, false, 0); })->UseManualTime();
-  RegisterBenchmark("HostOverhead/graph", [](benchmark::State& s) { host_overhead_bench(s, true, 0); })->UseManualTime();
-  RegisterBenchmark("HostAhead/op_us:50", [](benchmark::State& s) { host_overhead_bench(s, false, 50'000); })->UseManualTime();
+  RegisterBenchmark("Step/dualpipe/without_transfers", [](benchmark::State& s) {
+    step_bench(s, false);
+  })->UseManualTime();
+  RegisterBenchmark("HostOverhead/eager", [](benchmark::State& s) {
+    host_overhead_bench(s, false, 0);
+  })->UseManualTime();
+  RegisterBenchmark("HostOverhead/graph", [](benchmark::State& s) {
+    host_overhead_bench(s, true, 0);
+  })->UseManualTime();
+  RegisterBenchmark("HostAhead/op_us:50", [](benchmark::State& s) {
+    host_overhead_bench(s, false, 50'000);
+  })->UseManualTime();
   RegisterBenchmark("Bubble/dualpipe", [](benchmark::State& s) { bubble_bench<DualPipe>(s); })->UseManualTime();
   RegisterBenchmark("Bubble/dualpipev", [](benchmark::State& s) { bubble_bench<DualPipeV>(s); })->UseManualTime();
 }

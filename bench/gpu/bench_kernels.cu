@@ -19,7 +19,7 @@ __global__ void busy_kernel(unsigned ns) {
 constexpr int busy_threads = 128;
 
 void busy(unsigned ns, unsigned blocks, cudaStream_t s) {
-  busy_kernel<<<blocks < 1 ? 1 : blocks, busy_threads, 0, s>>>(ns);
+  busy_kernel<<<(blocks < 1 ? 1 : blocks), busy_threads, 0, s>>>(ns);
 }
 
 unsigned busy_blocks_per_sm() {

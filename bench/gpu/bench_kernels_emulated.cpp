@@ -10,7 +10,8 @@
 namespace gpubench {
 
 void busy(unsigned ns, unsigned /*blocks*/, cudaStream_t s) {
-  (void)cuda_emulator::launch(s, [ns] { std::this_thread::sleep_for(std::chrono::nanoseconds(ns)); }, "kernel busy");
+  (void)cuda_emulator::launch(
+      s, [ns] { std::this_thread::sleep_for(std::chrono::nanoseconds(ns)); }, "kernel busy");
 }
 
 unsigned busy_blocks_per_sm() { return 16; }  // as on Hopper: 2048 threads an SM, 128 a block

@@ -15,12 +15,12 @@ namespace gpubench {
 
 /// What one op of the stage costs.
 struct StageCost {
-  unsigned forward_ns = 100'000;       ///< F compute.
-  unsigned backward_input_ns = 100'000;///< The input part of B.
-  unsigned weight_ns = 100'000;        ///< W (the weight part of B).
-  unsigned blocks = 16;                ///< Blocks of every busy kernel.
-  std::size_t copy_bytes = 0;          ///< Extra device copy in F and in the input part of B.
-  std::size_t message_bytes = 1 << 20; ///< A chunk's activations (and gradients).
+  unsigned forward_ns = 100'000;         ///< F compute.
+  unsigned backward_input_ns = 100'000;  ///< The input part of B.
+  unsigned weight_ns = 100'000;          ///< W (the weight part of B).
+  unsigned blocks = 16;                  ///< Blocks of every busy kernel.
+  std::size_t copy_bytes = 0;            ///< Extra device copy in F and in the input part of B.
+  std::size_t message_bytes = 1 << 20;   ///< A chunk's activations (and gradients).
 };
 
 /// The synthetic stage. Its loss is 0 (written asynchronously).
@@ -30,7 +30,8 @@ public:
     const std::size_t scratch = cost.copy_bytes > 0 ? 2 * cost.copy_bytes : 0;
     DUALPIPE_CUDA_CHECK(cudaMalloc(&_mem, scratch + sizeof(double)));
     DUALPIPE_CUDA_CHECK(cudaMemset(_mem, 0, scratch + sizeof(double)));
-    DUALPIPE_CUDA_CHECK(cudaDeviceSynchronize());  // the legacy stream's memset is not ordered with non-blocking streams
+    DUALPIPE_CUDA_CHECK(
+        cudaDeviceSynchronize());  // the legacy stream's memset is not ordered with non-blocking streams
     _zero = reinterpret_cast<double*>(static_cast<std::byte*>(_mem) + scratch);
   }
   BenchStage(const BenchStage&) = delete;
@@ -40,7 +41,8 @@ public:
   void forward(const dualpipe::StageContext& ctx, dualpipe::ConstBytes in, dualpipe::MutableBytes out) {
     const cudaStream_t s = dualpipe::cuda_stream(ctx);
     half(_cost.forward_ns, s, 0);
-    if (!in.empty()) DUALPIPE_CUDA_CHECK(cudaMemcpyAsync(out.data(), in.data(), out.size(), cudaMemcpyDeviceToDevice, s));
+    if (!in.empty())
+      DUALPIPE_CUDA_CHECK(cudaMemcpyAsync(out.data(), in.data(), out.size(), cudaMemcpyDeviceToDevice, s));
   }
   double loss(const dualpipe::StageContext&, dualpipe::ConstBytes, dualpipe::ConstBytes) { return 0; }
   void loss_to(const dualpipe::StageContext& ctx, dualpipe::ConstBytes, dualpipe::ConstBytes, double* l) {

@@ -132,15 +132,20 @@ void register_schedule(int ranks, std::int64_t steps) {
   try {
     Schedule::check(ranks, chunks);
   } catch (const ConfigError& e) {
-    if (world->rank() == 0) std::fprintf(stderr, "dualpipe-bench-mpi: skipping %s: %s\n", Schedule::name.data(), e.what());
+    if (world->rank() == 0)
+      std::fprintf(stderr, "dualpipe-bench-mpi: skipping %s: %s\n", Schedule::name.data(), e.what());
     return;
   }
-  const std::string suffix = std::string(Schedule::name) + "/ranks:" + std::to_string(ranks) + "/chunks:" +
-                             std::to_string(chunks);
+  const std::string suffix =
+      std::string(Schedule::name) + "/ranks:" + std::to_string(ranks) + "/chunks:" + std::to_string(chunks);
   benchmark::RegisterBenchmark(("Pipeline/mpi/" + suffix).c_str(), mpi_bench<Schedule>)
-      ->Iterations(steps)->UseRealTime()->Unit(benchmark::kMicrosecond);
+      ->Iterations(steps)
+      ->UseRealTime()
+      ->Unit(benchmark::kMicrosecond);
   benchmark::RegisterBenchmark(("Pipeline/inproc/" + suffix).c_str(), inproc_bench<Schedule>)
-      ->Iterations(steps)->UseRealTime()->Unit(benchmark::kMicrosecond);
+      ->Iterations(steps)
+      ->UseRealTime()
+      ->Unit(benchmark::kMicrosecond);
 }
 
 }  // namespace

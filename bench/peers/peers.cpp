@@ -112,7 +112,7 @@ Meta read_meta(const std::string& dir) {
   std::ifstream in(dir + "/meta.txt");
   if (!in) throw ConfigError("no " + dir + "/meta.txt: run `dualpipe-peers data --dir " + dir + "` first");
   Meta m;
-  std::map<std::string, int*> fields{{"hidden", &m.hidden}, {"stages", &m.stages},   {"chunks", &m.chunks},
+  std::map<std::string, int*> fields{{"hidden", &m.hidden},           {"stages", &m.stages},   {"chunks", &m.chunks},
                                      {"micro_batch", &m.micro_batch}, {"seq_len", &m.seq_len}, {"seed", &m.seed}};
   std::string item;
   while (in >> item) {
@@ -194,8 +194,8 @@ std::string json_numbers(const std::vector<double>& v) {
 
 std::string context_json() {
   std::ostringstream os;
-  os << "\"blas\": \"" << describe_blas(loaded_blas()).substr(6) << "\", \"torch\": \"libtorch "
-     << TORCH_VERSION_MAJOR << "." << TORCH_VERSION_MINOR << "." << TORCH_VERSION_PATCH << "\"";
+  os << "\"blas\": \"" << describe_blas(loaded_blas()).substr(6) << "\", \"torch\": \"libtorch " << TORCH_VERSION_MAJOR
+     << "." << TORCH_VERSION_MINOR << "." << TORCH_VERSION_PATCH << "\"";
   return os.str();
 }
 
@@ -220,8 +220,8 @@ int write_data(const Args& a) {
   write_tensor(dir + "/x.bin", torch::randn(m.batch_shape()));
   write_tensor(dir + "/labels.bin", torch::randn(m.batch_shape()));
   std::ofstream meta(dir + "/meta.txt");
-  meta << "hidden=" << m.hidden << " stages=" << m.stages << " chunks=" << m.chunks << " micro_batch="
-       << m.micro_batch << " seq_len=" << m.seq_len << " seed=" << m.seed << "\n";
+  meta << "hidden=" << m.hidden << " stages=" << m.stages << " chunks=" << m.chunks << " micro_batch=" << m.micro_batch
+       << " seq_len=" << m.seq_len << " seed=" << m.seed << "\n";
   if (!meta) throw Error("cannot write " + dir + "/meta.txt");
   std::printf("result: {\"command\": \"data\", \"dir\": \"%s\"}\n", dir.c_str());
   return 0;
@@ -231,8 +231,8 @@ int sequential(const Args& a) {
   const std::string dir = a.text("dir");
   const Meta m = read_meta(dir);
   const int stages = a.number("stages", m.stages), steps = a.number("steps", 10), warmup = a.number("warmup", 3);
-  if (stages > m.stages) throw ConfigError("--stages " + std::to_string(stages) + " exceeds the data's " +
-                                           std::to_string(m.stages));
+  if (stages > m.stages)
+    throw ConfigError("--stages " + std::to_string(stages) + " exceeds the data's " + std::to_string(m.stages));
   std::vector<std::shared_ptr<StageImpl<torch::nn::Linear>>> model;
   for (int s = 0; s < stages; ++s) model.push_back(load_stage<torch::nn::Linear>(dir, m, s));
   const torch::Tensor x = read_tensor(dir + "/x.bin", m.batch_shape());
@@ -251,10 +251,11 @@ int sequential(const Args& a) {
     }
     if (step >= warmup) times.push_back(seconds_now() - t0);
   }
-  std::printf("result: {\"command\": \"sequential\", \"stages\": %d, \"chunks\": %d, \"step_ms\": %.4f, "
-              "\"step_ms_all\": %s, \"losses\": %s, %s}\n",
-              stages, m.chunks, 1e3 * median(times), json_numbers(milliseconds(times)).c_str(),
-              json_numbers(first_losses).c_str(), context_json().c_str());
+  std::printf(
+      "result: {\"command\": \"sequential\", \"stages\": %d, \"chunks\": %d, \"step_ms\": %.4f, "
+      "\"step_ms_all\": %s, \"losses\": %s, %s}\n",
+      stages, m.chunks, 1e3 * median(times), json_numbers(milliseconds(times)).c_str(),
+      json_numbers(first_losses).c_str(), context_json().c_str());
   return 0;
 }
 
@@ -294,16 +295,17 @@ int costs(const Args& a) {
   c.backward = 1e3 * median(input) + c.weight;  // a split backward: input part + weight part
   c.forward_backward = c.forward + c.backward;  // one thread: F&B overlaps nothing on a CPU rank
   std::ostringstream bounds;
-  for (ScheduleKind kind : {ScheduleKind::dualpipe, ScheduleKind::dualpipev, ScheduleKind::one_f_one_b,
-                            ScheduleKind::zb1p}) {
+  for (ScheduleKind kind :
+       {ScheduleKind::dualpipe, ScheduleKind::dualpipev, ScheduleKind::one_f_one_b, ScheduleKind::zb1p}) {
     const Trace trace = make_trace(kind, ranks, m.chunks);
     const Summary s = summarize(simulate(trace, kind, c), trace);
     bounds << (bounds.tellp() > 0 ? ", " : "") << "\"" << schedule_name(kind) << "\": " << 1.0 - s.bubble_ratio;
   }
-  std::printf("result: {\"command\": \"costs\", \"ranks\": %d, \"forward_ms\": %.4f, \"fused_backward_ms\": %.4f, "
-              "\"input_ms\": %.4f, \"weight_ms\": %.4f, \"bound\": {%s}, %s}\n",
-              ranks, c.forward, 1e3 * median(fused), 1e3 * median(input), c.weight, bounds.str().c_str(),
-              context_json().c_str());
+  std::printf(
+      "result: {\"command\": \"costs\", \"ranks\": %d, \"forward_ms\": %.4f, \"fused_backward_ms\": %.4f, "
+      "\"input_ms\": %.4f, \"weight_ms\": %.4f, \"bound\": {%s}, %s}\n",
+      ranks, c.forward, 1e3 * median(fused), 1e3 * median(input), c.weight, bounds.str().c_str(),
+      context_json().c_str());
   return 0;
 }
 
@@ -346,8 +348,8 @@ PipelineRun run_inprocess(const std::string& dir, const Meta& m, int ranks, int 
   InProcessWorld world(ranks);
   std::vector<std::unique_ptr<Rank<Schedule, Linear, InProcessCommunicator>>> rs;
   for (int r = 0; r < ranks; ++r)
-    rs.push_back(std::make_unique<Rank<Schedule, Linear, InProcessCommunicator>>(world.communicator(r), dir, m,
-                                                                                  ranks, r));
+    rs.push_back(
+        std::make_unique<Rank<Schedule, Linear, InProcessCommunicator>>(world.communicator(r), dir, m, ranks, r));
   PipelineRun out;
   out.stages = Schedule::placement(ranks, m.chunks, 0, 0).num_stages;
   out.losses.assign(m.chunks, 0.0);
@@ -388,13 +390,15 @@ PipelineRun run_mpi(const std::string& dir, const Meta& m, int ranks, int warmup
     const double t0 = seconds_now();
     StepResult res = rank.pipe->step(m.chunks, bytes_of(x), bytes_of(l));
     double mine = seconds_now() - t0, slowest = 0;
-    dualpipe::detail::mpi_check(MPI_Allreduce(&mine, &slowest, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
+    dualpipe::detail::mpi_check(MPI_Allreduce(&mine, &slowest, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD),
+                                "MPI_Allreduce");
     if (step == 0) {
       std::vector<double> local(m.chunks, 0.0);
       for (int c = 0; c < m.chunks; ++c)
         if (!std::isnan(res.losses[c])) local[c] = res.losses[c];
-      dualpipe::detail::mpi_check(MPI_Allreduce(local.data(), out.losses.data(), m.chunks, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
-                        "MPI_Allreduce");  // each chunk's loss comes from one rank, zeros from the others
+      dualpipe::detail::mpi_check(
+          MPI_Allreduce(local.data(), out.losses.data(), m.chunks, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
+          "MPI_Allreduce");  // each chunk's loss comes from one rank, zeros from the others
     }
     if (step >= warmup) out.step_seconds.push_back(slowest);
   }
@@ -434,13 +438,13 @@ int pipeline(const Args& a) {
                                 : go.template operator()<torch::nn::Linear>();
   });
   if (world_rank == 0)
-    std::printf("result: {\"command\": \"pipeline\", \"schedule\": \"%s\", \"comm\": \"%s\", \"linear\": \"%s\", "
-                "\"ranks\": %d, \"stages\": %d, \"chunks\": %d, \"step_ms\": %.4f, \"step_ms_all\": %s, "
-                "\"losses\": %s, %s}\n",
-                std::string(schedule_name(kind)).c_str(), a.mpi ? "mpi" : "threads", linear.c_str(), ranks,
-                run.stages, m.chunks, 1e3 * median(run.step_seconds),
-                json_numbers(milliseconds(run.step_seconds)).c_str(),
-                json_numbers(run.losses).c_str(), context_json().c_str());
+    std::printf(
+        "result: {\"command\": \"pipeline\", \"schedule\": \"%s\", \"comm\": \"%s\", \"linear\": \"%s\", "
+        "\"ranks\": %d, \"stages\": %d, \"chunks\": %d, \"step_ms\": %.4f, \"step_ms_all\": %s, "
+        "\"losses\": %s, %s}\n",
+        std::string(schedule_name(kind)).c_str(), a.mpi ? "mpi" : "threads", linear.c_str(), ranks, run.stages,
+        m.chunks, 1e3 * median(run.step_seconds), json_numbers(milliseconds(run.step_seconds)).c_str(),
+        json_numbers(run.losses).c_str(), context_json().c_str());
   return 0;
 }
 

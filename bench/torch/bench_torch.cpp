@@ -274,5 +274,9 @@ BENCHMARK(pipeline_step<DualPipeV>)
     ->Args({2, 8})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
-BENCHMARK(sequential_step)->Name("Sequential/torch")->ArgNames({"stages", "chunks"})->Args({4, 8})->Unit(benchmark::kMillisecond);
+BENCHMARK(sequential_step)
+    ->Name("Sequential/torch")
+    ->ArgNames({"stages", "chunks"})
+    ->Args({4, 8})
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(stage_backward)->Name("TorchStage/backward")->ArgName("fused")->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);

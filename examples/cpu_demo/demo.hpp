@@ -41,15 +41,15 @@
 #include <type_traits>
 #include <vector>
 
-#include "dualpipe/core/timeline.hpp"
+#include "dualpipe/analysis/profile.hpp"
 #include "dualpipe/comm/communicator.hpp"
 #include "dualpipe/comm/inprocess.hpp"
 #include "dualpipe/comm/inprocess_grid.hpp"
 #include "dualpipe/comm/process_grid.hpp"
 #include "dualpipe/core/error.hpp"
+#include "dualpipe/core/timeline.hpp"
 #include "dualpipe/runtime/gradient_reduction.hpp"
 #include "dualpipe/runtime/pipeline.hpp"
-#include "dualpipe/analysis/profile.hpp"
 #include "dualpipe/runtime/run_ranks.hpp"
 #include "dualpipe/schedule/registry.hpp"
 #include "dualpipe/schedule/stage_copies.hpp"
@@ -61,15 +61,15 @@ namespace dualpipe::cpu_demo {
 /// One run of the demo: a schedule, its ranks, the model and the checks.
 struct DemoConfig {
   ScheduleKind schedule = ScheduleKind::dualpipe;
-  int ranks = 4;                                  ///< P (pipeline ranks of this schedule).
-  int dp = 1;                                     ///< D: data-parallel replicas (pipelines).
-  int accumulate = 1;                             ///< K: pipeline steps per update.
-  ModelSpec model;                                ///< Width, rows, chunks per pipeline step C, updates
-                                                  ///< (steps), seed, learning rate.
-  std::chrono::milliseconds timeout{60'000};      ///< Bound on every wait (PipelineOptions::timeout).
-  int inject_failure = -1;                        ///< Grid rank whose module 0 throws mid-way through step 0; -1: none.
-  double tolerance = 1e-12;                       ///< Largest max relative error that passes.
-  std::string comm = "inproc";                    ///< Communicator name for the report ("mpi" with one rank per process).
+  int ranks = 4;                              ///< P (pipeline ranks of this schedule).
+  int dp = 1;                                 ///< D: data-parallel replicas (pipelines).
+  int accumulate = 1;                         ///< K: pipeline steps per update.
+  ModelSpec model;                            ///< Width, rows, chunks per pipeline step C, updates
+                                              ///< (steps), seed, learning rate.
+  std::chrono::milliseconds timeout{60'000};  ///< Bound on every wait (PipelineOptions::timeout).
+  int inject_failure = -1;                    ///< Grid rank whose module 0 throws mid-way through step 0; -1: none.
+  double tolerance = 1e-12;                   ///< Largest max relative error that passes.
+  std::string comm = "inproc";                ///< Communicator name for the report ("mpi" with one rank per process).
 };
 
 /// The ranks of the grid: P x D.
@@ -97,25 +97,30 @@ inline void validate(const DemoConfig& cfg) {
   auto fail = [](const std::string& what) { throw ConfigError("cpu demo: " + what); };
   const ModelSpec& m = cfg.model;
   if (cfg.ranks < 1 || cfg.ranks > 256) fail("ranks must be in [1, 256] (got ranks=" + std::to_string(cfg.ranks) + ")");
-  if (m.chunks < 1 || m.chunks > 100'000) fail("chunks must be in [1, 100000] (got chunks=" + std::to_string(m.chunks) + ")");
+  if (m.chunks < 1 || m.chunks > 100'000)
+    fail("chunks must be in [1, 100000] (got chunks=" + std::to_string(m.chunks) + ")");
   check_config(cfg.schedule, cfg.ranks, m.chunks);
-  if (m.hidden < 1 || m.hidden > 4096) fail("hidden must be in [1, 4096] (got hidden=" + std::to_string(m.hidden) + ")");
-  if (m.rows < 1 || m.rows > 1'000'000) fail("batch rows must be in [1, 1000000] (got rows=" + std::to_string(m.rows) + ")");
-  if (m.steps < 1 || m.steps > 1'000'000) fail("steps must be in [1, 1000000] (got steps=" + std::to_string(m.steps) + ")");
+  if (m.hidden < 1 || m.hidden > 4096)
+    fail("hidden must be in [1, 4096] (got hidden=" + std::to_string(m.hidden) + ")");
+  if (m.rows < 1 || m.rows > 1'000'000)
+    fail("batch rows must be in [1, 1000000] (got rows=" + std::to_string(m.rows) + ")");
+  if (m.steps < 1 || m.steps > 1'000'000)
+    fail("steps must be in [1, 1000000] (got steps=" + std::to_string(m.steps) + ")");
   if (!std::isfinite(m.lr)) fail("the learning rate must be finite");
   if (cfg.timeout.count() < 1) fail("timeout must be at least 1 ms (got " + std::to_string(cfg.timeout.count()) + ")");
   if (cfg.dp < 1 || cfg.dp > 256) fail("dp must be in [1, 256] (got dp=" + std::to_string(cfg.dp) + ")");
   if (cfg.accumulate < 1 || cfg.accumulate > 10'000)
     fail("accumulate must be in [1, 10000] (got accumulate=" + std::to_string(cfg.accumulate) + ")");
   if (grid_ranks(cfg) > 1024)
-    fail("ranks x dp must be at most 1024 (got ranks=" + std::to_string(cfg.ranks) + " x dp=" + std::to_string(cfg.dp) + ")");
+    fail("ranks x dp must be at most 1024 (got ranks=" + std::to_string(cfg.ranks) + " x dp=" + std::to_string(cfg.dp) +
+         ")");
   if (static_cast<long long>(m.chunks) * cfg.dp * cfg.accumulate > 1'000'000)
     fail("chunks x dp x accumulate must be at most 1000000 (got " + std::to_string(m.chunks) + " x " +
          std::to_string(cfg.dp) + " x " + std::to_string(cfg.accumulate) + ")");
   if (cfg.inject_failure < -1 || cfg.inject_failure >= grid_ranks(cfg)) {
     if (cfg.dp == 1)
-      fail("the failing rank must be in [0, ranks) (got rank " + std::to_string(cfg.inject_failure) + ", ranks=" +
-           std::to_string(cfg.ranks) + " for " + std::string(schedule_name(cfg.schedule)) + ")");
+      fail("the failing rank must be in [0, ranks) (got rank " + std::to_string(cfg.inject_failure) +
+           ", ranks=" + std::to_string(cfg.ranks) + " for " + std::string(schedule_name(cfg.schedule)) + ")");
     fail("the failing rank (a grid rank) must be in [0, ranks x dp) (got rank " + std::to_string(cfg.inject_failure) +
          ", ranks=" + std::to_string(cfg.ranks) + " x dp=" + std::to_string(cfg.dp) + " for " +
          std::string(schedule_name(cfg.schedule)) + ")");
@@ -133,35 +138,35 @@ inline void validate(const DemoConfig& cfg) {
 /// One rank's part of the report.
 struct RankReport {
   int rank = 0;
-  double busy_seconds = 0;          ///< Compute time in the last step.
-  double idle_seconds = 0;          ///< Last step's makespan minus busy_seconds.
-  std::size_t peak_buffers = 0;     ///< Most chunk buffers in use at once, over all steps.
-  long overlapped_calls = 0;        ///< FB ops run through MlpStage::forward_backward, over all steps.
-  long fused_backward_calls = 0;    ///< B ops run through MlpStage::backward, over all steps.
-  long deferred_weight_calls = 0;   ///< W ops (deferred weight gradients) run through backward_weight, over all steps.
+  double busy_seconds = 0;         ///< Compute time in the last step.
+  double idle_seconds = 0;         ///< Last step's makespan minus busy_seconds.
+  std::size_t peak_buffers = 0;    ///< Most chunk buffers in use at once, over all steps.
+  long overlapped_calls = 0;       ///< FB ops run through MlpStage::forward_backward, over all steps.
+  long fused_backward_calls = 0;   ///< B ops run through MlpStage::backward, over all steps.
+  long deferred_weight_calls = 0;  ///< W ops (deferred weight gradients) run through backward_weight, over all steps.
 };
 
 /// What one run of the demo found (built on rank 0).
 struct DemoReport {
   std::string schedule;
-  std::string comm = "inproc";      ///< DemoConfig::comm.
+  std::string comm = "inproc";  ///< DemoConfig::comm.
   int ranks = 0;
-  int chunks = 0;                    ///< Per pipeline step (C).
-  int dp = 1;                        ///< Replicas (D).
-  int accumulate = 1;                ///< Pipeline steps per update (K).
+  int chunks = 0;      ///< Per pipeline step (C).
+  int dp = 1;          ///< Replicas (D).
+  int accumulate = 1;  ///< Pipeline steps per update (K).
   int stages = 0;
-  int copies = 1;                    ///< Copies of each stage (2 for DualPipe).
-  int steps = 0;                     ///< Updates.
-  double loss_sum = 0;               ///< Last update's K x D x C chunk losses, added in global batch-chunk order.
-  double grad_norm = 0;              ///< L2 norm of every stage's reduced gradient of the last update.
-  double max_rel_err = 0;            ///< Over every check and step (see the file comment).
+  int copies = 1;          ///< Copies of each stage (2 for DualPipe).
+  int steps = 0;           ///< Updates.
+  double loss_sum = 0;     ///< Last update's K x D x C chunk losses, added in global batch-chunk order.
+  double grad_norm = 0;    ///< L2 norm of every stage's reduced gradient of the last update.
+  double max_rel_err = 0;  ///< Over every check and step (see the file comment).
   double tolerance = 1e-12;
-  std::vector<std::string> problems; ///< Failed checks in words; empty when the run passed.
-  std::vector<double> step_seconds;  ///< Per pipeline step (updates x K), the slowest rank's step time.
-  std::vector<double> step_loss_sums;///< Per update, its chunk losses added in global batch-chunk order.
-  std::vector<RankReport> per_rank;  ///< Replica 0's pipeline ranks.
-  Timeline timeline;                 ///< Measured timeline of replica 0's last step (merge_timelines).
-  ProfileReport profile;             ///< The last step measured next to its simulation (profile_step).
+  std::vector<std::string> problems;   ///< Failed checks in words; empty when the run passed.
+  std::vector<double> step_seconds;    ///< Per pipeline step (updates x K), the slowest rank's step time.
+  std::vector<double> step_loss_sums;  ///< Per update, its chunk losses added in global batch-chunk order.
+  std::vector<RankReport> per_rank;    ///< Replica 0's pipeline ranks.
+  Timeline timeline;                   ///< Measured timeline of replica 0's last step (merge_timelines).
+  ProfileReport profile;               ///< The last step measured next to its simulation (profile_step).
 
   /// Every check passed.
   [[nodiscard]] bool pass() const noexcept { return problems.empty() && max_rel_err <= tolerance; }
@@ -172,9 +177,11 @@ struct DemoReport {
 /// grad_norm=<%.17g> max_rel_err=<%.3g> check=<pass|FAIL>`
 [[nodiscard]] inline std::string result_line(const DemoReport& r) {
   char buf[512];
-  std::snprintf(buf, sizeof buf, "result: schedule=%s ranks=%d chunks=%d dp=%d accumulate=%d comm=%s loss_sum=%.17g "
-                "grad_norm=%.17g max_rel_err=%.3g check=%s", r.schedule.c_str(), r.ranks, r.chunks, r.dp,
-                r.accumulate, r.comm.c_str(), r.loss_sum, r.grad_norm, r.max_rel_err, r.pass() ? "pass" : "FAIL");
+  std::snprintf(buf, sizeof buf,
+                "result: schedule=%s ranks=%d chunks=%d dp=%d accumulate=%d comm=%s loss_sum=%.17g "
+                "grad_norm=%.17g max_rel_err=%.3g check=%s",
+                r.schedule.c_str(), r.ranks, r.chunks, r.dp, r.accumulate, r.comm.c_str(), r.loss_sum, r.grad_norm,
+                r.max_rel_err, r.pass() ? "pass" : "FAIL");
   return buf;
 }
 
@@ -184,9 +191,11 @@ struct DemoReport {
 [[nodiscard]] inline std::string profile_line(const DemoReport& r) {
   char buf[256];
   const ProfileReport& p = r.profile;
-  std::snprintf(buf, sizeof buf, "profile: measured_bubble=%.3f simulated_bubble=%.3f measured_ms=%.3f simulated_ms=%.3f "
-                "chunks_per_second=%.1f", p.measured_bubble, p.simulated_bubble, p.measured_makespan * 1e3,
-                p.simulated_makespan * 1e3, p.chunks_per_second);
+  std::snprintf(buf, sizeof buf,
+                "profile: measured_bubble=%.3f simulated_bubble=%.3f measured_ms=%.3f simulated_ms=%.3f "
+                "chunks_per_second=%.1f",
+                p.measured_bubble, p.simulated_bubble, p.measured_makespan * 1e3, p.simulated_makespan * 1e3,
+                p.chunks_per_second);
   return buf;
 }
 
@@ -231,7 +240,8 @@ public:
     const auto n = get<std::uint64_t>();
     if (n > _bytes.size() / sizeof(T)) throw Error("cpu demo: malformed rank summary (vector too long)");
     std::vector<T> v(static_cast<std::size_t>(n));
-    if (n) std::memcpy(v.data(), _take(static_cast<std::size_t>(n) * sizeof(T)), static_cast<std::size_t>(n) * sizeof(T));
+    if (n)
+      std::memcpy(v.data(), _take(static_cast<std::size_t>(n) * sizeof(T)), static_cast<std::size_t>(n) * sizeof(T));
     return v;
   }
   std::string get_string() {
@@ -252,17 +262,17 @@ private:
 
 /// What each rank reports to rank 0 at the end.
 struct RankSummary {
-  int rank = 0;                       // pipeline rank
-  int replica = 0;                    // dp coordinate
-  double max_rel_err = 0;             // local checks: reduced gradients, final parameters
-  std::vector<double> losses;         // (updates x K) x C, step after step (NaN where this rank computed none)
-  std::vector<double> step_seconds;   // per pipeline step
-  std::vector<int> sumsq_stages;      // stages whose canonical copy (first holder, replica 0) is this rank's ...
-  std::vector<double> sumsq_values;   // ... and the sum of squares of their reduced gradient, last update
-  StepResult last;                    // the last step (spans, peak buffers, clocks)
-  std::uint64_t peak_buffers = 0;     // over all steps
+  int rank = 0;                      // pipeline rank
+  int replica = 0;                   // dp coordinate
+  double max_rel_err = 0;            // local checks: reduced gradients, final parameters
+  std::vector<double> losses;        // (updates x K) x C, step after step (NaN where this rank computed none)
+  std::vector<double> step_seconds;  // per pipeline step
+  std::vector<int> sumsq_stages;     // stages whose canonical copy (first holder, replica 0) is this rank's ...
+  std::vector<double> sumsq_values;  // ... and the sum of squares of their reduced gradient, last update
+  StepResult last;                   // the last step (spans, peak buffers, clocks)
+  std::uint64_t peak_buffers = 0;    // over all steps
   long overlapped_calls = 0, fused_backward_calls = 0, deferred_weight_calls = 0;
-  std::string problems;               // failed local checks, one per line
+  std::string problems;  // failed local checks, one per line
 
   [[nodiscard]] std::vector<std::byte> serialize() const {
     ByteWriter w;
@@ -385,8 +395,8 @@ inline DemoReport build_report(const DemoConfig& cfg, std::string schedule, cons
   rep.steps = steps;
   rep.tolerance = cfg.tolerance;
   for (const RankSummary& s : summaries) {
-    rep.max_rel_err = std::max(rep.max_rel_err, std::isnan(s.max_rel_err) ? std::numeric_limits<double>::infinity()
-                                                                          : s.max_rel_err);
+    rep.max_rel_err =
+        std::max(rep.max_rel_err, std::isnan(s.max_rel_err) ? std::numeric_limits<double>::infinity() : s.max_rel_err);
     std::size_t at = 0;
     while (at < s.problems.size()) {
       std::size_t nl = s.problems.find('\n', at);
@@ -417,8 +427,8 @@ inline DemoReport build_report(const DemoConfig& cfg, std::string schedule, cons
     const double err = relative_error(losses, seq.losses[static_cast<std::size_t>(u)]);
     rep.max_rel_err = std::max(rep.max_rel_err, err);
     if (err > cfg.tolerance)
-      rep.problems.push_back("step " + std::to_string(u) + ": chunk losses differ from the sequential run (max rel err " +
-                             std::to_string(err) + ")");
+      rep.problems.push_back("step " + std::to_string(u) +
+                             ": chunk losses differ from the sequential run (max rel err " + std::to_string(err) + ")");
     double step_sum = 0;
     for (double l : losses) step_sum += l;
     rep.step_loss_sums.push_back(step_sum);
@@ -428,13 +438,15 @@ inline DemoReport build_report(const DemoConfig& cfg, std::string schedule, cons
   // grad_norm: stage order, each stage's sum of squares from its canonical copy (replica 0).
   std::vector<double> sumsq(static_cast<std::size_t>(copies.stages), std::numeric_limits<double>::quiet_NaN());
   for (const RankSummary& s : summaries)
-    for (std::size_t i = 0; i < s.sumsq_stages.size(); ++i) sumsq.at(static_cast<std::size_t>(s.sumsq_stages[i])) = s.sumsq_values[i];
+    for (std::size_t i = 0; i < s.sumsq_stages.size(); ++i)
+      sumsq.at(static_cast<std::size_t>(s.sumsq_stages[i])) = s.sumsq_values[i];
   double total = 0;
   for (double v : sumsq) total += v;
   rep.grad_norm = std::sqrt(total);
   if (std::isnan(rep.grad_norm)) rep.problems.push_back("a stage's gradient norm is missing or NaN");
   if (rep.max_rel_err > cfg.tolerance)
-    rep.problems.push_back("max relative error " + std::to_string(rep.max_rel_err) + " exceeds " + std::to_string(cfg.tolerance));
+    rep.problems.push_back("max relative error " + std::to_string(rep.max_rel_err) + " exceeds " +
+                           std::to_string(cfg.tolerance));
   // Timing: replica 0's last step; step times of the slowest rank of the grid.
   std::vector<StepResult> last;
   for (RankSummary& s : summaries)
@@ -538,8 +550,8 @@ std::optional<DemoReport> run_rank(RankComms<Comm> comms, const DemoConfig& cfg,
   sum.rank = rank;
   sum.replica = replica;
   auto problem = [&](const std::string& what) {
-    sum.problems += "rank " + std::to_string(rank) + (D > 1 ? " of replica " + std::to_string(replica) : std::string()) +
-                    ": " + what + "\n";
+    sum.problems += "rank " + std::to_string(rank) +
+                    (D > 1 ? " of replica " + std::to_string(replica) : std::string()) + ": " + what + "\n";
   };
   const ModelSpec global = global_spec(cfg);
   const std::size_t n = cfg.model.chunk_values();
@@ -550,8 +562,10 @@ std::optional<DemoReport> run_rank(RankComms<Comm> comms, const DemoConfig& cfg,
       for (int k = 0; k < K; ++k) {
         const std::size_t first = static_cast<std::size_t>((k * D + replica) * C) * n;
         const std::size_t count = static_cast<std::size_t>(C) * n;
-        const ConstBytes inputs = reads_inputs ? as_bytes(std::span<const double>(batch.inputs).subspan(first, count)) : ConstBytes{};
-        const ConstBytes labels = reads_labels ? as_bytes(std::span<const double>(batch.labels).subspan(first, count)) : ConstBytes{};
+        const ConstBytes inputs =
+            reads_inputs ? as_bytes(std::span<const double>(batch.inputs).subspan(first, count)) : ConstBytes{};
+        const ConstBytes labels =
+            reads_labels ? as_bytes(std::span<const double>(batch.labels).subspan(first, count)) : ConstBytes{};
         StepResult res = pipeline.step(C, inputs, labels);
         const int step = u * K + k;
         if (static_cast<int>(res.losses.size()) != C) {
@@ -573,7 +587,8 @@ std::optional<DemoReport> run_rank(RankComms<Comm> comms, const DemoConfig& cfg,
       for (int m = 0; m < M; ++m) {
         MlpStage& st = modules[static_cast<std::size_t>(m)];
         const int s = st.stage();
-        const double err = stage_relative_error(st.gradients(), seq.grads[static_cast<std::size_t>(u)][static_cast<std::size_t>(s)]);
+        const double err =
+            stage_relative_error(st.gradients(), seq.grads[static_cast<std::size_t>(u)][static_cast<std::size_t>(s)]);
         sum.max_rel_err = std::max(sum.max_rel_err, std::isnan(err) ? std::numeric_limits<double>::infinity() : err);
         if (err > cfg.tolerance)
           problem("update " + std::to_string(u) + ", stage " + std::to_string(s) +
@@ -611,8 +626,8 @@ std::optional<DemoReport> run_rank(RankComms<Comm> comms, const DemoConfig& cfg,
     const double err = stage_relative_error(st.parameters(), seq.final_params[static_cast<std::size_t>(st.stage())]);
     sum.max_rel_err = std::max(sum.max_rel_err, std::isnan(err) ? std::numeric_limits<double>::infinity() : err);
     if (err > cfg.tolerance)
-      problem("stage " + std::to_string(st.stage()) + ": final parameters differ from the sequential run (max rel err " +
-              std::to_string(err) + ")");
+      problem("stage " + std::to_string(st.stage()) +
+              ": final parameters differ from the sequential run (max rel err " + std::to_string(err) + ")");
     if (st.grads_ready_calls() != want_calls)
       problem("stage " + std::to_string(st.stage()) + ": on_grads_ready ran " + std::to_string(st.grads_ready_calls()) +
               " times in " + std::to_string(want_calls) + " steps");

@@ -28,7 +28,8 @@ void print_report(const DemoConfig& cfg, const DemoReport& r) {
   std::printf("\n== %s: %d ranks, %d stages", r.schedule.c_str(), r.ranks, r.stages);
   if (r.copies > 1) std::printf(" (%d copies of each)", r.copies);
   if (r.dp > 1) std::printf(", x %d replicas (%d ranks in all; the table: replica 0)", r.dp, r.ranks * r.dp);
-  std::printf(", %d chunks of %d rows per step, hidden %d, %d steps", r.chunks, cfg.model.rows, cfg.model.hidden, r.steps);
+  std::printf(", %d chunks of %d rows per step, hidden %d, %d steps", r.chunks, cfg.model.rows, cfg.model.hidden,
+              r.steps);
   if (r.accumulate > 1) std::printf(" of %d accumulated pipeline steps", r.accumulate);
   std::printf(", lr %g, loss scale 1/%d\n", cfg.model.lr, r.chunks * r.dp * r.accumulate);
   std::printf("   %-30s", "loss sum over chunks, by step:");
@@ -38,9 +39,10 @@ void print_report(const DemoConfig& cfg, const DemoReport& r) {
   std::printf("\n");
   const double makespan = r.timeline.makespan();
   std::printf("   last step, measured (makespan %.3f ms):\n", makespan * 1e3);
-  std::printf("   %4s %9s %9s %7s %10s %8s %8s %8s   (ops per step: FB via forward_backward hook, B via fused\n"
-              "   %4s %9s %9s %7s %10s %8s %8s %8s    backward, W = deferred backward_weight)\n",
-              "rank", "busy ms", "idle ms", "idle %", "peak bufs", "FB", "B", "W", "", "", "", "", "", "", "", "");
+  std::printf(
+      "   %4s %9s %9s %7s %10s %8s %8s %8s   (ops per step: FB via forward_backward hook, B via fused\n"
+      "   %4s %9s %9s %7s %10s %8s %8s %8s    backward, W = deferred backward_weight)\n",
+      "rank", "busy ms", "idle ms", "idle %", "peak bufs", "FB", "B", "W", "", "", "", "", "", "", "", "");
   for (const RankReport& rr : r.per_rank)
     std::printf("   %4d %9.3f %9.3f %6.1f%% %10zu %8ld %8ld %8ld\n", rr.rank, rr.busy_seconds * 1e3,
                 rr.idle_seconds * 1e3, makespan > 0 ? 100.0 * rr.idle_seconds / makespan : 0.0, rr.peak_buffers,
@@ -85,8 +87,9 @@ int main(int argc, char** argv) {
     configs = make_configs(options);
 #ifndef DUALPIPE_HAS_MPI
     if (options.comm == "mpi")
-      throw ConfigError("--comm mpi: this dualpipe-cpu-demo was built without MPI (configure with an MPI installed "
-                        "and DUALPIPE_ENABLE_MPI=ON)");
+      throw ConfigError(
+          "--comm mpi: this dualpipe-cpu-demo was built without MPI (configure with an MPI installed "
+          "and DUALPIPE_ENABLE_MPI=ON)");
 #endif
     if (!options.trace_dir.empty()) {
       std::error_code ec;
@@ -108,10 +111,13 @@ int main(int argc, char** argv) {
 #else
   const bool prints = true;
 #endif
-  if (prints) std::printf("dualpipe-cpu-demo: MLP stages Linear(h,4h) -> GELU(erf) -> Linear(4h,h), double, comm=%s\n",
-              options.comm.c_str());
-  if (prints) std::printf("checked every step against a sequential run: max relative error = max over tensors of "
-              "max|a-b| / max|b| (normwise)\n");
+  if (prints)
+    std::printf("dualpipe-cpu-demo: MLP stages Linear(h,4h) -> GELU(erf) -> Linear(4h,h), double, comm=%s\n",
+                options.comm.c_str());
+  if (prints)
+    std::printf(
+        "checked every step against a sequential run: max relative error = max over tensors of "
+        "max|a-b| / max|b| (normwise)\n");
   std::vector<DemoReport> reports;
   for (const DemoConfig& cfg : configs) {
     const std::string name(schedule_name(cfg.schedule));
@@ -145,9 +151,11 @@ int main(int argc, char** argv) {
     std::size_t peak = 0;
     for (const RankReport& rr : r.per_rank) peak = std::max(peak, rr.peak_buffers);
     std::printf("  %-10s %5d %6d %9.3f %7.3f %10zu %12.3g %6s\n", r.schedule.c_str(), r.ranks, r.stages,
-                r.step_seconds.back() * 1e3, r.timeline.bubble_ratio(), peak, r.max_rel_err, r.pass() ? "pass" : "FAIL");
+                r.step_seconds.back() * 1e3, r.timeline.bubble_ratio(), peak, r.max_rel_err,
+                r.pass() ? "pass" : "FAIL");
     all_pass = all_pass && r.pass();
   }
-  if (!options.trace_dir.empty()) std::printf("timelines written to %s/<schedule>.svg and .json\n", options.trace_dir.c_str());
+  if (!options.trace_dir.empty())
+    std::printf("timelines written to %s/<schedule>.svg and .json\n", options.trace_dir.c_str());
   return all_pass ? 0 : 1;
 }

@@ -203,9 +203,9 @@ private:
   int _h;
   int _rows;
   int _stage;
-  std::size_t _chunk_values;       // rows * h
-  std::vector<double> _params;     // W1 then W2
-  std::vector<double> _grads;      // same layout
+  std::size_t _chunk_values;        // rows * h
+  std::vector<double> _params;      // W1 then W2
+  std::vector<double> _grads;       // same layout
   std::vector<ChunkState> _chunks;  // indexed by ctx.chunk; reused across steps (no steady-state allocation)
   std::vector<double> _scratch_x, _scratch_z, _scratch_a, _scratch_y, _scratch_t, _scratch_da;
   long _forward_calls = 0;

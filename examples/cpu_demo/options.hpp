@@ -25,16 +25,16 @@ namespace dualpipe::cpu_demo {
 struct ProgramOptions {
   std::vector<ScheduleKind> schedules;  ///< In the order given; empty: the default four.
   int ranks = 4;
-  std::optional<int> v_ranks;           ///< DualPipeV's ranks; default ranks / 2 (same model depth).
+  std::optional<int> v_ranks;  ///< DualPipeV's ranks; default ranks / 2 (same model depth).
   int chunks = 8;
-  int dp = 1;                           ///< Data-parallel replicas D.
-  int accumulate = 1;                   ///< Pipeline steps per update K.
+  int dp = 1;          ///< Data-parallel replicas D.
+  int accumulate = 1;  ///< Pipeline steps per update K.
   int steps = 3;
   int hidden = 64;
   int rows = 32;
   std::uint64_t seed = 233;
   double lr = 0.1;
-  std::string trace_dir;                ///< Empty: no trace files.
+  std::string trace_dir;  ///< Empty: no trace files.
   int inject_failure = -1;
   long timeout_ms = 60'000;
   std::string comm = "inproc";
@@ -53,7 +53,9 @@ inline constexpr std::string_view default_schedules[] = {"dualpipe", "dualpipev"
          "\n"
          "options:\n"
          "  --schedule NAME      schedule to run; repeatable or a comma list (default: dualpipe,dualpipev,1f1b,zb1p;\n"
-         "                       choose from " + schedule_names() + ")\n"
+         "                       choose from " +
+         schedule_names() +
+         ")\n"
          "  --ranks P            ranks of dualpipe/1f1b/zb1p/gpipe, and the model's stages (default 4)\n"
          "  --v-ranks Q          ranks of dualpipev (default P/2: the same P-stage model; with Q, 2Q stages)\n"
          "  --chunks C           batch chunks (micro-batches) per pipeline step (default 8)\n"

@@ -24,12 +24,12 @@ namespace dualpipe::cpu_demo {
 
 /// The model and training settings that the pipelined runs and the sequential run share.
 struct ModelSpec {
-  int hidden = 64;          ///< h: a stage is Linear(h,4h) -> GELU -> Linear(4h,h).
-  int rows = 32;            ///< Rows of one batch chunk.
-  int chunks = 8;           ///< Batch chunks per step (C).
-  int steps = 3;            ///< Training steps.
-  std::uint64_t seed = 233; ///< Seed of the weights and of the batches.
-  double lr = 0.1;          ///< SGD learning rate.
+  int hidden = 64;           ///< h: a stage is Linear(h,4h) -> GELU -> Linear(4h,h).
+  int rows = 32;             ///< Rows of one batch chunk.
+  int chunks = 8;            ///< Batch chunks per step (C).
+  int steps = 3;             ///< Training steps.
+  std::uint64_t seed = 233;  ///< Seed of the weights and of the batches.
+  double lr = 0.1;           ///< SGD learning rate.
 
   /// Loss scale of every step: 1/C, so that the summed gradient is the gradient of the mean chunk loss.
   [[nodiscard]] double loss_scale() const noexcept { return 1.0 / static_cast<double>(chunks); }
@@ -89,9 +89,9 @@ struct Batch {
 /// What the sequential run saw at every step.
 struct SequentialRun {
   int stages = 0;
-  std::vector<std::vector<double>> losses;               ///< [step][batch chunk]
-  std::vector<std::vector<std::vector<double>>> grads;   ///< [step][stage]: the stage's gradient of that step
-  std::vector<std::vector<double>> final_params;         ///< [stage]: parameters after the last SGD step
+  std::vector<std::vector<double>> losses;              ///< [step][batch chunk]
+  std::vector<std::vector<std::vector<double>>> grads;  ///< [step][stage]: the stage's gradient of that step
+  std::vector<std::vector<double>> final_params;        ///< [stage]: parameters after the last SGD step
 };
 
 /// Bytes the sequential run keeps (all steps' gradients), to refuse configurations that would not fit.
@@ -101,7 +101,8 @@ struct SequentialRun {
 
 /// Runs `spec.steps` training steps of the `stages`-stage model on one thread.
 [[nodiscard]] inline SequentialRun run_sequential(const ModelSpec& spec, int stages) {
-  if (stages < 1) throw ConfigError("sequential run: stages must be at least 1 (got stages=" + std::to_string(stages) + ")");
+  if (stages < 1)
+    throw ConfigError("sequential run: stages must be at least 1 (got stages=" + std::to_string(stages) + ")");
   std::vector<MlpStage> model;
   model.reserve(static_cast<std::size_t>(stages));
   for (int s = 0; s < stages; ++s) model.emplace_back(spec.hidden, spec.rows, spec.seed, s);
@@ -120,8 +121,10 @@ struct SequentialRun {
       ctx.num_batch_chunks = spec.chunks;
       ctx.num_stages = stages;
       ctx.loss_scale = spec.loss_scale();
-      const std::span<const double> x = std::span<const double>(batch.inputs).subspan(static_cast<std::size_t>(c) * n, n);
-      const std::span<const double> t = std::span<const double>(batch.labels).subspan(static_cast<std::size_t>(c) * n, n);
+      const std::span<const double> x =
+          std::span<const double>(batch.inputs).subspan(static_cast<std::size_t>(c) * n, n);
+      const std::span<const double> t =
+          std::span<const double>(batch.labels).subspan(static_cast<std::size_t>(c) * n, n);
       for (int s = 0; s < stages; ++s) {
         ctx.stage = s;
         ctx.is_first_stage = s == 0;

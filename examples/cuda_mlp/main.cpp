@@ -132,9 +132,10 @@ Options parse(int argc, char** argv) {
     } else if (a == "--nccl-id-file") {
       o.id_file = std::string(value());
     } else if (a == "--help" || a == "-h") {
-      std::puts("usage: dualpipe-cuda-mlp [--comm local|nccl] [--schedule all|dualpipe|dualpipev|1f1b|zb1p[,...]]\n"
-                "       [--ranks P] [--chunks C] [--hidden H] [--rows R] [--steps S] [--dtype fp32|bf16] [--hook]\n"
-                "       [--lr X] [--seed N] [--timeout-ms T] [--devices N] [--nccl-id-file PATH]");
+      std::puts(
+          "usage: dualpipe-cuda-mlp [--comm local|nccl] [--schedule all|dualpipe|dualpipev|1f1b|zb1p[,...]]\n"
+          "       [--ranks P] [--chunks C] [--hidden H] [--rows R] [--steps S] [--dtype fp32|bf16] [--hook]\n"
+          "       [--lr X] [--seed N] [--timeout-ms T] [--devices N] [--nccl-id-file PATH]");
       std::exit(0);
     } else {
       usage_error("unknown argument '" + std::string(a) + "' (see --help)");
@@ -174,8 +175,10 @@ void print(const Report& r, const Options& o) {
 /// All ranks as threads of this process, on CudaLocalCommunicator.
 template <class Schedule>
 Report run_local(const Options& o) {
-  const int ranks = Schedule::modules_per_rank == 2 && std::string_view(Schedule::name) == "dualpipev" ? o.ranks / 2 : o.ranks;
-  if (ranks < 1) throw ConfigError(std::string(Schedule::name) + ": --ranks " + std::to_string(o.ranks) + " gives no rank");
+  const int ranks =
+      Schedule::modules_per_rank == 2 && std::string_view(Schedule::name) == "dualpipev" ? o.ranks / 2 : o.ranks;
+  if (ranks < 1)
+    throw ConfigError(std::string(Schedule::name) + ": --ranks " + std::to_string(o.ranks) + " gives no rank");
   RunConfig rc = run_config(o, ranks, "cuda-local");
   const Layout layout = make_layout<Schedule>(ranks, o.chunks);
   if (o.devices > cuda_device_count())
@@ -209,8 +212,10 @@ Report run_local(const Options& o) {
       out = o.hook ? run_rank<Schedule, MlpHookStage>(comm, rc, layout, seq, b, l)
                    : run_rank<Schedule, MlpStage>(comm, rc, layout, seq, b, l);
     else  // peers' copies read the chunk buffers: cudaMalloc memory (a default memory pool is not shared)
-      out = o.hook ? run_rank<Schedule, MlpHookStage, CudaLocalCommunicator, BasicCudaDevice<SyncAllocator>>(comm, rc, layout, seq, b, l)
-                   : run_rank<Schedule, MlpStage, CudaLocalCommunicator, BasicCudaDevice<SyncAllocator>>(comm, rc, layout, seq, b, l);
+      out = o.hook ? run_rank<Schedule, MlpHookStage, CudaLocalCommunicator, BasicCudaDevice<SyncAllocator>>(
+                         comm, rc, layout, seq, b, l)
+                   : run_rank<Schedule, MlpStage, CudaLocalCommunicator, BasicCudaDevice<SyncAllocator>>(
+                         comm, rc, layout, seq, b, l);
   });
   Report rep = build_report(rc, std::string(Schedule::name), layout, seq, all);
   if (rc.gpu_timeline) {
@@ -241,7 +246,8 @@ std::vector<std::vector<double>> gather(NcclCommunicator& comm, const std::vecto
     return all;
   }
   for (int r = 1; r < P; ++r)
-    comm.post_recv(r, tag, MutableBytes(static_cast<std::byte*>(d.data()) + static_cast<std::size_t>(r) * bytes, bytes));
+    comm.post_recv(r, tag,
+                   MutableBytes(static_cast<std::byte*>(d.data()) + static_cast<std::size_t>(r) * bytes, bytes));
   if (P > 1) {
     comm.commit().wait(timeout);
     comm.synchronize(timeout);

@@ -16,16 +16,24 @@ namespace {
 template <class T>
 __host__ __device__ inline float load(const T* p, std::size_t i);
 template <>
-__host__ __device__ inline float load<float>(const float* p, std::size_t i) { return p[i]; }
+__host__ __device__ inline float load<float>(const float* p, std::size_t i) {
+  return p[i];
+}
 template <>
-__host__ __device__ inline float load<__nv_bfloat16>(const __nv_bfloat16* p, std::size_t i) { return __bfloat162float(p[i]); }
+__host__ __device__ inline float load<__nv_bfloat16>(const __nv_bfloat16* p, std::size_t i) {
+  return __bfloat162float(p[i]);
+}
 
 template <class T>
 __host__ __device__ inline T from_float(float v);
 template <>
-__host__ __device__ inline float from_float<float>(float v) { return v; }
+__host__ __device__ inline float from_float<float>(float v) {
+  return v;
+}
 template <>
-__host__ __device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+__host__ __device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16(v);
+}
 
 __host__ __device__ inline std::uint64_t mix(std::uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
@@ -54,8 +62,9 @@ unsigned blocks_for(std::size_t n) {
   return static_cast<unsigned>(b < 1 ? 1 : (b > 4096 ? 4096 : b));
 }
 
-#define MLP_GRID_LOOP(i, n) \
-  for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < (n); i += std::size_t(gridDim.x) * blockDim.x)
+#define MLP_GRID_LOOP(i, n)                                                         \
+  for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < (n); \
+       i += std::size_t(gridDim.x) * blockDim.x)
 
 __device__ inline float gelu(float z) { return 0.5f * z * (1.0f + erff(z * 0.70710678118654752f)); }
 __device__ inline float gelu_grad(float z) {
@@ -119,17 +128,18 @@ void gelu_forward(DType t, const void* z, void* a, std::size_t n, cudaStream_t s
   if (t == DType::f32)
     gelu_forward_kernel<<<blocks_for(n), 256, 0, s>>>(static_cast<const float*>(z), static_cast<float*>(a), n);
   else
-    gelu_forward_kernel<<<blocks_for(n), 256, 0, s>>>(static_cast<const __nv_bfloat16*>(z), static_cast<__nv_bfloat16*>(a), n);
+    gelu_forward_kernel<<<blocks_for(n), 256, 0, s>>>(static_cast<const __nv_bfloat16*>(z),
+                                                      static_cast<__nv_bfloat16*>(a), n);
 }
 
 void gelu_backward(DType t, const void* z, const void* da, void* dz, std::size_t n, cudaStream_t s) {
   if (t == DType::f32)
     gelu_backward_kernel<<<blocks_for(n), 256, 0, s>>>(static_cast<const float*>(z), static_cast<const float*>(da),
-                                                         static_cast<float*>(dz), n);
+                                                       static_cast<float*>(dz), n);
   else
     gelu_backward_kernel<<<blocks_for(n), 256, 0, s>>>(static_cast<const __nv_bfloat16*>(z),
-                                                         static_cast<const __nv_bfloat16*>(da),
-                                                         static_cast<__nv_bfloat16*>(dz), n);
+                                                       static_cast<const __nv_bfloat16*>(da),
+                                                       static_cast<__nv_bfloat16*>(dz), n);
 }
 
 void mse_loss(DType t, const void* y, const void* labels, void* dy, double* loss, std::size_t n, double grad_scale,
@@ -138,8 +148,9 @@ void mse_loss(DType t, const void* y, const void* labels, void* dy, double* loss
     mse_kernel<<<1, loss_threads, 0, s>>>(static_cast<const float*>(y), static_cast<const float*>(labels),
                                           static_cast<float*>(dy), loss, n, grad_scale);
   else
-    mse_kernel<<<1, loss_threads, 0, s>>>(static_cast<const __nv_bfloat16*>(y), static_cast<const __nv_bfloat16*>(labels),
-                                          static_cast<__nv_bfloat16*>(dy), loss, n, grad_scale);
+    mse_kernel<<<1, loss_threads, 0, s>>>(static_cast<const __nv_bfloat16*>(y),
+                                          static_cast<const __nv_bfloat16*>(labels), static_cast<__nv_bfloat16*>(dy),
+                                          loss, n, grad_scale);
 }
 
 void add_f32(float* acc, const float* x, std::size_t n, cudaStream_t s) {

@@ -42,69 +42,87 @@ void issue(cudaStream_t s, std::function<void()> work, const char* name, std::ve
 }  // namespace
 
 void fill_uniform(DType t, void* p, std::size_t n, std::uint64_t seed, float scale, cudaStream_t s) {
-  issue(s, [=] {
-    for (std::size_t i = 0; i < n; ++i) {
-      const std::uint64_t bits = mix(seed ^ mix(static_cast<std::uint64_t>(i)));
-      store(t, p, i, scale * (static_cast<float>(bits >> 40) * (1.0f / 8388608.0f) - 1.0f));
-    }
-  }, "kernel fill_uniform", {{p, n * dtype_bytes(t), true}});
+  issue(s,
+        [=] {
+          for (std::size_t i = 0; i < n; ++i) {
+            const std::uint64_t bits = mix(seed ^ mix(static_cast<std::uint64_t>(i)));
+            store(t, p, i, scale * (static_cast<float>(bits >> 40) * (1.0f / 8388608.0f) - 1.0f));
+          }
+        },
+        "kernel fill_uniform", {{p, n * dtype_bytes(t), true}});
 }
 
 void gelu_forward(DType t, const void* z, void* a, std::size_t n, cudaStream_t s) {
-  issue(s, [=] {
-    for (std::size_t i = 0; i < n; ++i) store(t, a, i, gelu(load(t, z, i)));
-  }, "kernel gelu_forward", {{z, n * dtype_bytes(t), false}, {a, n * dtype_bytes(t), true}});
+  issue(s,
+        [=] {
+          for (std::size_t i = 0; i < n; ++i) store(t, a, i, gelu(load(t, z, i)));
+        },
+        "kernel gelu_forward", {{z, n * dtype_bytes(t), false}, {a, n * dtype_bytes(t), true}});
 }
 
 void gelu_backward(DType t, const void* z, const void* da, void* dz, std::size_t n, cudaStream_t s) {
-  issue(s, [=] {
-    for (std::size_t i = 0; i < n; ++i) store(t, dz, i, load(t, da, i) * gelu_grad(load(t, z, i)));
-  }, "kernel gelu_backward",
+  issue(s,
+        [=] {
+          for (std::size_t i = 0; i < n; ++i) store(t, dz, i, load(t, da, i) * gelu_grad(load(t, z, i)));
+        },
+        "kernel gelu_backward",
         {{z, n * dtype_bytes(t), false}, {da, n * dtype_bytes(t), false}, {dz, n * dtype_bytes(t), true}});
 }
 
 void mse_loss(DType t, const void* y, const void* labels, void* dy, double* loss, std::size_t n, double grad_scale,
               cudaStream_t s) {
-  issue(s, [=] {
-    double acc = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-      const double d = static_cast<double>(load(t, y, i)) - static_cast<double>(load(t, labels, i));
-      acc += d * d;
-      store(t, dy, i, static_cast<float>(grad_scale * 2.0 * d / static_cast<double>(n)));
-    }
-    *loss = acc / static_cast<double>(n);
-  }, "kernel mse_loss",
-        {{y, n * dtype_bytes(t), false}, {labels, n * dtype_bytes(t), false}, {dy, n * dtype_bytes(t), true},
+  issue(s,
+        [=] {
+          double acc = 0;
+          for (std::size_t i = 0; i < n; ++i) {
+            const double d = static_cast<double>(load(t, y, i)) - static_cast<double>(load(t, labels, i));
+            acc += d * d;
+            store(t, dy, i, static_cast<float>(grad_scale * 2.0 * d / static_cast<double>(n)));
+          }
+          *loss = acc / static_cast<double>(n);
+        },
+        "kernel mse_loss",
+        {{y, n * dtype_bytes(t), false},
+         {labels, n * dtype_bytes(t), false},
+         {dy, n * dtype_bytes(t), true},
          {loss, sizeof(double), true}});
 }
 
 void add_f32(float* acc, const float* x, std::size_t n, cudaStream_t s) {
-  issue(s, [=] {
-    for (std::size_t i = 0; i < n; ++i) acc[i] += x[i];
-  }, "kernel add_f32", {{x, n * 4, false}, {acc, n * 4, true}});
+  issue(s,
+        [=] {
+          for (std::size_t i = 0; i < n; ++i) acc[i] += x[i];
+        },
+        "kernel add_f32", {{x, n * 4, false}, {acc, n * 4, true}});
 }
 
 void sgd(DType t, void* w, const float* g, std::size_t n, float lr, cudaStream_t s) {
-  issue(s, [=] {
-    for (std::size_t i = 0; i < n; ++i) store(t, w, i, load(t, w, i) - lr * g[i]);
-  }, "kernel sgd", {{g, n * 4, false}, {w, n * dtype_bytes(t), true}});
+  issue(s,
+        [=] {
+          for (std::size_t i = 0; i < n; ++i) store(t, w, i, load(t, w, i) - lr * g[i]);
+        },
+        "kernel sgd", {{g, n * 4, false}, {w, n * dtype_bytes(t), true}});
 }
 
 double sumsq(const float* g, std::size_t n, cudaStream_t s) {
   double result = 0;
-  issue(s, [=, &result] {
-    double acc = 0;
-    for (std::size_t i = 0; i < n; ++i) acc += static_cast<double>(g[i]) * g[i];
-    result = acc;
-  }, "thrust transform_reduce", {{g, n * 4, false}});
+  issue(s,
+        [=, &result] {
+          double acc = 0;
+          for (std::size_t i = 0; i < n; ++i) acc += static_cast<double>(g[i]) * g[i];
+          result = acc;
+        },
+        "thrust transform_reduce", {{g, n * 4, false}});
   (void)cudaStreamSynchronize(s);  // as Thrust's reduction: it waits for its result
   return result;
 }
 
 void to_float(DType t, const void* src, float* dst, std::size_t n, cudaStream_t s) {
-  issue(s, [=] {
-    for (std::size_t i = 0; i < n; ++i) dst[i] = load(t, src, i);
-  }, "kernel to_float", {{src, n * dtype_bytes(t), false}, {dst, n * 4, true}});
+  issue(s,
+        [=] {
+          for (std::size_t i = 0; i < n; ++i) dst[i] = load(t, src, i);
+        },
+        "kernel to_float", {{src, n * dtype_bytes(t), false}, {dst, n * 4, true}});
 }
 
 }  // namespace mlp

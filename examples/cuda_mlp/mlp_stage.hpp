@@ -41,11 +41,11 @@ using dualpipe::StageContext;
 
 /// The model's shape and numbers, shared by every stage and by the sequential run.
 struct ModelConfig {
-  int hidden = 256;           ///< h.
-  int rows = 64;              ///< Rows of one chunk.
-  DType dtype = DType::f32;   ///< Activations and weights.
-  std::uint64_t seed = 233;   ///< Weights and batches derive from it.
-  int pieces = 4;             ///< Row blocks of an FB in MlpHookStage.
+  int hidden = 256;          ///< h.
+  int rows = 64;             ///< Rows of one chunk.
+  DType dtype = DType::f32;  ///< Activations and weights.
+  std::uint64_t seed = 233;  ///< Weights and batches derive from it.
+  int pieces = 4;            ///< Row blocks of an FB in MlpHookStage.
 
   [[nodiscard]] std::size_t h() const noexcept { return static_cast<std::size_t>(hidden); }
   [[nodiscard]] std::size_t n() const noexcept { return static_cast<std::size_t>(rows); }
@@ -164,9 +164,7 @@ public:
   /// dW1 then dW2 (8 h^2 floats), device memory, accumulated since zero_grad.
   [[nodiscard]] float* grads() const noexcept { return _grad; }
   /// Zeroes the gradients (on `s`).
-  void zero_grad(cudaStream_t s) {
-    DUALPIPE_CUDA_CHECK(cudaMemsetAsync(_grad, 0, _cfg.params() * sizeof(float), s));
-  }
+  void zero_grad(cudaStream_t s) { DUALPIPE_CUDA_CHECK(cudaMemsetAsync(_grad, 0, _cfg.params() * sizeof(float), s)); }
   /// W -= lr g (on `s`).
   void sgd_step(const float* g, float lr, cudaStream_t s) {
     sgd(_cfg.dtype, _w, g, _cfg.params(), lr, s);
@@ -202,8 +200,8 @@ protected:
     std::byte* dys = dy(c) + r0 * H * e;
     DUALPIPE_CUDA_CHECK(cudaMemcpyAsync(dys, g, rows * H * e, cudaMemcpyDeviceToDevice, s));
     std::byte* dzc = dz(c) + r0 * 4 * H * e;
-    gemm(h, false, true, rows, 4 * H, H, dys, w2(), type(), dzc, type(), 0.0f);           // dA = dY W2^T
-    gelu_backward(_cfg.dtype, z(c) + r0 * 4 * H * e, dzc, dzc, rows * 4 * H, s);           // dZ = dA gelu'(Z)
+    gemm(h, false, true, rows, 4 * H, H, dys, w2(), type(), dzc, type(), 0.0f);   // dA = dY W2^T
+    gelu_backward(_cfg.dtype, z(c) + r0 * 4 * H * e, dzc, dzc, rows * 4 * H, s);  // dZ = dA gelu'(Z)
     DUALPIPE_CUDA_CHECK_LAST();
     if (!in_grad.empty())
       gemm(h, false, true, rows, H, 4 * H, dzc, w1(), type(), in_grad.data() + r0 * H * e, type(), 0.0f);  // dX
@@ -214,9 +212,9 @@ protected:
     cublasHandle_t h = _blas->on(s);
     const std::size_t e = dtype_bytes(_cfg.dtype), H = _cfg.h(), c = static_cast<std::size_t>(ctx.chunk);
     gemm(h, true, false, 4 * H, H, rows, a(c) + r0 * 4 * H * e, dy(c) + r0 * H * e, type(), _grad + 4 * H * H,
-         CUDA_R_32F, 1.0f);                                                                     // dW2 += A^T dY
+         CUDA_R_32F, 1.0f);  // dW2 += A^T dY
     gemm(h, true, false, H, 4 * H, rows, x(c) + r0 * H * e, dz(c) + r0 * 4 * H * e, type(), _grad, CUDA_R_32F,
-         1.0f);                                                                                 // dW1 += X^T dZ
+         1.0f);  // dW1 += X^T dZ
   }
 
   ModelConfig _cfg;
@@ -233,7 +231,9 @@ private:
   }
   [[nodiscard]] std::byte* x(std::size_t c) const noexcept { return block(c, 0); }
   [[nodiscard]] std::byte* dy(std::size_t c) const noexcept { return block(c, _cfg.chunk_elems()); }
-  [[nodiscard]] std::byte* dy_last(int c) const noexcept { return block(static_cast<std::size_t>(c), 2 * _cfg.chunk_elems()); }
+  [[nodiscard]] std::byte* dy_last(int c) const noexcept {
+    return block(static_cast<std::size_t>(c), 2 * _cfg.chunk_elems());
+  }
   [[nodiscard]] std::byte* z(std::size_t c) const noexcept { return block(c, 3 * _cfg.chunk_elems()); }
   [[nodiscard]] std::byte* a(std::size_t c) const noexcept { return block(c, 7 * _cfg.chunk_elems()); }
   [[nodiscard]] std::byte* dz(std::size_t c) const noexcept { return block(c, 11 * _cfg.chunk_elems()); }
@@ -258,7 +258,8 @@ public:
   static void forward_backward(MlpHookStage& f, const StageContext& fctx, ConstBytes in, MutableBytes out,
                                MlpHookStage& b, const StageContext& bctx, ConstBytes grad, MutableBytes in_grad) {
     const std::size_t rows = f._cfg.n();
-    const std::size_t pieces = std::max<std::size_t>(1, std::min<std::size_t>(rows, static_cast<std::size_t>(f._cfg.pieces)));
+    const std::size_t pieces =
+        std::max<std::size_t>(1, std::min<std::size_t>(rows, static_cast<std::size_t>(f._cfg.pieces)));
     for (std::size_t p = 0; p < pieces; ++p) {
       const std::size_t r0 = rows * p / pieces, r1 = rows * (p + 1) / pieces;
       f.forward_rows(fctx, in, out, r0, r1 - r0);

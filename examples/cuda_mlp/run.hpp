@@ -31,14 +31,14 @@ namespace mlp {
 /// One run: the model, the schedule's size and the checks.
 struct RunConfig {
   ModelConfig model;
-  int ranks = 4;                     ///< Pipeline ranks of this schedule.
+  int ranks = 4;  ///< Pipeline ranks of this schedule.
   int chunks = 8;
   int steps = 2;
   float lr = 0.05f;
   std::chrono::milliseconds timeout{60'000};
-  double tolerance = 1e-5;           ///< fp32 1e-5, bf16 2e-2.
-  std::string comm = "cuda-local";   ///< Name in the result line.
-  bool gpu_timeline = false;         ///< Spans from CUDA events (one process: with a shared epoch).
+  double tolerance = 1e-5;          ///< fp32 1e-5, bf16 2e-2.
+  std::string comm = "cuda-local";  ///< Name in the result line.
+  bool gpu_timeline = false;        ///< Spans from CUDA events (one process: with a shared epoch).
   const dualpipe::Event* epoch = nullptr;
 };
 
@@ -76,19 +76,20 @@ struct Report {
   std::string schedule, comm;
   int ranks = 0, chunks = 0, stages = 0, steps = 0;
   double loss_sum = 0, grad_norm = 0, max_rel_err = 0, tolerance = 0;
-  std::vector<double> step_ms;       ///< Slowest rank per step.
-  double bubble = -1;                ///< Measured bubble ratio of the last step (GPU timeline), -1 if not measured.
-  double simulated_bubble = -1;      ///< The simulator's for the same step's mean op times (profile_step), or -1.
+  std::vector<double> step_ms;   ///< Slowest rank per step.
+  double bubble = -1;            ///< Measured bubble ratio of the last step (GPU timeline), -1 if not measured.
+  double simulated_bubble = -1;  ///< The simulator's for the same step's mean op times (profile_step), or -1.
   std::vector<std::string> problems;
   [[nodiscard]] bool pass() const { return problems.empty() && max_rel_err <= tolerance; }
 };
 
 [[nodiscard]] inline std::string result_line(const Report& r) {
   char buf[512];
-  std::snprintf(buf, sizeof buf,
-                "result: schedule=%s ranks=%d chunks=%d comm=%s loss_sum=%.17g grad_norm=%.17g max_rel_err=%.3g check=%s",
-                r.schedule.c_str(), r.ranks, r.chunks, r.comm.c_str(), r.loss_sum, r.grad_norm, r.max_rel_err,
-                r.pass() ? "pass" : "FAIL");
+  std::snprintf(
+      buf, sizeof buf,
+      "result: schedule=%s ranks=%d chunks=%d comm=%s loss_sum=%.17g grad_norm=%.17g max_rel_err=%.3g check=%s",
+      r.schedule.c_str(), r.ranks, r.chunks, r.comm.c_str(), r.loss_sum, r.grad_norm, r.max_rel_err,
+      r.pass() ? "pass" : "FAIL");
   return buf;
 }
 
@@ -106,7 +107,9 @@ std::vector<double> run_rank(Comm& comm, const RunConfig& rc, const Layout& layo
   std::vector<double> out(Summary::size(rc.steps, C, layout.stages), std::numeric_limits<double>::quiet_NaN());
   double max_err = 0;
   double failed = 0;
-  auto note = [&](double err) { max_err = std::max(max_err, std::isnan(err) ? std::numeric_limits<double>::infinity() : err); };
+  auto note = [&](double err) {
+    max_err = std::max(max_err, std::isnan(err) ? std::numeric_limits<double>::infinity() : err);
+  };
 
   Stream init;
   Blas blas;
@@ -150,7 +153,8 @@ std::vector<double> run_rank(Comm& comm, const RunConfig& rc, const Layout& layo
   for (int step = 0; step < rc.steps; ++step) {
     for (auto& st : stages) st->zero_grad(main);
     pipe.step_into(res, C, batches.inputs(step), batches.labels(step));
-    for (int c = 0; c < C; ++c) out[2 + static_cast<std::size_t>(step * C + c)] = res.losses[static_cast<std::size_t>(c)];
+    for (int c = 0; c < C; ++c)
+      out[2 + static_cast<std::size_t>(step * C + c)] = res.losses[static_cast<std::size_t>(c)];
     out[out.size() - 2 - static_cast<std::size_t>(rc.steps) + static_cast<std::size_t>(step)] = res.step_seconds;
 
     // Swap gradients with the other copy of each stage held twice.
@@ -160,8 +164,11 @@ std::vector<double> run_rank(Comm& comm, const RunConfig& rc, const Layout& layo
       if (h.size() < 2) continue;
       const int peer = h[0].first == r && h[0].second == m ? h[1].first : h[0].first;
       const MessageTag tag{0, 100000 + stages[static_cast<std::size_t>(m)]->stage(), Payload::gradient};
-      comm.post_send(peer, tag, ConstBytes(reinterpret_cast<const std::byte*>(stages[static_cast<std::size_t>(m)]->grads()), gbytes));
-      comm.post_recv(peer, tag, MutableBytes(static_cast<std::byte*>(theirs[static_cast<std::size_t>(m)].data()), gbytes));
+      comm.post_send(
+          peer, tag,
+          ConstBytes(reinterpret_cast<const std::byte*>(stages[static_cast<std::size_t>(m)]->grads()), gbytes));
+      comm.post_recv(peer, tag,
+                     MutableBytes(static_cast<std::byte*>(theirs[static_cast<std::size_t>(m)].data()), gbytes));
       exchanged = true;
     }
     if (exchanged) {
@@ -187,7 +194,8 @@ std::vector<double> run_rank(Comm& comm, const RunConfig& rc, const Layout& layo
     }
     DUALPIPE_CUDA_CHECK(cudaStreamSynchronize(main));
   }
-  for (auto& st : stages) note(stage_error(params_to_host(cfg, *st), seq.final_params[static_cast<std::size_t>(st->stage())]));
+  for (auto& st : stages)
+    note(stage_error(params_to_host(cfg, *st), seq.final_params[static_cast<std::size_t>(st->stage())]));
   // Busy time and makespan of the last step on this rank (GPU or host clock, as recorded).
   double busy = 0, end = 0;
   for (const Span& s : res.spans)
@@ -238,7 +246,8 @@ std::vector<double> run_rank(Comm& comm, const RunConfig& rc, const Layout& layo
     const double err = relative_error(losses, seq.losses[static_cast<std::size_t>(step)]);
     rep.max_rel_err = std::max(rep.max_rel_err, err);
     double ms = 0;
-    for (const auto& s : all) ms = std::max(ms, 1e3 * s[s.size() - 2 - static_cast<std::size_t>(rc.steps) + static_cast<std::size_t>(step)]);
+    for (const auto& s : all)
+      ms = std::max(ms, 1e3 * s[s.size() - 2 - static_cast<std::size_t>(rc.steps) + static_cast<std::size_t>(step)]);
     rep.step_ms.push_back(ms);
     if (step == rc.steps - 1) last = losses;
   }
@@ -255,7 +264,8 @@ std::vector<double> run_rank(Comm& comm, const RunConfig& rc, const Layout& layo
   rep.grad_norm = std::sqrt(total);
   if (std::isnan(rep.grad_norm)) rep.problems.push_back("a stage's gradient norm is missing");
   if (rep.max_rel_err > rep.tolerance)
-    rep.problems.push_back("max relative error " + std::to_string(rep.max_rel_err) + " exceeds " + std::to_string(rep.tolerance));
+    rep.problems.push_back("max relative error " + std::to_string(rep.max_rel_err) + " exceeds " +
+                           std::to_string(rep.tolerance));
   return rep;
 }
 

@@ -22,14 +22,17 @@ namespace mlp {
 /// Every step's batch (inputs and labels, chunk after chunk) in device memory, the same on every rank.
 class Batches {
 public:
-  Batches(const ModelConfig& cfg, int chunks, int steps) : _bytes(cfg.chunk_elems() * static_cast<std::size_t>(chunks) * dtype_bytes(cfg.dtype)) {
+  Batches(const ModelConfig& cfg, int chunks, int steps)
+      : _bytes(cfg.chunk_elems() * static_cast<std::size_t>(chunks) * dtype_bytes(cfg.dtype)) {
     dualpipe::Stream s;
     for (int step = 0; step < steps; ++step) {
       _inputs.emplace_back(_bytes, s.ref());
       _labels.emplace_back(_bytes, s.ref());
       const std::size_t n = cfg.chunk_elems() * static_cast<std::size_t>(chunks);
-      fill_uniform(cfg.dtype, _inputs.back().data(), n, derive_seed(cfg.seed, 0xB17C, static_cast<std::uint64_t>(step)), 1.0f, s.get());
-      fill_uniform(cfg.dtype, _labels.back().data(), n, derive_seed(cfg.seed, 0x1ABE1, static_cast<std::uint64_t>(step)), 1.0f, s.get());
+      fill_uniform(cfg.dtype, _inputs.back().data(), n, derive_seed(cfg.seed, 0xB17C, static_cast<std::uint64_t>(step)),
+                   1.0f, s.get());
+      fill_uniform(cfg.dtype, _labels.back().data(), n,
+                   derive_seed(cfg.seed, 0x1ABE1, static_cast<std::uint64_t>(step)), 1.0f, s.get());
     }
     s.synchronize();
   }
@@ -95,9 +98,9 @@ private:
 
 /// What the sequential run saw.
 struct SequentialRun {
-  std::vector<std::vector<double>> losses;               ///< [step][batch chunk]
-  std::vector<std::vector<std::vector<float>>> grads;    ///< [step][stage]: dW1 then dW2
-  std::vector<std::vector<float>> final_params;          ///< [stage], after the last update
+  std::vector<std::vector<double>> losses;             ///< [step][batch chunk]
+  std::vector<std::vector<std::vector<float>>> grads;  ///< [step][stage]: dW1 then dW2
+  std::vector<std::vector<float>> final_params;        ///< [stage], after the last update
 };
 
 /// Runs `steps` steps of the `stages`-stage model chunk by chunk on one stream.

@@ -28,7 +28,8 @@ struct ScaleStage {
     dy[ctx.chunk] = (y - t) * ctx.loss_scale;  // where the backward of the last stage starts
     return 0.5 * (y - t) * (y - t);
   }
-  void backward_input(const dualpipe::StageContext& ctx, dualpipe::ConstBytes out_grad, dualpipe::MutableBytes in_grad) {
+  void backward_input(const dualpipe::StageContext& ctx, dualpipe::ConstBytes out_grad,
+                      dualpipe::MutableBytes in_grad) {
     if (!ctx.is_last_stage) std::memcpy(&dy[ctx.chunk], out_grad.data(), sizeof(double));
     const double g = w * dy[ctx.chunk];
     if (!in_grad.empty()) std::memcpy(in_grad.data(), &g, sizeof g);
@@ -60,7 +61,7 @@ int main() {
   bool ok = true;
   for (int c = 0; c < chunks; ++c) ok &= std::abs(losses[c] - 0.5 * std::pow(2.25 * inputs[c], 2)) < 1e-12;
   double stage0_grad = stages[0].grad + stages[3].grad;  // rank 0 module 0 and rank 1 module 1
-  double expect = 0;  // d/dw0 of sum 0.5 (w1 w0 x)^2 = sum w1^2 w0 x^2
+  double expect = 0;                                     // d/dw0 of sum 0.5 (w1 w0 x)^2 = sum w1^2 w0 x^2
   for (double v : inputs) expect += 1.5 * 1.5 * 1.5 * v * v;
   ok &= std::abs(stage0_grad - expect) < 1e-9;
   std::printf("quickstart: losses %g %g %g %g, stage 0 gradient %g (expected %g): %s\n", losses[0], losses[1],

@@ -83,8 +83,7 @@ Args parse_args(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
     if (arg.starts_with("--") && arg != "--help") {
-      if (std::find(seen.begin(), seen.end(), arg) != seen.end())
-        throw UsageError{std::string(arg) + " given twice"};
+      if (std::find(seen.begin(), seen.end(), arg) != seen.end()) throw UsageError{std::string(arg) + " given twice"};
       seen.push_back(arg);
     }
     auto value = [&]() -> std::string_view {
@@ -95,9 +94,13 @@ Args parse_args(int argc, char** argv) {
       std::cout << usage_text;
       std::exit(0);
     } else if (arg == "--schedule") a.schedule = std::string(value());
-    else if (arg == "--ranks") { a.ranks = parse_int(arg, value()); have_ranks = true; }
-    else if (arg == "--chunks") { a.chunks = parse_int(arg, value()); have_chunks = true; }
-    else if (arg == "--forward-only") a.forward_only = true;
+    else if (arg == "--ranks") {
+      a.ranks = parse_int(arg, value());
+      have_ranks = true;
+    } else if (arg == "--chunks") {
+      a.chunks = parse_int(arg, value());
+      have_chunks = true;
+    } else if (arg == "--forward-only") a.forward_only = true;
     else if (arg == "--compare") a.compare = true;
     else if (arg == "--format") a.format = std::string(value());
     else if (arg == "--model") a.model = std::string(value());
@@ -112,15 +115,13 @@ Args parse_args(int argc, char** argv) {
     throw UsageError{"--compare prints its own table: --format and --forward-only do not apply"};
   if (a.ranks < 1) throw UsageError{"ranks must be at least 1 (got ranks=" + std::to_string(a.ranks) + ")"};
   if (a.chunks < 1) throw UsageError{"chunks must be at least 1 (got chunks=" + std::to_string(a.chunks) + ")"};
-  if (a.ranks > max_ranks || a.chunks > max_chunks ||
-      static_cast<long long>(a.ranks) * a.chunks > max_rank_chunks)
+  if (a.ranks > max_ranks || a.chunks > max_chunks || static_cast<long long>(a.ranks) * a.chunks > max_rank_chunks)
     throw UsageError{"ranks x chunks too large for one program run (got ranks=" + std::to_string(a.ranks) +
                      ", chunks=" + std::to_string(a.chunks) + "; limits: ranks <= " + std::to_string(max_ranks) +
-                     ", chunks <= " + std::to_string(max_chunks) + ", ranks x chunks <= " +
-                     std::to_string(max_rank_chunks) + ")"};
+                     ", chunks <= " + std::to_string(max_chunks) +
+                     ", ranks x chunks <= " + std::to_string(max_rank_chunks) + ")"};
   if (!a.compare && !a.schedule) throw UsageError{"--schedule NAME (or --compare) is required"};
-  if (a.format != "trace" && a.format != "grid" && a.format != "svg" && a.format != "chrome" &&
-      a.format != "summary")
+  if (a.format != "trace" && a.format != "grid" && a.format != "svg" && a.format != "chrome" && a.format != "summary")
     throw UsageError{"--format must be trace, grid, svg, chrome or summary (got '" + a.format + "')"};
   return a;
 }
@@ -153,8 +154,8 @@ std::string summary_text(const Summary& s) {
 std::string compare_text(int stages, int chunks, const Costs& costs, CommModel model) {
   std::ostringstream out;
   char line[256];
-  std::snprintf(line, sizeof line, "%-10s %7s %6s %6s %9s %9s %8s %9s %s\n", "schedule", "devices", "stages",
-                "chunks", "makespan", "max_idle", "bubble", "peak_act", "params/device");
+  std::snprintf(line, sizeof line, "%-10s %7s %6s %6s %9s %9s %8s %9s %s\n", "schedule", "devices", "stages", "chunks",
+                "makespan", "max_idle", "bubble", "peak_act", "params/device");
   out << "# " << stages << " model stages, " << chunks << " chunks, F=" << costs.forward << " B=" << costs.backward
       << " W=" << costs.weight << " F&B=" << costs.forward_backward << " latency=" << costs.latency << ", "
       << to_string(model) << " model\n"

@@ -36,7 +36,8 @@ namespace {
 constexpr const char* program = "dualpipe-torch-mlp";
 std::string usage() {
   return "usage: dualpipe-torch-mlp [--schedule NAME] [--ranks P] [--chunks C] [--hidden H] [--steps N]\n"
-         "  NAME: " + schedule_names() + " (default dualpipe); defaults P=4 C=20 H=32 N=1";
+         "  NAME: " +
+         schedule_names() + " (default dualpipe); defaults P=4 C=20 H=32 N=1";
 }
 
 struct Args {
@@ -52,7 +53,8 @@ int parse_int(std::string_view flag, std::string_view text, int min) {
   auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
   if (ec != std::errc{} || end != text.data() + text.size())
     throw ConfigError(std::string(flag) + " needs an integer, got '" + std::string(text) + "'");
-  if (v < min) throw ConfigError(std::string(flag) + " must be at least " + std::to_string(min) + ", got " + std::to_string(v));
+  if (v < min)
+    throw ConfigError(std::string(flag) + " must be at least " + std::to_string(min) + ", got " + std::to_string(v));
   return v;
 }
 
@@ -66,18 +68,12 @@ Args parse_args(int argc, char** argv) {
     }
     if (i + 1 >= argc) throw ConfigError("unknown option or missing value: '" + std::string(flag) + "'");
     std::string_view value = argv[++i];
-    if (flag == "--schedule")
-      a.schedule = parse_schedule_kind(value);
-    else if (flag == "--ranks")
-      a.ranks = parse_int(flag, value, 1);
-    else if (flag == "--chunks")
-      a.chunks = parse_int(flag, value, 1);
-    else if (flag == "--hidden")
-      a.hidden = parse_int(flag, value, 1);
-    else if (flag == "--steps")
-      a.steps = parse_int(flag, value, 1);
-    else
-      throw ConfigError("unknown option '" + std::string(flag) + "'");
+    if (flag == "--schedule") a.schedule = parse_schedule_kind(value);
+    else if (flag == "--ranks") a.ranks = parse_int(flag, value, 1);
+    else if (flag == "--chunks") a.chunks = parse_int(flag, value, 1);
+    else if (flag == "--hidden") a.hidden = parse_int(flag, value, 1);
+    else if (flag == "--steps") a.steps = parse_int(flag, value, 1);
+    else throw ConfigError("unknown option '" + std::string(flag) + "'");
   }
   check_config(a.schedule, a.ranks, a.chunks);  // the schedule's rules, before anything starts
   return a;
@@ -130,8 +126,9 @@ std::vector<double> gather_losses(const std::vector<StepResult>& per_rank, int c
 /// Checks one training step's gradients: each stage's copies summed (in rank, module order) against the
 /// sequential model's. Returns the sum of squares of the summed gradients (stage order, for grad_norm).
 template <class Schedule>
-double check_grads(std::vector<MlpStage>& model, const std::vector<std::unique_ptr<torch_mlp::RankStages<Schedule>>>& ranks,
-                   int step, Checks& checks, double& max_diff, double& max_err) {
+double check_grads(std::vector<MlpStage>& model,
+                   const std::vector<std::unique_ptr<torch_mlp::RankStages<Schedule>>>& ranks, int step, Checks& checks,
+                   double& max_diff, double& max_err) {
   double norm2 = 0;
   for (int s = 0; s < static_cast<int>(model.size()); ++s) {
     auto ref_params = model[s]->parameters();
@@ -227,9 +224,9 @@ int run(const Args& a) {
     std::vector<double> losses = gather_losses(results, C, checks);
     loss_sum = 0;
     for (int c = 0; c < C; ++c) {
-      checks.expect(same_bits(losses[c], reference.losses[c]),
-                    "step " + std::to_string(k) + " chunk " + std::to_string(c) + " loss " + g17(losses[c]) +
-                        " != sequential " + g17(reference.losses[c]));
+      checks.expect(same_bits(losses[c], reference.losses[c]), "step " + std::to_string(k) + " chunk " +
+                                                                   std::to_string(c) + " loss " + g17(losses[c]) +
+                                                                   " != sequential " + g17(reference.losses[c]));
       loss_sum += losses[c];
     }
     norm2 = check_grads<Schedule>(model, ranks, k, checks, max_diff, max_err);
@@ -239,9 +236,8 @@ int run(const Args& a) {
   std::vector<StepResult> eval(P);
   StepOptions with_outputs;
   with_outputs.return_outputs = true;
-  run_ranks(P, [&](int r) {
-    eval[r] = pipes[r]->eval(C, torch_mlp::bytes_of(x), torch_mlp::bytes_of(l), with_outputs);
-  });
+  run_ranks(P,
+            [&](int r) { eval[r] = pipes[r]->eval(C, torch_mlp::bytes_of(x), torch_mlp::bytes_of(l), with_outputs); });
   check_forward(eval, reference, C, ranks[0]->stages[0]->output_bytes(), checks);
 
   std::printf("model: stages=%d hidden=%d micro_batch=%lld seq_len=%lld dtype=float64 steps=%d torch_threads=%d\n",
@@ -249,10 +245,10 @@ int run(const Args& a) {
               a.steps, torch::get_num_threads());
   std::printf("grads: max 1-2<x,y>/(|x|^2+|y|^2) = %.3g (reference criterion: < 1e-13), max relative error %.3g\n",
               max_diff, max_err);
-  std::printf("result: schedule=%s ranks=%d chunks=%d comm=inproc loss_sum=%.17g grad_norm=%.17g max_rel_err=%.3g "
-              "check=%s\n",
-              std::string(Schedule::name).c_str(), P, C, loss_sum, std::sqrt(norm2), max_err,
-              checks.ok ? "pass" : "FAIL");
+  std::printf(
+      "result: schedule=%s ranks=%d chunks=%d comm=inproc loss_sum=%.17g grad_norm=%.17g max_rel_err=%.3g "
+      "check=%s\n",
+      std::string(Schedule::name).c_str(), P, C, loss_sum, std::sqrt(norm2), max_err, checks.ok ? "pass" : "FAIL");
   return checks.ok ? 0 : 1;
 }
 

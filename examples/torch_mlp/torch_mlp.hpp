@@ -19,8 +19,10 @@ namespace torch_mlp {
 /// One pipeline stage of the reference's example.
 struct MlpStageImpl : torch::nn::Module {
   explicit MlpStageImpl(std::int64_t hidden)
-      : linear1(register_module("linear1", torch::nn::Linear(torch::nn::LinearOptions(hidden, 4 * hidden).bias(false)))),
-        linear2(register_module("linear2", torch::nn::Linear(torch::nn::LinearOptions(4 * hidden, hidden).bias(false)))) {}
+      : linear1(
+            register_module("linear1", torch::nn::Linear(torch::nn::LinearOptions(hidden, 4 * hidden).bias(false)))),
+        linear2(
+            register_module("linear2", torch::nn::Linear(torch::nn::LinearOptions(4 * hidden, hidden).bias(false)))) {}
   torch::Tensor forward(torch::Tensor x) { return linear2(torch::gelu(linear1(x))); }
   torch::nn::Linear linear1, linear2;
 };

@@ -4,9 +4,9 @@
 // dualpipe/nccl.hpp.
 #pragma once
 
-#include "dualpipe/cuda/local_communicator.hpp"
 #include "dualpipe/cuda/device.hpp"
 #include "dualpipe/cuda/error.hpp"
+#include "dualpipe/cuda/local_communicator.hpp"
 #include "dualpipe/cuda/memory.hpp"
 #include "dualpipe/cuda/nvtx.hpp"
 #include "dualpipe/cuda/stream.hpp"

@@ -4,9 +4,9 @@
 // (dualpipe/nccl/mpi_bootstrap.hpp) needs MPI and is included separately.
 #pragma once
 
+#include "dualpipe/cuda.hpp"
 #include "dualpipe/nccl/bootstrap.hpp"
 #include "dualpipe/nccl/communicator.hpp"
+#include "dualpipe/nccl/error.hpp"
 #include "dualpipe/nccl/gradient_reducer.hpp"
 #include "dualpipe/nccl/grid.hpp"
-#include "dualpipe/cuda.hpp"
-#include "dualpipe/nccl/error.hpp"

@@ -194,8 +194,8 @@ TEST_CASE("Profile.NoisyMeasuredSpansStillProfile") {
   }
   SUBCASE("spans that end before they start") {
     Timeline m = measured_from(t, c);
-    set_durations(m, OpKind::forward, -0.25);           // F mean -0.25
-    set_durations(m, OpKind::forward_backward, -1.0);   // FB mean -1
+    set_durations(m, OpKind::forward, -0.25);                            // F mean -0.25
+    set_durations(m, OpKind::forward_backward, -1.0);                    // FB mean -1
     const ProfileReport p = profile_step(m, t, CommModel::async, -0.5);  // and a negative transfer latency
     CHECK(p.costs.forward == 0);
     CHECK(p.costs.forward_backward == 0);
@@ -219,8 +219,7 @@ TEST_CASE("Profile.NoisyMeasuredSpansStillProfile") {
   SUBCASE("one op kind missing") {
     // No W spans at all (say, the recorder lost them): W costs 0 and Bw the whole B.
     Timeline m = measured_from(t, c);
-    for (auto& rank : m.spans)
-      std::erase_if(rank, [](const Span& s) { return s.op.kind == OpKind::weight; });
+    for (auto& rank : m.spans) std::erase_if(rank, [](const Span& s) { return s.op.kind == OpKind::weight; });
     const ProfileReport p = profile_step(m, t);
     CHECK(p.samples[3] == 0);
     CHECK(p.costs.weight == 0);

@@ -217,9 +217,10 @@ TEST_CASE("Simulator.TimelineInvariants") {
   costs.bytes = 10;
   costs.bandwidth = 100;
   for (CommModel model : {CommModel::rendezvous, CommModel::async})
-    for (auto [kind, p, c, mode] :
-         {std::tuple{ScheduleKind::dualpipe, 8, 20, Mode::train}, std::tuple{ScheduleKind::dualpipev, 4, 11, Mode::train},
-          std::tuple{ScheduleKind::dualpipe, 4, 8, Mode::forward}, std::tuple{ScheduleKind::dualpipev, 1, 3, Mode::train}}) {
+    for (auto [kind, p, c, mode] : {std::tuple{ScheduleKind::dualpipe, 8, 20, Mode::train},
+                                    std::tuple{ScheduleKind::dualpipev, 4, 11, Mode::train},
+                                    std::tuple{ScheduleKind::dualpipe, 4, 8, Mode::forward},
+                                    std::tuple{ScheduleKind::dualpipev, 1, 3, Mode::train}}) {
       CAPTURE(to_string(model));
       CAPTURE(schedule_name(kind));
       CAPTURE(p);

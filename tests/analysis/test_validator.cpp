@@ -248,8 +248,8 @@ TEST_CASE("Validator.Break.DeadlockByReorderedCommits") {
     const std::string send = toks[1];
     REQUIRE(send == "sF" + std::to_string(r) + ".0");
     REQUIRE(toks[3] == "|");
-    toks.erase(toks.begin() + 1);                      // F rF |
-    toks.insert(toks.begin() + 3, {send, "|"});        // F rF | sF |
+    toks.erase(toks.begin() + 1);                // F rF |
+    toks.insert(toks.begin() + 3, {send, "|"});  // F rF | sF |
     set_tokens(t, r, toks);
   }
   expect_failure(t, ValidationRule::deadlock, 0, 2);

@@ -17,8 +17,8 @@ int validate_all(ScheduleKind kind, int ranks, int first_chunks, int last_chunks
       const Trace t = make_trace(kind, ranks, c, mode);
       const ValidationResult r = validate(t, kind);
       if (!r.ok) {
-        FAIL_CHECK(schedule_name(kind) << " ranks=" << ranks << " chunks=" << c << " mode=" << to_string(mode)
-                                       << ":\n" << r.message);
+        FAIL_CHECK(schedule_name(kind) << " ranks=" << ranks << " chunks=" << c << " mode=" << to_string(mode) << ":\n"
+                                       << r.message);
         continue;
       }
       ++checked;

@@ -23,11 +23,11 @@ struct RendezvousCosts {
 };
 
 struct RendezvousResult {
-  bool completed = false;      ///< Every rank reached the end of its list.
-  std::string problem;         ///< Why not (deadlock, post without peer, double post, uncommitted post).
+  bool completed = false;  ///< Every rank reached the end of its list.
+  std::string problem;     ///< Why not (deadlock, post without peer, double post, uncommitted post).
   double makespan = 0;
-  std::vector<double> busy;    ///< Compute time per rank.
-  std::vector<double> idle;    ///< makespan - busy.
+  std::vector<double> busy;  ///< Compute time per rank.
+  std::vector<double> idle;  ///< makespan - busy.
   [[nodiscard]] double worst_idle() const { return idle.empty() ? 0 : *std::max_element(idle.begin(), idle.end()); }
 };
 
@@ -45,9 +45,17 @@ struct RendezvousResult {
 /// Runs the trace under the commit-rendezvous model. `kind` gives the placement (who each post talks to).
 [[nodiscard]] inline RendezvousResult run_rendezvous(const Trace& t, ScheduleKind kind, const RendezvousCosts& costs) {
   using Key = std::tuple<bool, int, int, int, int>;  // activation?, module, chunk, sender, receiver
-  struct Side { bool launched = false; double at = 0; };
-  struct Transfer { Side send, recv; };
-  struct Waiting { Key key; bool is_send; };
+  struct Side {
+    bool launched = false;
+    double at = 0;
+  };
+  struct Transfer {
+    Side send, recv;
+  };
+  struct Waiting {
+    Key key;
+    bool is_send;
+  };
   struct RankState {
     std::size_t pc = 0;
     double time = 0;
@@ -83,7 +91,10 @@ struct RendezvousResult {
             const Transfer& tr = transfers[w.key];
             const Side& other = w.is_send ? tr.recv : tr.send;
             const Side& mine = w.is_send ? tr.send : tr.recv;
-            if (!other.launched) { ready = false; break; }
+            if (!other.launched) {
+              ready = false;
+              break;
+            }
             done = std::max(done, std::max(mine.at, other.at) + costs.latency);
           }
           if (!ready) break;

@@ -131,7 +131,8 @@ TEST_CASE("Baselines.EveryChunkForwardedAndBackwardedOnceInOrder") {
               if (op.kind != OpKind::commit && op.kind != OpKind::weight) CHECK(op.module == 0);
             const auto full = chunks_of(ops, OpKind::backward);
             const auto split = chunks_of(ops, OpKind::backward_input);
-            const auto weights = std::count_if(ops.begin(), ops.end(), [](const Op& o) { return o.kind == OpKind::weight; });
+            const auto weights =
+                std::count_if(ops.begin(), ops.end(), [](const Op& o) { return o.kind == OpKind::weight; });
             if (mode == Mode::forward) {
               CHECK(full.empty());
               CHECK(split.empty());

@@ -20,8 +20,8 @@ bool near(double a, double b) { return std::fabs(a - b) < 1e-9; }
 TEST_CASE("Rendezvous.ModelReproducesTheSpecFiguresOnDualPipe") {
   // docs/schedules.md: DualPipe 8 ranks 20 chunks, F=W=1, B=2. F&B=3: every rank idles 6, makespan 66.
   // F&B=2.5: idles 3.5 4 4.5 4.5 4.5 4.5 4 3.5, makespan 59. Run on the reference's own trace.
-  const Trace golden =
-      parse_trace(dualpipe::testing::read_text(std::filesystem::path(DUALPIPE_GOLDEN_DIR) / "dualpipe_pp8_c20_train.txt"));
+  const Trace golden = parse_trace(
+      dualpipe::testing::read_text(std::filesystem::path(DUALPIPE_GOLDEN_DIR) / "dualpipe_pp8_c20_train.txt"));
   auto r3 = run_rendezvous(golden, ScheduleKind::dualpipe, {1, 2, 1, 3, 0});
   REQUIRE(r3.completed);
   CHECK(near(r3.makespan, 66));

@@ -71,7 +71,8 @@ TEST_CASE("Baselines.Analysis.SpecTable") {
     for (int C = P; C <= 3 * P + 1; ++C) {
       CAPTURE(P);
       CAPTURE(C);
-      const Summary one = summarize(simulate(make_trace<OneFOneB>(P, C), ScheduleKind::one_f_one_b), make_trace<OneFOneB>(P, C));
+      const Summary one =
+          summarize(simulate(make_trace<OneFOneB>(P, C), ScheduleKind::one_f_one_b), make_trace<OneFOneB>(P, C));
       const Summary zb = summarize(simulate(make_trace<ZB1P>(P, C), ScheduleKind::zb1p), make_trace<ZB1P>(P, C));
       const Summary gp = summarize(simulate(make_trace<GPipe>(P, C), ScheduleKind::gpipe), make_trace<GPipe>(P, C));
       for (int r = 0; r < P; ++r) {
@@ -91,10 +92,13 @@ TEST_CASE("Baselines.Analysis.RenderASimulatedStep") {
   const Trace t = make_trace<ZB1P>(4, 8);
   const Timeline tl = simulate(t, ScheduleKind::zb1p);
   std::size_t computes = 0;
-  for (const auto& ops : t.ops) computes += static_cast<std::size_t>(std::count_if(ops.begin(), ops.end(), [](const Op& o) { return is_compute(o.kind); }));
+  for (const auto& ops : t.ops)
+    computes +=
+        static_cast<std::size_t>(std::count_if(ops.begin(), ops.end(), [](const Op& o) { return is_compute(o.kind); }));
   const std::string svg = render_svg(tl);
   std::size_t rects = 0;
-  for (std::size_t p = svg.find("class=\"compute\""); p != std::string::npos; p = svg.find("class=\"compute\"", p + 1)) ++rects;
+  for (std::size_t p = svg.find("class=\"compute\""); p != std::string::npos; p = svg.find("class=\"compute\"", p + 1))
+    ++rects;
   CHECK(rects == computes);
   const std::string grid = render_grid(tl);  // unit costs: one row per unit, makespan 27
   CHECK(std::count(grid.begin(), grid.end(), '\n') == 2 + 27);

@@ -1,7 +1,7 @@
 // The consumer of the torch component (dualpipe::torch): a TorchStage over a libtorch module, checked
 // against the Stage contract at compile time.
-#include <dualpipe/torch.hpp>
 #include <torch/nn/modules/linear.h>
+#include <dualpipe/torch.hpp>
 
 #include <cstdio>
 

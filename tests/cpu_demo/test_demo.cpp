@@ -79,8 +79,8 @@ TEST_CASE("CpuDemo.Core.EveryScheduleMatchesTheSequentialRun" * doctest::timeout
 TEST_CASE("CpuDemo.Core.OneStepLossesEqualTheSequentialRunBitForBit") {
   // With one step the weights are the initial ones everywhere, and each chunk's forward is the same
   // arithmetic in the same order as in the sequential run: the loss sum (batch-chunk order) is exact.
-  for (const GridPoint& g : {GridPoint{"dualpipe", 4, 8}, GridPoint{"dualpipev", 2, 8}, GridPoint{"1f1b", 4, 8},
-                             GridPoint{"zb1p", 4, 8}}) {
+  for (const GridPoint& g :
+       {GridPoint{"dualpipe", 4, 8}, GridPoint{"dualpipev", 2, 8}, GridPoint{"1f1b", 4, 8}, GridPoint{"zb1p", 4, 8}}) {
     CAPTURE(g.schedule);
     const DemoConfig cfg = small(g.schedule, g.ranks, g.chunks, 1);
     const SequentialRun seq = sequential_for(cfg);
@@ -115,8 +115,8 @@ TEST_CASE("CpuDemo.Core.TheCheckFailsAgainstAnotherModel") {
 }
 
 TEST_CASE("CpuDemo.Core.AFailingStageEndsTheRunWithStepErrorNamingItsRank" * doctest::timeout(120)) {
-  for (const GridPoint& g : {GridPoint{"dualpipe", 4, 8}, GridPoint{"dualpipev", 2, 4}, GridPoint{"1f1b", 4, 8},
-                             GridPoint{"zb1p", 3, 4}}) {
+  for (const GridPoint& g :
+       {GridPoint{"dualpipe", 4, 8}, GridPoint{"dualpipev", 2, 4}, GridPoint{"1f1b", 4, 8}, GridPoint{"zb1p", 3, 4}}) {
     CAPTURE(g.schedule);
     DemoConfig cfg = small(g.schedule, g.ranks, g.chunks);
     cfg.inject_failure = 1;
@@ -151,8 +151,8 @@ TEST_CASE("CpuDemo.Core.BadConfigurationsAreRefusedBeforeAnythingRuns") {
 TEST_CASE("CpuDemo.Grid.DpTwoChunksEightTrainsLikeDpOneChunksSixteen" * doctest::timeout(240)) {
   // The same 16-chunk batches, split over 2 replicas (or 2 accumulated steps) instead of one pipeline step:
   // the per-step loss sums agree to rounding (the gradients add in another order), and every run passes.
-  for (const GridPoint& g : {GridPoint{"dualpipe", 4, 8}, GridPoint{"dualpipev", 2, 8}, GridPoint{"1f1b", 4, 8},
-                             GridPoint{"zb1p", 4, 8}}) {
+  for (const GridPoint& g :
+       {GridPoint{"dualpipe", 4, 8}, GridPoint{"dualpipev", 2, 8}, GridPoint{"1f1b", 4, 8}, GridPoint{"zb1p", 4, 8}}) {
     CAPTURE(g.schedule);
     const DemoReport one = run_demo_inproc(small(g.schedule, g.ranks, 2 * g.chunks, 3));
     DemoConfig dp2 = small(g.schedule, g.ranks, g.chunks, 3);
@@ -231,9 +231,10 @@ TEST_CASE("CpuDemo.ResultLineFormat") {
   r.loss_sum = 0.1;
   r.grad_norm = 2.5;
   r.max_rel_err = 1.5e-16;
-  CHECK(result_line(r) ==
-        "result: schedule=zb1p ranks=4 chunks=8 dp=1 accumulate=1 comm=inproc loss_sum=0.10000000000000001 grad_norm=2.5 "
-        "max_rel_err=1.5e-16 check=pass");
+  CHECK(
+      result_line(r) ==
+      "result: schedule=zb1p ranks=4 chunks=8 dp=1 accumulate=1 comm=inproc loss_sum=0.10000000000000001 grad_norm=2.5 "
+      "max_rel_err=1.5e-16 check=pass");
   r.max_rel_err = 2e-12;
   CHECK(contains(result_line(r), "check=FAIL"));
 }
@@ -252,9 +253,30 @@ TEST_CASE("CpuDemo.Options") {
   CHECK(configs[1].ranks == 2);  // dualpipev: the same 4-stage model on 2 ranks
   CHECK(stages_of(configs[1].schedule, configs[1].ranks, configs[1].model.chunks) == 4);
 
-  const ProgramOptions o = parse({"--schedule", "zb1p,1f1b", "--schedule=zb1p", "--ranks", "2", "--chunks=6",
-                                  "--steps", "5", "--hidden", "8", "--batch-rows", "3", "--seed", "9", "--lr", "0.5",
-                                  "--trace-dir", "t", "--inject-failure", "1", "--timeout-ms", "100", "--comm", "inproc"});
+  const ProgramOptions o = parse({"--schedule",
+                                  "zb1p,1f1b",
+                                  "--schedule=zb1p",
+                                  "--ranks",
+                                  "2",
+                                  "--chunks=6",
+                                  "--steps",
+                                  "5",
+                                  "--hidden",
+                                  "8",
+                                  "--batch-rows",
+                                  "3",
+                                  "--seed",
+                                  "9",
+                                  "--lr",
+                                  "0.5",
+                                  "--trace-dir",
+                                  "t",
+                                  "--inject-failure",
+                                  "1",
+                                  "--timeout-ms",
+                                  "100",
+                                  "--comm",
+                                  "inproc"});
   REQUIRE(o.schedules.size() == 2);
   CHECK(schedule_name(o.schedules[0]) == "zb1p");
   CHECK(o.ranks == 2);
@@ -268,7 +290,8 @@ TEST_CASE("CpuDemo.Options") {
   CHECK(o.inject_failure == 1);
   CHECK(o.timeout_ms == 100);
   CHECK(parse({"--v-ranks", "3", "--schedule", "dualpipev", "--ranks", "3"}).v_ranks == 3);
-  CHECK(make_configs(parse({"--v-ranks", "3", "--schedule", "dualpipev", "--ranks", "3", "--chunks", "6"}))[0].ranks == 3);
+  CHECK(make_configs(parse({"--v-ranks", "3", "--schedule", "dualpipev", "--ranks", "3", "--chunks", "6"}))[0].ranks ==
+        3);
   CHECK(parse({"--help"}).help);
 
   auto msg = [&](std::vector<std::string_view> a) {

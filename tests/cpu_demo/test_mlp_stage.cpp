@@ -117,7 +117,8 @@ TEST_CASE("CpuDemo.MlpStage.RefusesMisuse") {
   MlpStage st(4, 2, 1, 0);
   std::vector<double> buf(8), small(7);
   StageContext ctx;
-  CHECK_THROWS_AS(st.backward_input(ctx, as_bytes(buf), std::as_writable_bytes(std::span<double>(buf))), std::logic_error);
+  CHECK_THROWS_AS(st.backward_input(ctx, as_bytes(buf), std::as_writable_bytes(std::span<double>(buf))),
+                  std::logic_error);
   CHECK_THROWS_AS(st.backward_weight(ctx), std::logic_error);
   CHECK_THROWS_AS(st.forward(ctx, as_bytes(small), std::as_writable_bytes(std::span<double>(buf))), std::logic_error);
   CHECK_THROWS_AS(MlpStage(0, 2, 1, 0), ConfigError);

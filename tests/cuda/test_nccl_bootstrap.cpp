@@ -89,7 +89,8 @@ TEST_CASE("Nccl.UniqueId.Env") {
   }
   CHECK_THROWS_WITH_AS((void)unique_id_from_env("DUALPIPE_TEST_NCCL_ID"), doctest::Contains("is not set"), ConfigError);
   EnvVar v("DUALPIPE_TEST_NCCL_ID", "zz");
-  CHECK_THROWS_WITH_AS((void)unique_id_from_env("DUALPIPE_TEST_NCCL_ID"), doctest::Contains("DUALPIPE_TEST_NCCL_ID"), ConfigError);
+  CHECK_THROWS_WITH_AS((void)unique_id_from_env("DUALPIPE_TEST_NCCL_ID"), doctest::Contains("DUALPIPE_TEST_NCCL_ID"),
+                       ConfigError);
 }
 
 TEST_CASE("Nccl.UniqueId.File" * doctest::timeout(30)) {
@@ -100,9 +101,7 @@ TEST_CASE("Nccl.UniqueId.File" * doctest::timeout(30)) {
   write_unique_id_file(path, id);
   CHECK(same(read_unique_id_file(path, std::chrono::milliseconds(100)), id));
   CHECK_THROWS_AS((void)read_unique_id_file(dir / "missing.id", std::chrono::milliseconds(50)), TimeoutError);
-  {
-    std::ofstream(dir / "bad.id") << "not an id\n";
-  }
+  { std::ofstream(dir / "bad.id") << "not an id\n"; }
   CHECK_THROWS_WITH_AS((void)read_unique_id_file(dir / "bad.id", std::chrono::milliseconds(50)),
                        doctest::Contains("bad.id"), ConfigError);
   std::filesystem::remove_all(dir);
@@ -118,7 +117,8 @@ TEST_CASE("Nccl.LaunchInfo.Env") {
   }
   {
     EnvVar r("DUALPIPE_RANK", "9"), s("DUALPIPE_WORLD_SIZE", "8");
-    CHECK_THROWS_WITH_AS((void)launch_info_from_env(), doctest::Contains("rank 9 is outside a world of size 8"), ConfigError);
+    CHECK_THROWS_WITH_AS((void)launch_info_from_env(), doctest::Contains("rank 9 is outside a world of size 8"),
+                         ConfigError);
   }
   {
     EnvVar r("DUALPIPE_RANK", "x1");

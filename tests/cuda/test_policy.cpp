@@ -80,7 +80,8 @@ TEST_CASE("Cuda.Policy.Concepts") {
   static_assert(check_communicator<CudaLocalCommunicator>());
   static_assert(CommunicatorWithBarrier<CudaLocalCommunicator>);
   static_assert(CommunicatorWithCollectiveReset<CudaLocalCommunicator>);
-  static_assert(DeviceWithAttach<CudaDevice, CudaLocalCommunicator> && !DeviceWithAttach<HostDevice, CudaLocalCommunicator>);
+  static_assert(DeviceWithAttach<CudaDevice, CudaLocalCommunicator> &&
+                !DeviceWithAttach<HostDevice, CudaLocalCommunicator>);
   static_assert(StageWithAsyncLoss<GpuLikeStage> && !StageWithAsyncLoss<PlainStage>);
   static_assert(StageWithOverlap<GpuLikeStage>);
 #ifdef DUALPIPE_TEST_NCCL
@@ -101,8 +102,8 @@ TEST_CASE("Cuda.Nvtx.NamesAreOpTokens") {
   const std::vector<Op> ops{Op::F(0, 0), Op::sF(0, 0), Op::commit_op(), Op::W()};
   const NvtxNames names(ops);
   CHECK(names.size() == (nvtx_enabled ? ops.size() : 0u));
-  { NvtxRange r(names, 0); }       // no profiler attached: a no-op, but must not crash or leak a range
-  { NvtxRange r(names, 99); }      // outside the list: nothing opened, nothing closed
+  { NvtxRange r(names, 0); }   // no profiler attached: a no-op, but must not crash or leak a range
+  { NvtxRange r(names, 99); }  // outside the list: nothing opened, nothing closed
   { NvtxRange r("dualpipe test"); }
 }
 

@@ -4,8 +4,8 @@
 
 #include <atomic>
 #include <chrono>
-#include <thread>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cuda_emulator.hpp"
@@ -32,12 +32,12 @@ TEST_CASE("Emulator.RacesAreFoundWhateverTheTiming") {
   REQUIRE(cuda_emulator::take_races().empty());
   // Ordered by an event: no race.
   CHECK(races_of([](Stream& a, Stream& b, double* x) {
-    Event e;
-    gputest::iota(x, 64, 1.0, a.get());
-    e.record(a);
-    b.wait(e);
-    gputest::scale(x, x, 2.0, 64, 0, b.get());
-  }).empty());
+          Event e;
+          gputest::iota(x, 64, 1.0, a.get());
+          e.record(a);
+          b.wait(e);
+          gputest::scale(x, x, 2.0, 64, 0, b.get());
+        }).empty());
   // No wait: a race, even though the writer is long done before the reader is issued.
   const auto missing = races_of([](Stream& a, Stream& b, double* x) {
     gputest::iota(x, 64, 1.0, a.get());
@@ -49,28 +49,28 @@ TEST_CASE("Emulator.RacesAreFoundWhateverTheTiming") {
   CHECK(missing.front().find("'kernel iota'") != std::string::npos);
   // A wait covers the record at the time of the call only: a later write on `a` is not ordered.
   CHECK(!races_of([](Stream& a, Stream& b, double* x) {
-    Event e;
-    gputest::iota(x, 64, 1.0, a.get());
-    e.record(a);
-    b.wait(e);
-    gputest::iota(x, 64, 0.0, a.get());
-    gputest::scale(x, x, 2.0, 64, 0, b.get());
-  }).empty());
+           Event e;
+           gputest::iota(x, 64, 1.0, a.get());
+           e.record(a);
+           b.wait(e);
+           gputest::iota(x, 64, 0.0, a.get());
+           gputest::scale(x, x, 2.0, 64, 0, b.get());
+         }).empty());
   // The host saw the writer finish: the reader it issues afterwards is ordered.
   CHECK(races_of([](Stream& a, Stream& b, double* x) {
-    gputest::iota(x, 64, 1.0, a.get());
-    a.synchronize();
-    gputest::scale(x, x, 2.0, 64, 0, b.get());
-  }).empty());
+          gputest::iota(x, 64, 1.0, a.get());
+          a.synchronize();
+          gputest::scale(x, x, 2.0, 64, 0, b.get());
+        }).empty());
   // Two readers need no order between them; a copy is an access like a kernel.
   CHECK(races_of([](Stream& a, Stream& b, double* x) {
-    Event e;
-    gputest::iota(x, 64, 1.0, a.get());
-    e.record(a);
-    b.wait(e);
-    gputest::scale(x, x + 32, 2.0, 32, 0, a.get());
-    DUALPIPE_CUDA_CHECK(cudaMemcpyAsync(x + 48, x, 8 * 8, cudaMemcpyDeviceToDevice, b.get()));
-  }).size() == 1);  // b's copy writes [48, 56) that a's scale writes too
+          Event e;
+          gputest::iota(x, 64, 1.0, a.get());
+          e.record(a);
+          b.wait(e);
+          gputest::scale(x, x + 32, 2.0, 32, 0, a.get());
+          DUALPIPE_CUDA_CHECK(cudaMemcpyAsync(x + 48, x, 8 * 8, cudaMemcpyDeviceToDevice, b.get()));
+        }).size() == 1);                     // b's copy writes [48, 56) that a's scale writes too
   CHECK(cudaGetLastError() == cudaSuccess);  // a probe's races are not sticky
 }
 
@@ -101,7 +101,7 @@ TEST_CASE("Emulator.MemoryIsCheckedAndStartsAsNaN") {
   CHECK(std::isnan(h[0]));
   CHECK(cudaMemcpy(h, h + 1, 8, cudaMemcpyHostToDevice) == cudaErrorInvalidValue);  // host as device
   CHECK(cudaGetLastError() == cudaErrorInvalidValue);
-  CHECK(cudaGetLastError() == cudaSuccess);  // not sticky
+  CHECK(cudaGetLastError() == cudaSuccess);                                             // not sticky
   CHECK(cudaMemcpy(x.data(), h, 32, cudaMemcpyHostToDevice) == cudaErrorInvalidValue);  // past the end
   CHECK(cudaFree(h) == cudaErrorInvalidValue);
   (void)cudaGetLastError();

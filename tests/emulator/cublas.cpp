@@ -49,7 +49,8 @@ cublasStatus_t CUBLASWINAPI cublasSetStream_v2(cublasHandle_t handle, cudaStream
 }
 cublasStatus_t CUBLASWINAPI cublasSetWorkspace_v2(cublasHandle_t handle, void* workspace, size_t bytes) {
   if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
-  if (bytes > 0 && !cuda_emulator::is_device_memory(workspace, bytes, handle->device)) return CUBLAS_STATUS_INVALID_VALUE;
+  if (bytes > 0 && !cuda_emulator::is_device_memory(workspace, bytes, handle->device))
+    return CUBLAS_STATUS_INVALID_VALUE;
   return CUBLAS_STATUS_SUCCESS;
 }
 const char* CUBLASWINAPI cublasGetStatusName(cublasStatus_t s) {
@@ -95,17 +96,20 @@ cublasStatus_t CUBLASWINAPI cublasGemmEx(cublasHandle_t handle, cublasOperation_
   std::vector<cuda_emulator::Access> accesses{{A, a_elems * type_bytes(Atype), false},
                                               {B, b_elems * type_bytes(Btype), false},
                                               {C, c_elems * type_bytes(Ctype), true}};
-  const cudaError_t e = cuda_emulator::launch(handle->stream, [=] {
-    for (std::size_t j = 0; j < N; ++j) {
-      for (std::size_t i = 0; i < M; ++i) {
-        float acc = 0;
-        for (std::size_t l = 0; l < K; ++l)
-          acc += load(Atype, A, ta ? l + i * LA : i + l * LA) * load(Btype, B, tb ? j + l * LB : l + j * LB);
-        const std::size_t c = i + j * LC;
-        store(Ctype, C, c, a * acc + (b == 0.0f ? 0.0f : b * load(Ctype, C, c)));
-      }
-    }
-  }, "cublasGemmEx", std::move(accesses));
+  const cudaError_t e = cuda_emulator::launch(
+      handle->stream,
+      [=] {
+        for (std::size_t j = 0; j < N; ++j) {
+          for (std::size_t i = 0; i < M; ++i) {
+            float acc = 0;
+            for (std::size_t l = 0; l < K; ++l)
+              acc += load(Atype, A, ta ? l + i * LA : i + l * LA) * load(Btype, B, tb ? j + l * LB : l + j * LB);
+            const std::size_t c = i + j * LC;
+            store(Ctype, C, c, a * acc + (b == 0.0f ? 0.0f : b * load(Ctype, C, c)));
+          }
+        }
+      },
+      "cublasGemmEx", std::move(accesses));
   return e == cudaSuccess ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
 }
 

@@ -52,7 +52,8 @@ struct Access {
 /// in reports. The work runs on the stream's worker thread with `stream`'s device current. `accesses` are
 /// checked against the earlier accesses to the same device memory: each must be ordered after the ones it
 /// conflicts with (by stream order, events or host synchronisation), else a race is reported.
-cudaError_t launch(cudaStream_t stream, std::function<void()> work, const char* name, std::vector<Access> accesses = {});
+cudaError_t launch(cudaStream_t stream, std::function<void()> work, const char* name,
+                   std::vector<Access> accesses = {});
 
 /// The races reported so far (each also printed on stderr, and failing every later runtime call with
 /// cudaErrorLaunchFailure); taking them clears that sticky error, for the emulator's own tests.

@@ -78,7 +78,7 @@ long env_long(const char* name, long fallback) {
 // A stream: a worker thread running its operations in order. Never freed (operations of other streams
 // and events may refer to it after cudaStreamDestroy), kept reachable from the registry.
 struct CUstream_st {
-  int id = 0;  // index in the vector clocks
+  int id = 0;         // index in the vector clocks
   VectorClock clock;  // after the last operation issued (under g_order_mutex)
   int device = 0;
   unsigned flags = cudaStreamNonBlocking;
@@ -114,7 +114,7 @@ struct CUevent_st {
   std::shared_ptr<std::atomic<std::int64_t>> stamp;  // ns when that record ran (-1 before)
   std::shared_ptr<Capture> capture;                  // set when the most recent record was in a capture
   std::vector<int> tail;
-  VectorClock clock;                                 // the record's (under g_order_mutex)
+  VectorClock clock;  // the record's (under g_order_mutex)
 };
 
 struct CUgraph_st {
@@ -175,8 +175,8 @@ cudaError_t fail(cudaError_t e) {
 // Every call starts here: a device fault is sticky, as on a GPU.
 cudaError_t sticky() { return static_cast<cudaError_t>(emu().sticky.load(std::memory_order_acquire)); }
 
-#define EMU_STICKY()                                   \
-  do {                                                 \
+#define EMU_STICKY()                                      \
+  do {                                                    \
     if (const cudaError_t s_ = sticky()) return fail(s_); \
   } while (0)
 
@@ -197,9 +197,10 @@ void wait_bounded(std::condition_variable& cv, std::unique_lock<std::mutex>& lk,
 void wait_ticket(CUstream_st* s, std::uint64_t ticket, const char* who) {
   std::unique_lock lk(s->m);
   if (s->completed >= ticket) return;
-  wait_bounded(s->cv, lk, [&] { return s->completed >= ticket; },
-               std::string(who) + " waits for stream " + std::to_string(reinterpret_cast<std::uintptr_t>(s)) +
-                   " (device " + std::to_string(s->device) + "), stuck in '" + (s->running ? s->running : "?") + "'");
+  wait_bounded(
+      s->cv, lk, [&] { return s->completed >= ticket; },
+      std::string(who) + " waits for stream " + std::to_string(reinterpret_cast<std::uintptr_t>(s)) + " (device " +
+          std::to_string(s->device) + "), stuck in '" + (s->running ? s->running : "?") + "'");
 }
 
 void worker(CUstream_st* s) {
@@ -552,10 +553,13 @@ void replay(const std::vector<Node>& nodes) {
       if (nodes[i].captured_on != b) continue;
       {
         std::unique_lock lk(m);
-        wait_bounded(cv, lk, [&] {
-          return std::all_of(nodes[i].after.begin(), nodes[i].after.end(),
-                             [&](int k) { return done[static_cast<std::size_t>(k)] != 0; });
-        }, std::string("graph node '") + nodes[i].name + "'");
+        wait_bounded(
+            cv, lk,
+            [&] {
+              return std::all_of(nodes[i].after.begin(), nodes[i].after.end(),
+                                 [&](int k) { return done[static_cast<std::size_t>(k)] != 0; });
+            },
+            std::string("graph node '") + nodes[i].name + "'");
       }
       cuda_emulator::jitter();
       if (nodes[i].work) nodes[i].work();
@@ -605,7 +609,8 @@ const char* error_text(cudaError_t e) {
     case cudaErrorIllegalState: return "operation not permitted when stream is not capturing";
     case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
     case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
-    case cudaErrorStreamCaptureUnjoined: return "capture sequence contains a fork that was not joined to the primary stream";
+    case cudaErrorStreamCaptureUnjoined:
+      return "capture sequence contains a fork that was not joined to the primary stream";
     case cudaErrorStreamCaptureIsolation: return "dependency created on uncaptured work in another stream";
     case cudaErrorCapturedEvent: return "operation not permitted on an event last recorded in a capturing stream";
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
@@ -691,9 +696,7 @@ void jitter() {
   if (us > 0) std::this_thread::sleep_for(std::chrono::microseconds(us));
 }
 
-Counters counters() {
-  return Counters{emu().operations.load(), emu().event_waits.load(), emu().graph_launches.load()};
-}
+Counters counters() { return Counters{emu().operations.load(), emu().event_waits.load(), emu().graph_launches.load()}; }
 
 }  // namespace cuda_emulator
 
@@ -771,9 +774,12 @@ cudaError_t CUDARTAPI cudaStreamCreateWithPriority(cudaStream_t* s, unsigned int
 cudaError_t CUDARTAPI cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int flags) {
   return cudaStreamCreateWithPriority(s, flags, 0);
 }
-cudaError_t CUDARTAPI cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithPriority(s, cudaStreamDefault, 0); }
+cudaError_t CUDARTAPI cudaStreamCreate(cudaStream_t* s) {
+  return cudaStreamCreateWithPriority(s, cudaStreamDefault, 0);
+}
 cudaError_t CUDARTAPI cudaStreamDestroy(cudaStream_t handle) {
-  if (!handle || handle == cudaStreamLegacy || handle == cudaStreamPerThread) return fail(cudaErrorInvalidResourceHandle);
+  if (!handle || handle == cudaStreamLegacy || handle == cudaStreamPerThread)
+    return fail(cudaErrorInvalidResourceHandle);
   CUstream_st* s = handle;
   {
     std::lock_guard lk(g_capture_mutex);
@@ -836,7 +842,7 @@ cudaError_t CUDARTAPI cudaStreamWaitEvent(cudaStream_t handle, cudaEvent_t e, un
     if (s->capture) {
       std::lock_guard el(e->m);
       if (e->stream) return invalidate(s, cudaErrorStreamCaptureIsolation);  // work outside the capture
-      return cudaSuccess;  // never recorded: nothing to wait for
+      return cudaSuccess;                                                    // never recorded: nothing to wait for
     }
   }
   Dependency d{nullptr, 0};
@@ -854,7 +860,8 @@ cudaError_t CUDARTAPI cudaStreamWaitEvent(cudaStream_t handle, cudaEvent_t e, un
 cudaError_t CUDARTAPI cudaLaunchHostFunc(cudaStream_t s, cudaHostFn_t fn, void* user) {
   EMU_STICKY();
   if (!fn) return fail(cudaErrorInvalidValue);
-  return issue(s, [fn, user] { fn(user); }, "cudaLaunchHostFunc");
+  return issue(
+      s, [fn, user] { fn(user); }, "cudaLaunchHostFunc");
 }
 
 // ---- Capture and graphs --------------------------------------------------------------------------------
@@ -877,7 +884,7 @@ cudaError_t CUDARTAPI cudaStreamIsCapturing(cudaStream_t handle, enum cudaStream
   if (!status) return fail(cudaErrorInvalidValue);
   CUstream_st* s = resolve(handle);
   std::lock_guard lk(g_capture_mutex);
-  *status = !s->capture ? cudaStreamCaptureStatusNone
+  *status = !s->capture               ? cudaStreamCaptureStatusNone
             : s->capture->invalidated ? cudaStreamCaptureStatusInvalidated
                                       : cudaStreamCaptureStatusActive;
   return cudaSuccess;
@@ -932,7 +939,8 @@ cudaError_t CUDARTAPI cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t handle)
     check_graph(s, exec->nodes);
   }
   // The nodes are copied: the executable graph may be destroyed while the launch is pending.
-  push(s, [nodes = exec->nodes] { replay(nodes); }, "cudaGraphLaunch");
+  push(
+      s, [nodes = exec->nodes] { replay(nodes); }, "cudaGraphLaunch");
   return cudaSuccess;
 }
 cudaError_t CUDARTAPI cudaGraphDestroy(cudaGraph_t graph) {
@@ -980,7 +988,8 @@ cudaError_t CUDARTAPI cudaEventRecord(cudaEvent_t e, cudaStream_t handle) {
     }
   }
   auto stamp = std::make_shared<std::atomic<std::int64_t>>(-1);
-  Issued rec = push(s, [stamp] { stamp->store(now_ns(), std::memory_order_release); }, "cudaEventRecord");
+  Issued rec = push(
+      s, [stamp] { stamp->store(now_ns(), std::memory_order_release); }, "cudaEventRecord");
   std::lock_guard el(e->m);
   e->capture.reset();
   e->tail.clear();
@@ -1086,9 +1095,11 @@ cudaError_t CUDARTAPI cudaFreeAsync(void* p, cudaStream_t handle) {
     if (it == emu().memory.end()) return fail(cudaErrorInvalidValue);
     bytes = it->second.size;
   }
-  push(s, [p] {
-    if (!unregister(p, true)) cuda_emulator::device_fault("cudaFreeAsync of memory that was already freed");
-  }, "cudaFreeAsync", {}, nullptr, {{p, bytes, true}});
+  push(s,
+       [p] {
+         if (!unregister(p, true)) cuda_emulator::device_fault("cudaFreeAsync of memory that was already freed");
+       },
+       "cudaFreeAsync", {}, nullptr, {{p, bytes, true}});
   return cudaSuccess;
 }
 cudaError_t CUDARTAPI cudaMallocHost(void** p, size_t bytes) {
@@ -1114,7 +1125,7 @@ cudaError_t CUDARTAPI cudaMemcpy(void* dst, const void* src, size_t n, enum cuda
   if (n == 0) return cudaSuccess;
   CUstream_st* s = legacy_stream(t_device);
   const Issued op = push(s, [dst, src, n] { std::memcpy(dst, src, n); }, "cudaMemcpy", {}, nullptr,
-                        {{src, n, false}, {dst, n, true}});
+                         {{src, n, false}, {dst, n, true}});
   wait_ticket(s, op.ticket, "cudaMemcpy");
   // From pageable memory to the device, cudaMemcpy may return once the data is staged, before it landed:
   // the host has not seen it finish.
@@ -1128,7 +1139,8 @@ cudaError_t CUDARTAPI cudaMemcpyPeerAsync(void* dst, int dst_device, const void*
   if (n == 0) return cudaSuccess;
   if (!cuda_emulator::is_device_memory(dst, n, dst_device) || !cuda_emulator::is_device_memory(src, n, src_device))
     return fail(cudaErrorInvalidValue);
-  return issue(s, [dst, src, n] { std::memcpy(dst, src, n); }, "cudaMemcpyPeerAsync", {{src, n, false}, {dst, n, true}});
+  return issue(s, [dst, src, n] { std::memcpy(dst, src, n); }, "cudaMemcpyPeerAsync",
+               {{src, n, false}, {dst, n, true}});
 }
 cudaError_t CUDARTAPI cudaMemsetAsync(void* p, int value, size_t n, cudaStream_t s) {
   EMU_STICKY();

@@ -39,14 +39,14 @@ struct Reduction {
 
 // The ranks that share a unique id.
 struct Clique {
-  explicit Clique(int n) : size(n), members(static_cast<std::size_t>(n), nullptr),
-                           channels(static_cast<std::size_t>(n * n)) {}
+  explicit Clique(int n)
+      : size(n), members(static_cast<std::size_t>(n), nullptr), channels(static_cast<std::size_t>(n * n)) {}
   int size;
   std::mutex m;
   std::condition_variable cv;
   std::vector<ncclComm*> members;
   int joined = 0;
-  std::vector<std::deque<Message*>> channels;  // [src * size + dst]: sends not yet received, in order
+  std::vector<std::deque<Message*>> channels;     // [src * size + dst]: sends not yet received, in order
   std::map<std::uint64_t, Reduction> reductions;  // by sequence number
   // ncclCommSplit rounds, by sequence number: each member's (colour, key), then the new cliques.
   struct Split {
@@ -84,10 +84,16 @@ thread_local std::vector<Pending> t_pending;
 
 std::size_t type_size(ncclDataType_t t) {
   switch (t) {
-    case ncclInt8: case ncclUint8: return 1;
-    case ncclFloat16: case ncclBfloat16: return 2;
-    case ncclInt32: case ncclUint32: case ncclFloat32: return 4;
-    case ncclInt64: case ncclUint64: case ncclFloat64: return 8;
+    case ncclInt8:
+    case ncclUint8: return 1;
+    case ncclFloat16:
+    case ncclBfloat16: return 2;
+    case ncclInt32:
+    case ncclUint32:
+    case ncclFloat32: return 4;
+    case ncclInt64:
+    case ncclUint64:
+    case ncclFloat64: return 8;
     default: return 0;
   }
 }
@@ -169,7 +175,9 @@ void run_p2p(ncclComm* self, const std::vector<Pending>& ops) {
   for (const Pending& p : ops) {
     if (p.send) continue;
     auto& ch = q.channels[static_cast<std::size_t>(p.peer * q.size + self->rank)];
-    if (!wait_or_abort(q, lk, self, [&] { return !ch.empty(); }, "a receive")) break;
+    if (!wait_or_abort(
+            q, lk, self, [&] { return !ch.empty(); }, "a receive"))
+      break;
     Message* msg = ch.front();
     ch.pop_front();
     if (msg->bytes != p.bytes) {
@@ -186,14 +194,17 @@ void run_p2p(ncclComm* self, const std::vector<Pending>& ops) {
     q.cv.notify_all();
   }
   // A send's buffer is read by its receiver: the operation ends once every send was taken.
-  const bool ok = wait_or_abort(q, lk, self, [&] {
-    return std::all_of(mine.begin(), mine.end(), [](const auto& m) { return m->received; });
-  }, "a send");
+  const bool ok = wait_or_abort(
+      q, lk, self, [&] { return std::all_of(mine.begin(), mine.end(), [](const auto& m) { return m->received; }); },
+      "a send");
   if (!ok)  // aborted: take back what no one received
     for (auto& ch : q.channels)
-      ch.erase(std::remove_if(ch.begin(), ch.end(), [&](Message* m) {
-        return std::any_of(mine.begin(), mine.end(), [&](const auto& x) { return x.get() == m; });
-      }), ch.end());
+      ch.erase(std::remove_if(ch.begin(), ch.end(),
+                              [&](Message* m) {
+                                return std::any_of(mine.begin(), mine.end(),
+                                                   [&](const auto& x) { return x.get() == m; });
+                              }),
+               ch.end());
 }
 
 template <class T>
@@ -223,7 +234,9 @@ void run_allreduce(ncclComm* self, const Pending& p, std::uint64_t seq) {
   red.inputs[static_cast<std::size_t>(self->rank)].assign(in, in + p.bytes);
   ++red.arrived;
   q.cv.notify_all();
-  if (!wait_or_abort(q, lk, self, [&] { return red.arrived == q.size; }, "an all-reduce")) return;
+  if (!wait_or_abort(
+          q, lk, self, [&] { return red.arrived == q.size; }, "an all-reduce"))
+    return;
   switch (p.type) {
     case ncclInt32: reduce_into<std::int32_t>(p.recvbuf, red.inputs, p.count, p.op); break;
     case ncclInt64: reduce_into<std::int64_t>(p.recvbuf, red.inputs, p.count, p.op); break;
@@ -238,7 +251,9 @@ void run_allreduce(ncclComm* self, const Pending& p, std::uint64_t seq) {
           std::uint16_t v;
           std::memcpy(&v, red.inputs[r].data() + 2 * i, 2);
           const float a = cuda_emulator::bf16_to_float(acc), b = cuda_emulator::bf16_to_float(v);
-          acc = cuda_emulator::float_to_bf16(p.op == ncclMax ? std::max(a, b) : p.op == ncclMin ? std::min(a, b) : a + b);
+          acc = cuda_emulator::float_to_bf16(p.op == ncclMax   ? std::max(a, b)
+                                             : p.op == ncclMin ? std::min(a, b)
+                                                               : a + b);
         }
         o[i] = acc;
       }
@@ -276,8 +291,9 @@ ncclResult_t flush_group() {
     for (const Pending& p : p2p)
       if (p.peer == c->rank) ++(p.send ? self_sends : self_recvs);
     if (self_recvs > self_sends) {  // as NCCL: "Trying to recv to self without a matching send"
-      set_error(c, ncclInvalidUsage, "emulated NCCL: rank " + std::to_string(c->rank) +
-                                         " receives from itself without a matching send in the same group");
+      set_error(c, ncclInvalidUsage,
+                "emulated NCCL: rank " + std::to_string(c->rank) +
+                    " receives from itself without a matching send in the same group");
       return c->blocking ? ncclInvalidUsage : ncclInProgress;
     }
     std::vector<cuda_emulator::Access> accesses;
@@ -285,7 +301,8 @@ ncclResult_t flush_group() {
       accesses.push_back(p.send ? cuda_emulator::Access{p.sendbuf, p.bytes, false}
                                 : cuda_emulator::Access{p.recvbuf, p.bytes, true});
     if (!p2p.empty() &&
-        cuda_emulator::launch(s, [c, p2p] { run_p2p(c, p2p); }, "NCCL group (send/recv)", std::move(accesses)) != cudaSuccess)
+        cuda_emulator::launch(
+            s, [c, p2p] { run_p2p(c, p2p); }, "NCCL group (send/recv)", std::move(accesses)) != cudaSuccess)
       return ncclUnhandledCudaError;
     if (started(c) == ncclInProgress) result = ncclInProgress;
   }
@@ -360,8 +377,8 @@ ncclResult_t ncclCommInitRankConfig(ncclComm_t* out, int nranks, ncclUniqueId id
     q->members[static_cast<std::size_t>(rank)] = c;
     ++q->joined;
     q->cv.notify_all();
-    if (c->blocking &&
-        !wait_or_abort(*q, lk, c, [&] { return q->joined == q->size; }, "ncclCommInitRankConfig"))
+    if (c->blocking && !wait_or_abort(
+                           *q, lk, c, [&] { return q->joined == q->size; }, "ncclCommInitRankConfig"))
       return ncclInternalError;
   }
   *out = c;
@@ -404,7 +421,9 @@ ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t* out,
       }
       q.cv.notify_all();
     }
-    if (!wait_or_abort(q, lk, comm, [&] { return round.arrived == q.size; }, "ncclCommSplit")) return ncclInternalError;
+    if (!wait_or_abort(
+            q, lk, comm, [&] { return round.arrived == q.size; }, "ncclCommSplit"))
+      return ncclInternalError;
     if (color != NCCL_SPLIT_NOCOLOR) {
       mine = round.made[color];
       for (int r = 0; r < q.size; ++r) {

@@ -99,9 +99,7 @@ public:
   }
   static void forward_backward(GpuAffineStage& f, const dualpipe::StageContext& fctx, dualpipe::ConstBytes in,
                                dualpipe::MutableBytes out, GpuAffineStage& b, const dualpipe::StageContext& bctx,
-                               dualpipe::ConstBytes grad, dualpipe::MutableBytes in_grad)
-    requires Hook
-  {
+                               dualpipe::ConstBytes grad, dualpipe::MutableBytes in_grad) requires Hook {
     f.calls.push_back({'H', fctx.chunk, fctx.stream});
     f.forward(fctx, in, out);
     b.backward_input(bctx, grad, in_grad);
@@ -126,8 +124,8 @@ public:
   /// The device gradient (d/da, d/db): two doubles, for a device reduction.
   [[nodiscard]] double* grad_data() const noexcept { return _grad; }
 
-  std::vector<Call> calls;           ///< Every call, in order.
-  int fail_forward_of_chunk = -1;    ///< Forward of this chunk throws (after issuing its work).
+  std::vector<Call> calls;         ///< Every call, in order.
+  int fail_forward_of_chunk = -1;  ///< Forward of this chunk throws (after issuing its work).
 
 private:
   [[nodiscard]] std::size_t bytes() const noexcept { return _n * sizeof(double); }
@@ -155,8 +153,8 @@ private:
 class CpuAffineStage {
 public:
   CpuAffineStage(int stage, int chunks, std::size_t n)
-      : _stage(stage), _n(n), _a(param_a(stage)), _b(param_b(stage)),
-        _x(static_cast<std::size_t>(chunks) * n), _dy(_x.size()), _dy_last(_x.size()) {}
+      : _stage(stage), _n(n), _a(param_a(stage)), _b(param_b(stage)), _x(static_cast<std::size_t>(chunks) * n),
+        _dy(_x.size()), _dy_last(_x.size()) {}
 
   void forward(const dualpipe::StageContext& ctx, dualpipe::ConstBytes in, dualpipe::MutableBytes out) {
     const auto* xi = reinterpret_cast<const double*>(in.data());

@@ -26,7 +26,8 @@ bool lists_test_cases(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   if (!lists_test_cases(argc, argv) && !dualpipe::cuda_device_available()) {
-    std::fprintf(stderr, "no CUDA device (%s): the GPU tests are skipped\n", dualpipe::cuda_unavailable_reason().c_str());
+    std::fprintf(stderr, "no CUDA device (%s): the GPU tests are skipped\n",
+                 dualpipe::cuda_unavailable_reason().c_str());
     return 77;
   }
   doctest::Context context(argc, argv);

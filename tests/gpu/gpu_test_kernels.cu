@@ -15,8 +15,7 @@ __device__ std::uint64_t global_ns() {
 __device__ void busy_wait(unsigned ns) {
   if (ns == 0) return;
   const std::uint64_t end = global_ns() + ns;
-  while (global_ns() < end) {
-  }
+  while (global_ns() < end) {}
 }
 
 __global__ void affine_kernel(const double* x, double* y, double a, double b, std::size_t n, unsigned spin_ns) {
@@ -90,6 +89,8 @@ void dot_add(const double* u, const double* v, double* acc, std::size_t n, cudaS
   dot_add_kernel<<<1, reduce_threads, 0, s>>>(u, v, acc, n);
 }
 void spin(unsigned ns, cudaStream_t s) { spin_kernel<<<1, 1, 0, s>>>(ns); }
-void iota(double* p, std::size_t n, double base, cudaStream_t s) { iota_kernel<<<blocks_for(n), 256, 0, s>>>(p, n, base); }
+void iota(double* p, std::size_t n, double base, cudaStream_t s) {
+  iota_kernel<<<blocks_for(n), 256, 0, s>>>(p, n, base);
+}
 
 }  // namespace gputest

@@ -39,8 +39,10 @@ TEST_CASE("Gpu.CudaLocal.TransferInStreamOrder" * doctest::timeout(60)) {
     const auto i = static_cast<std::size_t>(r);
     gputest::spin(3'000'000, c.stream());
     gputest::iota(src[i].as<double>(), n, 100.0 * r, c.stream());
-    c.post_send((r + 1) % 3, MessageTag{0, 7, Payload::activation}, ConstBytes(static_cast<const std::byte*>(src[i].data()), n * 8));
-    c.post_recv((r + 2) % 3, MessageTag{0, 7, Payload::activation}, MutableBytes(static_cast<std::byte*>(dst[i].data()), n * 8));
+    c.post_send((r + 1) % 3, MessageTag{0, 7, Payload::activation},
+                ConstBytes(static_cast<const std::byte*>(src[i].data()), n * 8));
+    c.post_recv((r + 2) % 3, MessageTag{0, 7, Payload::activation},
+                MutableBytes(static_cast<std::byte*>(dst[i].data()), n * 8));
     c.commit().wait(10s);
     c.barrier(10s);
   });

@@ -53,7 +53,8 @@ TEST_CASE("Gpu.Nccl.AnUnmatchedReceiveEndsWithAnError" * doctest::timeout(120)) 
   CHECK(!comm.failure()->what.empty());
   // The watchdog names the group's transfers.
   if (comm.failure()->op == "watchdog")
-    CHECK(comm.failure()->what.find("receive from rank 0 (module 0, chunk 0, activation) 4096 bytes") != std::string::npos);
+    CHECK(comm.failure()->what.find("receive from rank 0 (module 0, chunk 0, activation) 4096 bytes") !=
+          std::string::npos);
 }
 
 TEST_CASE("Gpu.Nccl.WatchdogFiresOnALateGroup" * doctest::timeout(120)) {
@@ -84,7 +85,8 @@ TEST_CASE("Gpu.Nccl.GroupCapturedInAGraph" * doctest::timeout(120)) {
   DUALPIPE_CUDA_CHECK(cudaStreamSynchronize(comm.stream()));
   DUALPIPE_CUDA_CHECK(cudaStreamBeginCapture(comm.stream(), cudaStreamCaptureModeRelaxed));
   gputest::iota(src.as<double>(), n, 11.0, comm.stream());
-  comm.post_send(0, MessageTag{0, 1, Payload::activation}, ConstBytes(static_cast<const std::byte*>(src.data()), n * 8));
+  comm.post_send(0, MessageTag{0, 1, Payload::activation},
+                 ConstBytes(static_cast<const std::byte*>(src.data()), n * 8));
   comm.post_recv(0, MessageTag{0, 1, Payload::activation}, MutableBytes(static_cast<std::byte*>(dst.data()), n * 8));
   comm.commit().wait(30s);
   cudaGraph_t graph = nullptr;

@@ -100,9 +100,9 @@ TEST_CASE("Gpu.NcclGrid.BorrowedHandlesAndTheDeviceReductionInAPp4Dp2World" * do
     std::array<int, 2> stage{};
     std::array<std::vector<double>, 2> own, reduced;  // per module: the copy's gradient, then the reduced one
     std::array<int, 2> ready_calls{};
-    bool streams_lent = true;      // every stage call ran on the lent main or second stream
-    bool borrowed = false;         // NcclCommunicator::owns_communicator() was false, rank and size the grid's
-    int sum_after = 0;             // the pipeline communicator's all-reduce after the pipeline was gone
+    bool streams_lent = true;  // every stage call ran on the lent main or second stream
+    bool borrowed = false;     // NcclCommunicator::owns_communicator() was false, rank and size the grid's
+    int sum_after = 0;         // the pipeline communicator's all-reduce after the pipeline was gone
     std::string error;
   };
   std::vector<Seen> seen(W);
@@ -126,7 +126,8 @@ TEST_CASE("Gpu.NcclGrid.BorrowedHandlesAndTheDeviceReductionInAPp4Dp2World" * do
         in[i] = std::sin(0.001 * static_cast<double>(i) + 0.5 * d) * 0.5;
         lab[i] = std::cos(0.0007 * static_cast<double>(i) - 0.25 * d) * 0.25;
       }
-      DeviceBuffer<SyncAllocator> d_in(in.size() * sizeof(double), StreamRef()), d_lab(lab.size() * sizeof(double), StreamRef());
+      DeviceBuffer<SyncAllocator> d_in(in.size() * sizeof(double), StreamRef()),
+          d_lab(lab.size() * sizeof(double), StreamRef());
       DUALPIPE_CUDA_CHECK(cudaMemcpy(d_in.data(), in.data(), d_in.size(), cudaMemcpyHostToDevice));
       DUALPIPE_CUDA_CHECK(cudaMemcpy(d_lab.data(), lab.data(), d_lab.size(), cudaMemcpyHostToDevice));
       const ConstBytes in_b(static_cast<const std::byte*>(d_in.data()), d_in.size());
@@ -140,10 +141,9 @@ TEST_CASE("Gpu.NcclGrid.BorrowedHandlesAndTheDeviceReductionInAPp4Dp2World" * do
       }
       NcclReductionOptions ro;
       ro.stream = reduce_stream.get();
-      NcclGradientReducer<double> reducer(copies, pgrid, r, grads.get(),
-                                          {std::span<double>(stages[0]->grad_data(), 2),
-                                           std::span<double>(stages[1]->grad_data(), 2)},
-                                          ro);
+      NcclGradientReducer<double> reducer(
+          copies, pgrid, r, grads.get(),
+          {std::span<double>(stages[0]->grad_data(), 2), std::span<double>(stages[1]->grad_data(), 2)}, ro);
       CHECK(reducer.stream() == reduce_stream.get());
       {
         NcclOptions no;
@@ -365,7 +365,8 @@ TEST_CASE_TEMPLATE("Gpu.NcclGrid.ReducerElementTypes" * doctest::timeout(300), T
       NcclComm comm = grid.split(g.colour, g.key);
       const int d = pgrid.coord(r, GridDim::dp), p = pgrid.coord(r, GridDim::pp);
       std::vector<T> h(n);
-      for (std::size_t i = 0; i < n; ++i) h[i] = from_float<T>(0.5f * static_cast<float>(d + 1) + static_cast<float>(i + p));
+      for (std::size_t i = 0; i < n; ++i)
+        h[i] = from_float<T>(0.5f * static_cast<float>(d + 1) + static_cast<float>(i + p));
       T* buf = nullptr;
       DUALPIPE_CUDA_CHECK(cudaMalloc(&buf, n * sizeof(T)));
       Stream s;

@@ -35,14 +35,14 @@ constexpr double tolerance = 1e-12;
 
 /// What a run of every rank gives, in a form both runs can be compared in.
 struct RunResult {
-  std::vector<std::vector<double>> losses;            // [step][batch chunk]
-  std::map<int, std::vector<double>> grads;           // model stage -> (d/da, d/db) summed over its copies
-  std::map<int, std::vector<double>> outputs;         // batch chunk -> last-stage output (last step)
-  std::vector<StepResult> last;                       // last step, per pipeline rank
-  std::vector<std::vector<Call>> calls;               // per pipeline rank: every module's calls, module 0 first
-  std::vector<long> slot_waits;                       // per rank
-  std::vector<long> replays;                          // per rank
-  std::vector<std::string> errors;                    // per rank: what a failed step threw
+  std::vector<std::vector<double>> losses;     // [step][batch chunk]
+  std::map<int, std::vector<double>> grads;    // model stage -> (d/da, d/db) summed over its copies
+  std::map<int, std::vector<double>> outputs;  // batch chunk -> last-stage output (last step)
+  std::vector<StepResult> last;                // last step, per pipeline rank
+  std::vector<std::vector<Call>> calls;        // per pipeline rank: every module's calls, module 0 first
+  std::vector<long> slot_waits;                // per rank
+  std::vector<long> replays;                   // per rank
+  std::vector<std::string> errors;             // per rank: what a failed step threw
 
   /// Keeps step `s`'s losses (the chunks whose loss this rank computed) and, for the last step, its outputs.
   void record(int s, const StepResult& sr, bool last_step, std::size_t n) {
@@ -62,7 +62,8 @@ struct RunResult {
   void add_grads(int stage, const std::vector<double>& mine) {
     auto& g = grads[stage];
     if (g.empty()) g = mine;
-    else for (std::size_t i = 0; i < 2; ++i) g[i] += mine[i];
+    else
+      for (std::size_t i = 0; i < 2; ++i) g[i] += mine[i];
   }
 };
 
@@ -158,7 +159,8 @@ RunResult run_gpu(int P, int C, std::size_t n, GpuRunOptions o = {}) {
       d_in.emplace_back(b.inputs.size() * sizeof(double), StreamRef());
       d_lab.emplace_back(b.labels.size() * sizeof(double), StreamRef());
       DUALPIPE_CUDA_CHECK(cudaMemcpy(d_in.back().data(), b.inputs.data(), d_in.back().size(), cudaMemcpyHostToDevice));
-      DUALPIPE_CUDA_CHECK(cudaMemcpy(d_lab.back().data(), b.labels.data(), d_lab.back().size(), cudaMemcpyHostToDevice));
+      DUALPIPE_CUDA_CHECK(
+          cudaMemcpy(d_lab.back().data(), b.labels.data(), d_lab.back().size(), cudaMemcpyHostToDevice));
     }
     std::vector<std::unique_ptr<StageT>> stages;
     std::array<StageT*, M> ptrs{};
@@ -195,7 +197,8 @@ RunResult run_gpu(int P, int C, std::size_t n, GpuRunOptions o = {}) {
           pipe.reset();
           continue;
         }
-        sr = o.mode == Mode::train ? pipe.step(C, in, lab, {o.return_outputs}) : pipe.eval(C, in, lab, {o.return_outputs});
+        sr = o.mode == Mode::train ? pipe.step(C, in, lab, {o.return_outputs})
+                                   : pipe.eval(C, in, lab, {o.return_outputs});
         std::lock_guard lk(mu);
         res.record(s, sr, s == o.steps - 1, n);
         if (s == o.steps - 1) res.last[static_cast<std::size_t>(r)] = sr;
@@ -370,7 +373,7 @@ TEST_CASE("Gpu.Pipeline.GraphCaptureAndReplay" * doctest::timeout(300)) {
   PipelineOptions po;
   po.scale_loss_by_chunks = true;
   Pipeline<ZB1P, CudaLocalCommunicator, GpuAffineStage<false>, CudaDevice> pipe(world.communicator(0), {&stage}, po,
-                                                                               CudaDevice(dopt));
+                                                                                CudaDevice(dopt));
   const Batch b = make_batch(C, n, 0);
   DeviceBuffer<SyncAllocator> din(b.inputs.size() * sizeof(double), StreamRef());
   DeviceBuffer<SyncAllocator> dlab(b.labels.size() * sizeof(double), StreamRef());
@@ -451,12 +454,14 @@ TEST_CASE("Gpu.Pipeline.GpuTimelineSpansStartWhenTheirDataArrives" * doctest::ti
   std::map<std::tuple<int, OpKind, int>, std::pair<double, double>> span;
   for (int rank = 0; rank < P; ++rank) {
     const StepResult& s = r.last[static_cast<std::size_t>(rank)];
-    for (const Span& sp : s.spans) span[{rank, sp.op.kind, sp.op.chunk}] = {s.clock_start + sp.start, s.clock_start + sp.end};
+    for (const Span& sp : s.spans)
+      span[{rank, sp.op.kind, sp.op.chunk}] = {s.clock_start + sp.start, s.clock_start + sp.end};
   }
   int checked = 0;
   for (int rank = 0; rank < P; ++rank)
     for (int c = 0; c < C; ++c)
-      for (const auto& [kind, producer] : {std::pair{OpKind::forward, rank - 1}, std::pair{OpKind::backward, rank + 1}}) {
+      for (const auto& [kind, producer] :
+           {std::pair{OpKind::forward, rank - 1}, std::pair{OpKind::backward, rank + 1}}) {
         if (producer < 0 || producer >= P) continue;
         CAPTURE(rank);
         CAPTURE(c);
@@ -491,9 +496,9 @@ TEST_CASE("Gpu.Pipeline.GpuTimelineFbSpansStartWhenBothHalvesHaveTheirData" * do
   const auto fb = span(0, "FB1.1/0.0");
   const auto activation = span(1, "F1.1");
   const auto gradient = span(1, "B0.0");
-  CHECK(activation.second < gradient.first);           // the set-up: the activation is made first
+  CHECK(activation.second < gradient.first);  // the set-up: the activation is made first
   CHECK(fb.first >= activation.second - 1e-6);
-  CHECK(fb.first >= gradient.second - 1e-6);           // the second stream's wait counts, not the op's time
+  CHECK(fb.first >= gradient.second - 1e-6);  // the second stream's wait counts, not the op's time
   CHECK(fb.second > fb.first);
 }
 
@@ -598,7 +603,8 @@ TEST_CASE("Gpu.Pipeline.NcclGraphCaptureAndReplay" * doctest::timeout(300)) {
           auto& g = grads[st->stage()];
           const std::vector<double> mine = st->grads();
           if (g.empty()) g = mine;
-          else for (std::size_t i = 0; i < 2; ++i) g[i] += mine[i];
+          else
+            for (std::size_t i = 0; i < 2; ++i) g[i] += mine[i];
         }
         replays[static_cast<std::size_t>(r)] = pipe.device().graph_replays();
         captures[static_cast<std::size_t>(r)] = pipe.device().graph_captures();

@@ -14,7 +14,7 @@ TEST_CASE("Gpu.Raii.StreamAndEvent") {
   Stream s;
   CHECK(s.get() != nullptr);
   Event e;
-  CHECK(e.ready());  // never recorded
+  CHECK(e.ready());                    // never recorded
   gputest::spin(50'000'000, s.get());  // 50 ms: far longer than the host needs to look
   e.record(s);
   CHECK_FALSE(e.ready());  // the host issued and came back at once

@@ -102,8 +102,9 @@ int main(int argc, char** argv) {
   const bool in_pipeline = mode.starts_with("pipeline-");
   if (in_pipeline) mode = mode.substr(9);
   if (mode != "throw" && mode != "kill" && mode != "escape" && mode != "silent") {
-    std::fprintf(stderr, "usage: mpi_failure_probe --[pipeline-]throw|kill|silent RANK | --escape RANK "
-                         "[--timeout-ms T]\n");
+    std::fprintf(stderr,
+                 "usage: mpi_failure_probe --[pipeline-]throw|kill|silent RANK | --escape RANK "
+                 "[--timeout-ms T]\n");
     return 2;
   }
   try {

@@ -31,9 +31,9 @@ constexpr double tolerance = 1e-12;
 /// What one process computed in a step, flattened into doubles for MpiCommunicator::gather.
 struct RankRecord {
   int pipeline_rank = 0;
-  std::vector<double> losses;                   // size C
-  std::vector<int> stages;                      // per module
-  std::vector<std::vector<double>> grads;       // per module: grad_w then grad_b
+  std::vector<double> losses;              // size C
+  std::vector<int> stages;                 // per module
+  std::vector<std::vector<double>> grads;  // per module: grad_w then grad_b
   std::vector<int> output_chunks;
   std::vector<double> outputs;
 
@@ -62,7 +62,8 @@ struct RankRecord {
     auto next = [&] { return v.at(at++); };
     auto take = [&](std::size_t n) {
       REQUIRE(at + n <= v.size());
-      std::vector<double> out(v.begin() + static_cast<std::ptrdiff_t>(at), v.begin() + static_cast<std::ptrdiff_t>(at + n));
+      std::vector<double> out(v.begin() + static_cast<std::ptrdiff_t>(at),
+                              v.begin() + static_cast<std::ptrdiff_t>(at + n));
       at += n;
       return out;
     };
@@ -89,7 +90,8 @@ void check_under_mpi(MpiCommunicator& comm, int C, PipelineOptions options, Mode
   constexpr int M = Schedule::modules_per_rank;
   const int P = comm.size();
   const int S = Schedule::placement(P, C, 0, 0).num_stages;
-  const int p = options.rank_mapping.empty() ? comm.rank() : options.rank_mapping[static_cast<std::size_t>(comm.rank())];
+  const int p =
+      options.rank_mapping.empty() ? comm.rank() : options.rank_mapping[static_cast<std::size_t>(comm.rank())];
   CAPTURE(P);
   CAPTURE(C);
   CAPTURE(mode);
@@ -206,7 +208,8 @@ std::vector<int> chunk_counts(int P) {
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("Mpi.Pipeline.TrainStepEqualsSequentialAndInProcess", Schedule, DualPipe, DualPipeV, OneFOneB, ZB1P) {
+TEST_CASE_TEMPLATE("Mpi.Pipeline.TrainStepEqualsSequentialAndInProcess", Schedule, DualPipe, DualPipeV, OneFOneB,
+                   ZB1P) {
   MpiCommunicator comm;
   const auto counts = chunk_counts<Schedule>(comm.size());
   REQUIRE_FALSE(counts.empty());

@@ -21,7 +21,9 @@ inline void check_xml_well_formed(std::string_view s) {
   std::vector<std::string> open;
   int roots = 0;
   auto fail = [&](const std::string& why) { throw std::runtime_error("XML at " + std::to_string(p) + ": " + why); };
-  auto name_char = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == ':' || c == '.'; };
+  auto name_char = [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == ':' || c == '.';
+  };
   auto check_entity = [&](std::size_t at) {  // s[at] == '&'
     const std::size_t semi = s.find(';', at);
     if (semi == std::string_view::npos) fail("'&' without ';'");
@@ -36,7 +38,9 @@ inline void check_xml_well_formed(std::string_view s) {
     if (p == b) fail("expected a name");
     return std::string(s.substr(b, p - b));
   };
-  auto skip_ws = [&] { while (p < s.size() && std::isspace(static_cast<unsigned char>(s[p]))) ++p; };
+  auto skip_ws = [&] {
+    while (p < s.size() && std::isspace(static_cast<unsigned char>(s[p]))) ++p;
+  };
   while (p < s.size()) {
     if (s[p] != '<') {
       if (s[p] == '&') check_entity(p);
@@ -73,8 +77,15 @@ inline void check_xml_well_formed(std::string_view s) {
     for (;;) {
       skip_ws();
       if (p >= s.size()) fail("unterminated <" + name);
-      if (s.substr(p, 2) == "/>") { p += 2; break; }
-      if (s[p] == '>') { ++p; open.push_back(name); break; }
+      if (s.substr(p, 2) == "/>") {
+        p += 2;
+        break;
+      }
+      if (s[p] == '>') {
+        ++p;
+        open.push_back(name);
+        break;
+      }
       const std::string attr = read_name();
       if (!attrs.insert(attr).second) fail("attribute " + attr + " repeated");
       skip_ws();
@@ -106,7 +117,7 @@ struct Json {
   std::string string;
   std::vector<Json> array;
   std::vector<std::string> keys;  // an object's member names ...
-  std::vector<Json> values;        // ... and values (vector<pair<string, Json>> would need Json complete)
+  std::vector<Json> values;       // ... and values (vector<pair<string, Json>> would need Json complete)
 
   /// Member `key` of an object, or nullptr.
   [[nodiscard]] const Json* get(std::string_view key) const {
@@ -132,13 +143,20 @@ private:
   [[noreturn]] void fail(const std::string& why) const {
     throw std::runtime_error("JSON at " + std::to_string(_p) + ": " + why);
   }
-  void ws() { while (_p < _s.size() && (_s[_p] == ' ' || _s[_p] == '\n' || _s[_p] == '\r' || _s[_p] == '\t')) ++_p; }
+  void ws() {
+    while (_p < _s.size() && (_s[_p] == ' ' || _s[_p] == '\n' || _s[_p] == '\r' || _s[_p] == '\t')) ++_p;
+  }
   bool eat(char c) {
     ws();
-    if (_p < _s.size() && _s[_p] == c) { ++_p; return true; }
+    if (_p < _s.size() && _s[_p] == c) {
+      ++_p;
+      return true;
+    }
     return false;
   }
-  void expect(char c) { if (!eat(c)) fail(std::string("expected '") + c + "'"); }
+  void expect(char c) {
+    if (!eat(c)) fail(std::string("expected '") + c + "'");
+  }
   bool literal(std::string_view word) {
     if (_s.substr(_p, word.size()) != word) return false;
     _p += word.size();
@@ -191,7 +209,10 @@ private:
     while (_p < _s.size() && _s[_p] != '"') {
       const char c = _s[_p++];
       if (static_cast<unsigned char>(c) < 0x20) fail("raw control character in a string");
-      if (c != '\\') { out += c; continue; }
+      if (c != '\\') {
+        out += c;
+        continue;
+      }
       if (_p >= _s.size()) fail("unterminated escape");
       const char e = _s[_p++];
       switch (e) {
@@ -206,7 +227,8 @@ private:
         case 'u': {
           if (_p + 4 > _s.size()) fail("short \\u escape");
           for (int i = 0; i < 4; ++i)
-            if (!std::isxdigit(static_cast<unsigned char>(_s[_p + static_cast<std::size_t>(i)]))) fail("bad \\u escape");
+            if (!std::isxdigit(static_cast<unsigned char>(_s[_p + static_cast<std::size_t>(i)])))
+              fail("bad \\u escape");
           const long cp = std::strtol(std::string(_s.substr(_p, 4)).c_str(), nullptr, 16);
           _p += 4;
           if (cp < 0x80) out += static_cast<char>(cp);

@@ -109,15 +109,13 @@ TEST_CASE("Render.Grid.TokensInTheirCells") {
   CHECK(g.header[0] == "time");
   CHECK(g.header[1] == "rank 0");
   CHECK(g.header[2] == "rank 1");
-  const std::vector<std::vector<std::string>> want = {
-      {"F0.0", "."}, {"F0.1", "F0.0"}, {".", "B0.0w"}, {"FB1.2/0.0", "."}, {"FB1.2/0.0", "W"}, {"W", "W"}};
+  const std::vector<std::vector<std::string>> want = {{"F0.0", "."},      {"F0.1", "F0.0"},   {".", "B0.0w"},
+                                                      {"FB1.2/0.0", "."}, {"FB1.2/0.0", "W"}, {"W", "W"}};
   CHECK(g.rows == want);
   CHECK(g.times == std::vector<std::string>{"0", "1", "2", "3", "4", "5"});
 }
 
-TEST_CASE("Render.Grid.AutomaticCellIsTheShortestOp") {
-  CHECK(render_grid(sample()) == render_grid(sample(), 1));
-}
+TEST_CASE("Render.Grid.AutomaticCellIsTheShortestOp") { CHECK(render_grid(sample()) == render_grid(sample(), 1)); }
 
 TEST_CASE("Render.Grid.CoarseAndFineCells") {
   // cell 2: each rank shows the op covering most of the cell, the earlier on a tie, '.' under half.
@@ -168,7 +166,7 @@ TEST_CASE("Render.Svg.WellFormedWithOneRectPerComputeSpan") {
   CHECK(count_of(svg, "data-token=\"W\"") == 2);
   CHECK(count_of(svg, "class=\"transfer\"") == 2);
   CHECK(count_of(svg, "class=\"wait\"") == 2);
-  CHECK(count_of(svg, "class=\"idle\"") == 2);       // one lane background per rank
+  CHECK(count_of(svg, "class=\"idle\"") == 2);  // one lane background per rank
   CHECK(count_of(svg, "<g class=\"legend\">") == 1);
   CHECK(svg.find("F module 1") != std::string::npos);
   // Title: schedule, ranks, chunks, makespan, bubble (rank 0 idles 1, rank 1 idles 2: 3/12 = 25%).

@@ -23,7 +23,7 @@ struct Harness {
   dualpipe::PipelineOptions options;
   dualpipe::InProcessWorld world;
   std::vector<std::vector<std::unique_ptr<StageT>>> stages;  // [pipeline rank][module]
-  std::vector<std::unique_ptr<Pipe>> pipes;                   // [communicator rank]
+  std::vector<std::unique_ptr<Pipe>> pipes;                  // [communicator rank]
   Batch batch;
 
   Harness(int ranks, int chunks, dualpipe::PipelineOptions opts = {})
@@ -38,7 +38,8 @@ struct Harness {
     for (int c = 0; c < P; ++c) {
       const int p = pipeline_rank(c);
       std::array<StageT*, M> ptrs{};
-      for (int m = 0; m < M; ++m) ptrs[static_cast<std::size_t>(m)] = stages[static_cast<std::size_t>(p)][static_cast<std::size_t>(m)].get();
+      for (int m = 0; m < M; ++m)
+        ptrs[static_cast<std::size_t>(m)] = stages[static_cast<std::size_t>(p)][static_cast<std::size_t>(m)].get();
       pipes.push_back(std::make_unique<Pipe>(world.communicator(c), ptrs, options));
     }
   }
@@ -67,9 +68,8 @@ struct Harness {
       const dualpipe::ConstBytes in = has_first(p) ? batch.input_bytes() : dualpipe::ConstBytes{};
       const dualpipe::ConstBytes lab = has_last(p) && with_labels ? batch.label_bytes() : dualpipe::ConstBytes{};
       auto& pipe = *pipes[static_cast<std::size_t>(c)];
-      results[static_cast<std::size_t>(p)] = mode == dualpipe::Mode::train
-                                                 ? pipe.step(C, in, lab, {return_outputs})
-                                                 : pipe.eval(C, in, lab, {return_outputs});
+      results[static_cast<std::size_t>(p)] = mode == dualpipe::Mode::train ? pipe.step(C, in, lab, {return_outputs})
+                                                                           : pipe.eval(C, in, lab, {return_outputs});
     });
     return results;
   }

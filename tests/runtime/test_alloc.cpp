@@ -20,7 +20,8 @@ std::atomic<long> allocations{0};
 void* counted(std::size_t n, std::size_t align) {
   if (counting.load(std::memory_order_relaxed)) allocations.fetch_add(1, std::memory_order_relaxed);
   if (n == 0) n = 1;
-  void* p = align > alignof(std::max_align_t) ? std::aligned_alloc(align, (n + align - 1) / align * align) : std::malloc(n);
+  void* p =
+      align > alignof(std::max_align_t) ? std::aligned_alloc(align, (n + align - 1) / align * align) : std::malloc(n);
   if (!p) throw std::bad_alloc();
   return p;
 }
@@ -130,7 +131,8 @@ TEST_CASE("Runtime.ZeroAllocation.NullCommunicatorOneThread") {
       allocations = 0;
       counting = true;
     }
-    for (int r = 0; r < P; ++r) pipes[static_cast<std::size_t>(r)]->step_into(results[static_cast<std::size_t>(r)], C, in, labels);
+    for (int r = 0; r < P; ++r)
+      pipes[static_cast<std::size_t>(r)]->step_into(results[static_cast<std::size_t>(r)], C, in, labels);
     counting = false;
   }
   CHECK(allocations.load() == 0);

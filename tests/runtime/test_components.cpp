@@ -224,7 +224,10 @@ TEST_CASE("Runtime.Recorder.MergeTimelines") {
   b.step_seconds = 2;
   CHECK(chunks_per_second(std::vector<StepResult>{a, b}) == doctest::Approx(0.5));
   StepResult dup = a;
-  CHECK(contains(error_message([&] { (void)merge_timelines("x", 2, Mode::train, {a, dup}); }), "two results for rank 1"));
+  CHECK(contains(error_message([&] {
+                   (void)merge_timelines("x", 2, Mode::train, {a, dup});
+                 }),
+                 "two results for rank 1"));
   dup.rank = 0;
   dup.chunks = 3;
   CHECK(contains(error_message([&] { (void)merge_timelines("x", 2, Mode::train, {a, dup}); }), "chunks=3"));
@@ -240,7 +243,8 @@ TEST_CASE("Runtime.Recorder.MeasuredStep" * doctest::timeout(60)) {
   std::vector<std::byte> in(C * 64), labels(C * 8);
   run_ranks(P, [&](int r) {
     Pipeline<DualPipe, InProcessCommunicator, testmodel::ByteStage> pipe(
-        world.communicator(r), {&stages[static_cast<std::size_t>(2 * r)], &stages[static_cast<std::size_t>(2 * r + 1)]});
+        world.communicator(r),
+        {&stages[static_cast<std::size_t>(2 * r)], &stages[static_cast<std::size_t>(2 * r + 1)]});
     results[static_cast<std::size_t>(r)] = pipe.step(C, in, labels);
   });
   for (int r = 0; r < P; ++r) {

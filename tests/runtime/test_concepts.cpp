@@ -7,8 +7,8 @@
 #include <string_view>
 #include <vector>
 
-#include "dualpipe/dualpipe.hpp"
 #include "byte_stage.hpp"
+#include "dualpipe/dualpipe.hpp"
 #include "test_model.hpp"
 
 using namespace dualpipe;

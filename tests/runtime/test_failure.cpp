@@ -41,8 +41,7 @@ bool nests(const std::exception& e) {
     std::rethrow_if_nested(e);
   } catch (const Nested&) {
     return true;
-  } catch (...) {
-  }
+  } catch (...) {}
   return false;
 }
 
@@ -234,8 +233,8 @@ TEST_CASE("Runtime.Failure.SizeMismatch" * doctest::timeout(60)) {
   o.timeout = 10s;
   std::vector<std::string> messages(2);
   run_ranks(2, [&](int r) {
-    Pipeline<DualPipe, InProcessCommunicator, ByteStage> pipe(world.communicator(r),
-                                                             r == 0 ? std::array{&r0m0, &r0m1} : std::array{&r1m0, &r1m1}, o);
+    Pipeline<DualPipe, InProcessCommunicator, ByteStage> pipe(
+        world.communicator(r), r == 0 ? std::array{&r0m0, &r0m1} : std::array{&r1m0, &r1m1}, o);
     try {
       (void)pipe.step(4, inputs, labels);
       messages[static_cast<std::size_t>(r)] = "<no error>";
@@ -287,21 +286,31 @@ TEST_CASE("Runtime.Failure.ConfigErrorsOfThePipeline") {
   ByteStage a, b;
   PipelineOptions dup;
   dup.rank_mapping = {1, 1};
-  CHECK(contains(config_message([&] { Pipeline<DualPipe, NullCommunicator, ByteStage> p(comm, {&a, &b}, dup); }),
+  CHECK(contains(config_message([&] {
+                   Pipeline<DualPipe, NullCommunicator, ByteStage> p(comm, {&a, &b}, dup);
+                 }),
                  "not a permutation"));
   PipelineOptions wrong_size;
   wrong_size.rank_mapping = {0, 1, 2};
-  CHECK(contains(config_message([&] { Pipeline<DualPipe, NullCommunicator, ByteStage> p(comm, {&a, &b}, wrong_size); }),
+  CHECK(contains(config_message([&] {
+                   Pipeline<DualPipe, NullCommunicator, ByteStage> p(comm, {&a, &b}, wrong_size);
+                 }),
                  "3 entries but the communicator has 2 ranks"));
   PipelineOptions out_of_range;
   out_of_range.rank_mapping = {0, 2};
-  CHECK(contains(config_message([&] { Pipeline<DualPipe, NullCommunicator, ByteStage> p(comm, {&a, &b}, out_of_range); }),
+  CHECK(contains(config_message([&] {
+                   Pipeline<DualPipe, NullCommunicator, ByteStage> p(comm, {&a, &b}, out_of_range);
+                 }),
                  "rank_mapping[1] = 2"));
-  CHECK(contains(config_message([&] { Pipeline<DualPipe, NullCommunicator, ByteStage> p(comm, {&a, nullptr}); }),
+  CHECK(contains(config_message([&] {
+                   Pipeline<DualPipe, NullCommunicator, ByteStage> p(comm, {&a, nullptr});
+                 }),
                  "module 1 is null"));
   PipelineOptions no_time;
   no_time.timeout = 0ms;
-  CHECK(contains(config_message([&] { Pipeline<DualPipe, NullCommunicator, ByteStage> p(comm, {&a, &b}, no_time); }),
+  CHECK(contains(config_message([&] {
+                   Pipeline<DualPipe, NullCommunicator, ByteStage> p(comm, {&a, &b}, no_time);
+                 }),
                  "timeout must be positive"));
 
   // A mapping gives this communicator rank its pipeline rank.

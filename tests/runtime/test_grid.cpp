@@ -246,12 +246,13 @@ TEST_CASE("Grid.Reduction.RefusesBadBuffersAndTimesOutOnAMissingPeer" * doctest:
   CHECK(contains(e, "1 gradient buffers given, rank 0 has 2 modules"));
   InProcessWorld three(3);
   e = config_error([&] {
-    HostGradientReduction<double, InProcessCommunicator> r(copies, three.communicator(0), {std::span<double>(a), std::span<double>(b)});
+    HostGradientReduction<double, InProcessCommunicator> r(copies, three.communicator(0),
+                                                           {std::span<double>(a), std::span<double>(b)});
   });
   CHECK(contains(e, "the copy communicator has 3 ranks, the schedule 2"));
   // Rank 1 never reduces: rank 0's wait times out, and the communicator is aborted for everyone.
-  HostGradientReduction<double, InProcessCommunicator> r(copies, world.communicator(0),
-                                                         {std::span<double>(a), std::span<double>(b)}, {.timeout = 100ms});
+  HostGradientReduction<double, InProcessCommunicator> r(
+      copies, world.communicator(0), {std::span<double>(a), std::span<double>(b)}, {.timeout = 100ms});
   CHECK_THROWS_AS(r.finish(), TimeoutError);
   CHECK(world.aborted());
 }
@@ -274,7 +275,8 @@ struct ProbeStage : testmodel::ByteStage {
     loss_scales.push_back(ctx.loss_scale);
   }
   void on_grads_ready(const StageContext& ctx) {
-    calls.push_back({ctx, weights, std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count()});
+    calls.push_back(
+        {ctx, weights, std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count()});
     weights = 0;
   }
 };
@@ -287,12 +289,14 @@ struct ProbeRun {
   std::vector<std::array<ProbeStage, M>> stages;
   std::vector<std::vector<StepResult>> results;  // [rank][step]
 
-  ProbeRun(int P, int C, int steps, PipelineOptions options) : stages(static_cast<std::size_t>(P)), results(static_cast<std::size_t>(P)) {
+  ProbeRun(int P, int C, int steps, PipelineOptions options)
+      : stages(static_cast<std::size_t>(P)), results(static_cast<std::size_t>(P)) {
     InProcessWorld world(P);
     std::vector<std::byte> inputs(static_cast<std::size_t>(C) * 64), labels(static_cast<std::size_t>(C) * 8);
     run_ranks(P, [&](int r) {
       std::array<ProbeStage*, M> ptrs{};
-      for (int m = 0; m < M; ++m) ptrs[static_cast<std::size_t>(m)] = &stages[static_cast<std::size_t>(r)][static_cast<std::size_t>(m)];
+      for (int m = 0; m < M; ++m)
+        ptrs[static_cast<std::size_t>(m)] = &stages[static_cast<std::size_t>(r)][static_cast<std::size_t>(m)];
       Pipeline<Schedule, InProcessCommunicator, ProbeStage> pipe(world.communicator(r), ptrs, options);
       for (int s = 0; s < steps; ++s) results[static_cast<std::size_t>(r)].push_back(pipe.step(C, inputs, labels));
       pipe.eval(C, inputs, labels);  // a forward step: no call
@@ -334,7 +338,8 @@ TEST_CASE("Grid.GradsReady.UnderDualPipeTheFirstModulesCallComesBeforeTheRanksLa
       if (s.lane == Span::Lane::compute && (last == nullptr || s.index > last->index)) last = &s;
     REQUIRE(last != nullptr);
     double first_call = 1e300;
-    for (const ProbeStage& st : run.stages[static_cast<std::size_t>(r)]) first_call = std::min(first_call, st.calls.at(0).when);
+    for (const ProbeStage& st : run.stages[static_cast<std::size_t>(r)])
+      first_call = std::min(first_call, st.calls.at(0).when);
     // The call ran inside an earlier op; the last op started only after that op had ended.
     CHECK(first_call <= res.clock_start + last->start);
     // Each module's call came with its num_chunks weight gradients done.
@@ -360,11 +365,11 @@ TEST_CASE("Grid.Accumulation.ContextAndLossScaleCoverChunksTimesStepsTimesReplic
       for (double scale : st.loss_scales) CHECK(scale == 1.0 / (C * K * 3));
     }
   CHECK(contains(config_error([] {
-          InProcessWorld w(1);
-          PipelineOptions bad;
-          bad.accumulation_steps = 0;
-          testmodel::ByteStage s;
-          Pipeline<OneFOneB, InProcessCommunicator, testmodel::ByteStage> p(w.communicator(0), {&s}, bad);
-        }),
+                   InProcessWorld w(1);
+                   PipelineOptions bad;
+                   bad.accumulation_steps = 0;
+                   testmodel::ByteStage s;
+                   Pipeline<OneFOneB, InProcessCommunicator, testmodel::ByteStage> p(w.communicator(0), {&s}, bad);
+                 }),
                  "accumulation_steps must be at least 1 (got 0)"));
 }

@@ -86,8 +86,9 @@ TEST_CASE("Runtime.InProcess.SizeMismatchIsAnError" * doctest::timeout(30)) {
     CHECK(contains(m, "from rank 0 to rank 1"));
     CHECK(contains(m, "(module 1, chunk 3, gradient)"));
     CHECK(contains(m, "has 24 bytes but the receive buffer has 16 bytes"));
-    CHECK(m == "in-process communicator: message from rank 0 to rank 1 with tag (module 1, chunk 3, gradient) has 24 "
-               "bytes but the receive buffer has 16 bytes");
+    CHECK(m ==
+          "in-process communicator: message from rank 0 to rank 1 with tag (module 1, chunk 3, gradient) has 24 "
+          "bytes but the receive buffer has 16 bytes");
   }
   CHECK(small == std::array<std::byte, 16>{});  // nothing was copied
 }
@@ -188,7 +189,8 @@ TEST_CASE("Runtime.InProcess.AbortWakesEveryWaiter" * doctest::timeout(30)) {
     }
   });
   CHECK(std::chrono::steady_clock::now() - start < 30s);
-  for (int r = 1; r < P; ++r) CHECK(origins[static_cast<std::size_t>(r)] == "rank 0, module 1, chunk 2, op FB1.2/0.0: boom");
+  for (int r = 1; r < P; ++r)
+    CHECK(origins[static_cast<std::size_t>(r)] == "rank 0, module 1, chunk 2, op FB1.2/0.0: boom");
   // Later waits fail too, until the world is reset.
   InProcessCommunicator& c = world.communicator(1);
   CHECK_THROWS_AS(c.commit().wait(1s), CommAborted);

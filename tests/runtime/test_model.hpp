@@ -216,7 +216,8 @@ struct Sequential {
     const std::size_t lab_n = lab.size() / static_cast<std::size_t>(chunks);
     for (int c = 0; c < chunks; ++c) {
       std::vector<std::vector<std::byte>> acts(static_cast<std::size_t>(stages + 1));
-      acts[0].assign(in.begin() + static_cast<std::ptrdiff_t>(c * in_n), in.begin() + static_cast<std::ptrdiff_t>((c + 1) * in_n));
+      acts[0].assign(in.begin() + static_cast<std::ptrdiff_t>(c * in_n),
+                     in.begin() + static_cast<std::ptrdiff_t>((c + 1) * in_n));
       for (int s = 0; s < stages; ++s) {
         auto& L = layers[static_cast<std::size_t>(s)];
         acts[static_cast<std::size_t>(s + 1)].resize(L.output_bytes());

@@ -187,10 +187,8 @@ TEST_CASE("Torch.Stage.DeferringSplitEqualsPlainBackward") {
 
     torch::Tensor xp = x.clone().requires_grad_(stage != 0);
     torch::Tensor yp = plain->forward(xp);
-    if (ctx.is_last_stage)
-      (torch::mse_loss(yp, labels) * ctx.loss_scale).backward();
-    else
-      yp.backward(g);
+    if (ctx.is_last_stage) (torch::mse_loss(yp, labels) * ctx.loss_scale).backward();
+    else yp.backward(g);
 
     TorchStage s(deferred, double_options(),
                  [](const torch::Tensor& y, const torch::Tensor& l) { return torch::mse_loss(y, l); });
@@ -223,8 +221,8 @@ TEST_CASE("Torch.Stage.DeferringSplitOrderAndErrors") {
   TorchStage s(deferred, double_options());
   std::vector<std::byte> out(s.output_bytes()), in_grad(s.input_bytes());
   for (int c = 0; c < 3; ++c) s.forward(ctx_of(1, c), bytes_of(xs[c]), bytes_of(out));
-  CHECK_THROWS_WITH_AS(s.backward_weight(ctx_of(1, 0)),
-                       doctest::Contains("called before backward_input of this chunk"), Error);
+  CHECK_THROWS_WITH_AS(s.backward_weight(ctx_of(1, 0)), doctest::Contains("called before backward_input of this chunk"),
+                       Error);
   for (int c = 0; c < 3; ++c) s.backward_input(ctx_of(1, c), bytes_of(gs[c]), bytes_of(in_grad));
   for (int c : {2, 0, 1}) s.backward_weight(ctx_of(1, c));  // zero bubble: weight passes in another order
   CHECK(s.chunks_in_flight() == 0);
@@ -238,8 +236,7 @@ TEST_CASE("Torch.Stage.DeferringSplitOrderAndErrors") {
   s.backward_input(ctx_of(1, 0), bytes_of(gs[0]), bytes_of(in_grad));
   s.reset();
   CHECK(s.chunks_in_flight() == 0);
-  CHECK_THROWS_WITH_AS(s.backward_weight(ctx_of(1, 0)), doctest::Contains("no forward of this chunk is kept"),
-                       Error);
+  CHECK_THROWS_WITH_AS(s.backward_weight(ctx_of(1, 0)), doctest::Contains("no forward of this chunk is kept"), Error);
 }
 
 TEST_CASE("Torch.Stage.PlainModulesKeepTheTwoPassSplit") {
@@ -291,8 +288,7 @@ TEST_CASE("Torch.Pipeline.DeferredLinearModelMatchesSequential" * doctest::timeo
     std::vector<std::vector<std::unique_ptr<TorchStage>>> ts(P);
     for (int r = 0; r < P; ++r)
       for (int m = 0; m < Schedule::modules_per_rank; ++m)
-        ts[r].push_back(
-            std::make_unique<TorchStage>(deferred[Schedule::placement(P, C, r, m).stage], options, mse));
+        ts[r].push_back(std::make_unique<TorchStage>(deferred[Schedule::placement(P, C, r, m).stage], options, mse));
     InProcessWorld world(P);
     using Pipe = Pipeline<Schedule, InProcessCommunicator, TorchStage>;
     std::vector<std::unique_ptr<Pipe>> pipes;

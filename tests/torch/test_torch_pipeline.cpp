@@ -43,9 +43,10 @@ TEST_CASE("Torch.Pipeline.BrokenModuleFailsEveryRankThenResetRecovers" * doctest
     for (int m = 0; m < 2; ++m) {
       const int s = DualPipeV::placement(P, C, r, m).stage;
       if (s == 1) {
-        stages[r].push_back(std::make_unique<TorchStage>(
-            torch::nn::Functional([broken](torch::Tensor x) { return *broken ? x.reshape({6, H}) : x * 0.5; }),
-            options, mse));
+        stages[r].push_back(std::make_unique<TorchStage>(torch::nn::Functional([broken](torch::Tensor x) {
+                                                           return *broken ? x.reshape({6, H}) : x * 0.5;
+                                                         }),
+                                                         options, mse));
       } else {
         torch::nn::Linear lin(torch::nn::LinearOptions(H, H).bias(false));
         lin->to(torch::kDouble);

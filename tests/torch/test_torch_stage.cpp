@@ -357,8 +357,8 @@ TEST_CASE("Torch.Stage.OrderErrors") {
   s.forward(middle_ctx(5), bytes_of(x), bytes_of(out));
   CHECK(contains(error_message([&] { s.backward_weight(middle_ctx(5)); }), "before backward_input"));
   s.backward_input(middle_ctx(5), bytes_of(x), bytes_of(in_grad));
-  CHECK(contains(error_message([&] { s.backward_input(middle_ctx(5), bytes_of(x), bytes_of(in_grad)); }),
-                 "already ran"));
+  CHECK(
+      contains(error_message([&] { s.backward_input(middle_ctx(5), bytes_of(x), bytes_of(in_grad)); }), "already ran"));
   s.backward_weight(middle_ctx(5));
   CHECK(contains(error_message([&] { s.backward_weight(middle_ctx(5)); }), "no forward of this chunk"));
 
@@ -367,17 +367,20 @@ TEST_CASE("Torch.Stage.OrderErrors") {
   last.is_last_stage = true;
   s.forward(last, bytes_of(x), bytes_of(out));
   CHECK(contains(error_message([&] { s.backward_input(last, {}, bytes_of(in_grad)); }), "loss of this chunk"));
-  CHECK(contains(error_message([&] { (void)s.loss(last, {out.data(), out.size()}, {}); }),
+  CHECK(contains(error_message([&] {
+                   (void)s.loss(last, {out.data(), out.size()}, {});
+                 }),
                  "labels buffer has 0 bytes"));
   TorchStage vec(Mlp(H), double_options(),
                  [](const torch::Tensor& y, const torch::Tensor& l) { return (y - l).sum(2); });
   vec.module().to(torch::kDouble);
   vec.forward(last, bytes_of(x), bytes_of(out));
-  CHECK(contains(error_message([&] { (void)vec.loss(last, {out.data(), out.size()}, bytes_of(x)); }),
+  CHECK(contains(error_message([&] {
+                   (void)vec.loss(last, {out.data(), out.size()}, bytes_of(x));
+                 }),
                  "one element; it returned shape [3, 5]"));
   TorchStage none(Mlp(H), double_options());
-  CHECK(contains(error_message([&] { (void)none.loss(last, {out.data(), out.size()}, bytes_of(x)); }),
-                 "no criterion"));
+  CHECK(contains(error_message([&] { (void)none.loss(last, {out.data(), out.size()}, bytes_of(x)); }), "no criterion"));
 }
 
 TEST_CASE("Torch.Stage.ForwardModeKeepsNothing") {

@@ -66,8 +66,7 @@ struct OpRef {
   };
   std::vector<std::vector<std::string>> rows;
   std::vector<std::size_t> width(static_cast<std::size_t>(rhi - rlo + 1), 0);
-  for (int r = rlo; r <= rhi; ++r)
-    width[static_cast<std::size_t>(r - rlo)] = ("rank " + std::to_string(r)).size();
+  for (int r = rlo; r <= rhi; ++r) width[static_cast<std::size_t>(r - rlo)] = ("rank " + std::to_string(r)).size();
   for (int i = lo; i <= hi; ++i) {
     std::vector<std::string> row;
     for (int r = rlo; r <= rhi; ++r) {

@@ -25,9 +25,9 @@
 
 #include "dualpipe/analysis/costs.hpp"
 #include "dualpipe/analysis/simulator.hpp"
-#include "dualpipe/core/timeline.hpp"
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/core/op.hpp"
+#include "dualpipe/core/timeline.hpp"
 #include "dualpipe/core/trace.hpp"
 
 namespace dualpipe {
@@ -78,8 +78,8 @@ struct FittedCosts {
   fit("bytes", c.bytes);
   fit("bandwidth", c.bandwidth);
   if (c.weight > c.backward) {
-    out.adjustments.push_back(
-        {"W", c.weight, c.backward, "W must not exceed B, since a deferred backward's input part costs B-W: W taken as B"});
+    out.adjustments.push_back({"W", c.weight, c.backward,
+                               "W must not exceed B, since a deferred backward's input part costs B-W: W taken as B"});
     c.weight = c.backward;
   }
   return out;
@@ -120,9 +120,10 @@ namespace detail {
 
 /// Measured and simulated figures of one step, side by side.
 struct ProfileReport {
-  Costs costs;                    ///< F, B, W, FB (and latency) estimated from the measured spans, in its time unit.
+  Costs costs;  ///< F, B, W, FB (and latency) estimated from the measured spans, in its time unit.
   std::array<std::size_t, 5> samples{};  ///< Compute spans averaged per kind: F, B, Bw, W, FB.
-  std::vector<CostAdjustment> adjustments;  ///< Estimates the simulator could not take as measured (fit_measured_costs).
+  std::vector<CostAdjustment>
+      adjustments;                ///< Estimates the simulator could not take as measured (fit_measured_costs).
   Timeline simulated;             ///< The trace simulated with `costs`.
   double measured_bubble = 0;     ///< Bubble ratio of the measured timeline (Timeline::bubble_ratio).
   double simulated_bubble = 0;    ///< Bubble ratio of the simulated one.
@@ -154,8 +155,8 @@ struct ProfileReport {
     throw ConfigError("profile_step: the measured timeline (" + std::to_string(measured.ranks) + " ranks, " +
                       std::to_string(measured.spans.size()) + " span lists, " + std::to_string(measured.chunks) +
                       " chunks) is not a step of the trace (" + std::to_string(trace.ranks) + " ranks, " +
-                      std::to_string(trace.chunks) + " chunks" +
-                      (measured.mode != trace.mode ? ", another mode" : "") + ")");
+                      std::to_string(trace.chunks) + " chunks" + (measured.mode != trace.mode ? ", another mode" : "") +
+                      ")");
   ProfileReport p;
   Costs means = detail::mean_costs(measured, &p.samples);
   means.latency = transfer_latency;

@@ -45,8 +45,8 @@ namespace dualpipe {
     const std::string pid = std::to_string(r);
     event("{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":" + pid + ",\"tid\":0,\"args\":{\"name\":\"rank " + pid +
           "\"}}");
-    event("{\"name\":\"process_sort_index\",\"ph\":\"M\",\"pid\":" + pid + ",\"tid\":0,\"args\":{\"sort_index\":" +
-          pid + "}}");
+    event("{\"name\":\"process_sort_index\",\"ph\":\"M\",\"pid\":" + pid +
+          ",\"tid\":0,\"args\":{\"sort_index\":" + pid + "}}");
     for (int lane = 0; lane < 3; ++lane)
       event("{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":" + pid + ",\"tid\":" + std::to_string(lane) +
             ",\"args\":{\"name\":\"" + std::string(lane_names[lane]) + "\"}}");

@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "dualpipe/analysis/detail/format.hpp"
-#include "dualpipe/core/timeline.hpp"
 #include "dualpipe/core/error.hpp"
+#include "dualpipe/core/timeline.hpp"
 #include "dualpipe/core/trace.hpp"
 
 namespace dualpipe {
@@ -49,9 +49,8 @@ inline constexpr std::size_t grid_max_rows = 1'000'000;
   }
   const double row_estimate = std::ceil(makespan / cell - 1e-9);
   if (row_estimate > static_cast<double>(grid_max_rows))
-    throw ConfigError("render_grid: cell too small: makespan=" + detail::format_number(makespan, 6) +
-                      " / cell=" + detail::format_number(cell, 9) + " needs more than " +
-                      std::to_string(grid_max_rows) + " rows");
+    throw ConfigError("render_grid: cell too small: makespan=" + detail::format_number(makespan, 6) + " / cell=" +
+                      detail::format_number(cell, 9) + " needs more than " + std::to_string(grid_max_rows) + " rows");
   const std::size_t rows = row_estimate > 0 ? static_cast<std::size_t>(row_estimate) : 0;
 
   // For each rank and row: the best-covering compute span (index into spans[r]) and its overlap.
@@ -88,8 +87,12 @@ inline constexpr std::size_t grid_max_rows = 1'000'000;
   }
   for (std::size_t r = 0; r < nranks; ++r) width = std::max(width, ("rank " + std::to_string(r)).size());
 
-  auto pad_left = [](const std::string& s, std::size_t w) { return std::string(w > s.size() ? w - s.size() : 0, ' ') + s; };
-  auto pad_right = [](const std::string& s, std::size_t w) { return s + std::string(w > s.size() ? w - s.size() : 0, ' '); };
+  auto pad_left = [](const std::string& s, std::size_t w) {
+    return std::string(w > s.size() ? w - s.size() : 0, ' ') + s;
+  };
+  auto pad_right = [](const std::string& s, std::size_t w) {
+    return s + std::string(w > s.size() ? w - s.size() : 0, ' ');
+  };
   auto finish_line = [](std::string& out, std::string line) {
     while (!line.empty() && line.back() == ' ') line.pop_back();
     out += line;
@@ -98,8 +101,8 @@ inline constexpr std::size_t grid_max_rows = 1'000'000;
 
   std::string out = "# " + tl.schedule + " ranks=" + std::to_string(tl.ranks) + " chunks=" + std::to_string(tl.chunks) +
                     " mode=" + std::string(to_string(tl.mode)) + " makespan=" + detail::format_number(makespan, 6) +
-                    " bubble=" + detail::format_number(100 * tl.bubble_ratio(), 1) + "% cell=" +
-                    detail::format_number(cell, 6) + " " + tl.time_unit + "\n";
+                    " bubble=" + detail::format_number(100 * tl.bubble_ratio(), 1) +
+                    "% cell=" + detail::format_number(cell, 6) + " " + tl.time_unit + "\n";
   std::string header = pad_left("time", time_width);
   for (std::size_t r = 0; r < nranks; ++r) header += " | " + pad_right("rank " + std::to_string(r), width);
   finish_line(out, header);

@@ -17,13 +17,13 @@ namespace dualpipe {
 
 /// Layout knobs of render_svg. Sizes are in SVG pixels.
 struct SvgOptions {
-  double width = 1200;          ///< Width of the time axis (the whole picture is wider by the margins).
-  double lane_height = 26;      ///< Height of one rank's compute lane.
-  double transfer_height = 7;   ///< Height of the transfer lane under each rank.
-  bool transfers = true;        ///< Draw the transfer lane (transfer spans).
-  bool waits = true;            ///< Tint the time a commit blocked (wait spans).
-  bool legend = true;           ///< Draw the legend under the lanes.
-  std::string title;            ///< Title; empty: "<schedule> ranks=P chunks=C mode=M makespan=T bubble=B%".
+  double width = 1200;         ///< Width of the time axis (the whole picture is wider by the margins).
+  double lane_height = 26;     ///< Height of one rank's compute lane.
+  double transfer_height = 7;  ///< Height of the transfer lane under each rank.
+  bool transfers = true;       ///< Draw the transfer lane (transfer spans).
+  bool waits = true;           ///< Tint the time a commit blocked (wait spans).
+  bool legend = true;          ///< Draw the legend under the lanes.
+  std::string title;           ///< Title; empty: "<schedule> ranks=P chunks=C mode=M makespan=T bubble=B%".
 };
 
 namespace detail {
@@ -88,11 +88,10 @@ namespace detail {
          "\" viewBox=\"0 0 " + num(total_w) + " " + num(total_h) + "\" font-family=\"sans-serif\" font-size=\"10\">\n";
 
   const std::string title =
-      !opt.title.empty()
-          ? opt.title
-          : tl.schedule + " ranks=" + std::to_string(tl.ranks) + " chunks=" + std::to_string(tl.chunks) +
-                " mode=" + std::string(to_string(tl.mode)) + " makespan=" + format_number(makespan, 3) + " " +
-                tl.time_unit + " bubble=" + format_number(100 * tl.bubble_ratio(), 1) + "%";
+      !opt.title.empty() ? opt.title
+                         : tl.schedule + " ranks=" + std::to_string(tl.ranks) + " chunks=" + std::to_string(tl.chunks) +
+                               " mode=" + std::string(to_string(tl.mode)) + " makespan=" + format_number(makespan, 3) +
+                               " " + tl.time_unit + " bubble=" + format_number(100 * tl.bubble_ratio(), 1) + "%";
   out += "<title>" + xml_escape(title) + "</title>\n";
   // Fills of FB boxes: forward colour over backward colour, one per (module, module1) pair.
   out += "<defs>";
@@ -126,8 +125,8 @@ namespace detail {
       const double x0 = x_of(s.start);
       const double w = std::max(0.0, (s.end - s.start) * scale);
       const std::string token = to_token(s.op);
-      const std::string tip = xml_escape(token + " [" + format_number(s.start, 6) + ", " + format_number(s.end, 6) +
-                                         ") " + tl.time_unit);
+      const std::string tip =
+          xml_escape(token + " [" + format_number(s.start, 6) + ", " + format_number(s.end, 6) + ") " + tl.time_unit);
       if (s.lane == Span::Lane::wait) {
         if (!opt.waits) continue;
         out += "<rect class=\"wait\" x=\"" + num(x0) + "\" y=\"" + num(y) + "\" width=\"" + num(w) + "\" height=\"" +
@@ -139,8 +138,8 @@ namespace detail {
         if (!opt.transfers) continue;
         const bool act = carries_activation(s.op.kind);
         out += "<rect class=\"transfer\" x=\"" + num(x0) + "\" y=\"" + num(y + opt.lane_height + 2) + "\" width=\"" +
-               num(std::max(w, 0.5)) + "\" height=\"" + num(transfer_h) + "\" fill=\"" +
-               (act ? "#6baed6" : "#74c476") + "\"><title>" + tip + "</title></rect>\n";
+               num(std::max(w, 0.5)) + "\" height=\"" + num(transfer_h) + "\" fill=\"" + (act ? "#6baed6" : "#74c476") +
+               "\"><title>" + tip + "</title></rect>\n";
         continue;
       }
       // One rect per compute op; an FB is filled with a hard-edged gradient: forward half on top.
@@ -153,7 +152,8 @@ namespace detail {
       // About 6 px per character at font-size 10.
       std::string label;
       if (w >= 6.0 * static_cast<double>(token.size()) + 4) label = token;
-      else if (const std::string s2 = detail::svg_short_label(s.op); w >= 6.0 * static_cast<double>(s2.size()) + 3) label = s2;
+      else if (const std::string s2 = detail::svg_short_label(s.op); w >= 6.0 * static_cast<double>(s2.size()) + 3)
+        label = s2;
       if (!label.empty()) {
         const double cx = x0 + w / 2, cy = y + opt.lane_height / 2;
         std::string colour = detail::svg_text_colour(s.op.kind, s.op.module);
@@ -164,8 +164,8 @@ namespace detail {
                  num(lw) + "\" height=\"13\" rx=\"2\" fill=\"#ffffff\" fill-opacity=\"0.8\"/>";
           colour = "#000000";
         }
-        out += "<text class=\"label\" x=\"" + num(cx) + "\" y=\"" + num(cy + 3.5) + "\" text-anchor=\"middle\" fill=\"" +
-               colour + "\">" + xml_escape(label) + "</text>";
+        out += "<text class=\"label\" x=\"" + num(cx) + "\" y=\"" + num(cy + 3.5) +
+               "\" text-anchor=\"middle\" fill=\"" + colour + "\">" + xml_escape(label) + "</text>";
       }
       out += "\n";
     }
@@ -173,7 +173,9 @@ namespace detail {
   }
 
   if (opt.legend) {
-    struct Entry { std::string_view fill, fill2, label; };
+    struct Entry {
+      std::string_view fill, fill2, label;
+    };
     const Entry entries[] = {
         {detail::svg_fill(OpKind::forward, 0), "", "F module 0"},
         {detail::svg_fill(OpKind::forward, 1), "", "F module 1"},

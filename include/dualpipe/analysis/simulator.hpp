@@ -177,7 +177,7 @@ inline Timeline make_timeline(const Trace& t, const TraceIndex& ix, CommModel mo
   if (!valid.ok) throw ValidationError(std::move(valid));
   std::vector<double> start, end;
   const std::vector<OpRef> stuck = model == CommModel::rendezvous ? detail::run_rendezvous(t, ix, costs, start, end)
-                                                                 : detail::run_async(t, ix, costs, start, end);
+                                                                  : detail::run_async(t, ix, costs, start, end);
   if (!stuck.empty()) throw ValidationError(checker.deadlock_result(stuck, start));
   return detail::make_timeline(t, ix, model, start, end);
 }
@@ -189,19 +189,20 @@ inline Timeline make_timeline(const Trace& t, const TraceIndex& ix, CommModel mo
 }
 
 /// Simulates `t` as a trace of the schedule its header names.
-[[nodiscard]] inline Timeline simulate(const Trace& t, const Costs& costs = {}, CommModel model = CommModel::rendezvous) {
+[[nodiscard]] inline Timeline simulate(const Trace& t, const Costs& costs = {},
+                                       CommModel model = CommModel::rendezvous) {
   return simulate(t, parse_schedule_kind(t.schedule), costs, model);
 }
 
 /// The figures of one step: what the spec's table reports, per rank.
 struct Summary {
-  std::string schedule;                ///< Schedule name.
-  int ranks = 0;                       ///< P.
-  int chunks = 0;                      ///< C.
-  double makespan = 0;                 ///< Time from the step's start to its last span's end.
-  std::vector<double> idle;            ///< Per rank: makespan - busy (compute) time.
-  double bubble_ratio = 0;             ///< Sum of idle / (ranks x makespan).
-  std::vector<int> peak_activations;   ///< Per rank: peak chunks held (see peak_activations()).
+  std::string schedule;               ///< Schedule name.
+  int ranks = 0;                      ///< P.
+  int chunks = 0;                     ///< C.
+  double makespan = 0;                ///< Time from the step's start to its last span's end.
+  std::vector<double> idle;           ///< Per rank: makespan - busy (compute) time.
+  double bubble_ratio = 0;            ///< Sum of idle / (ranks x makespan).
+  std::vector<int> peak_activations;  ///< Per rank: peak chunks held (see peak_activations()).
 
   /// The worst rank's idle time (the spec's "bubble").
   [[nodiscard]] double max_idle() const noexcept {
@@ -225,9 +226,8 @@ struct Summary {
     s.idle.push_back(s.makespan - busy);
     total_idle += s.idle.back();
   }
-  s.bubble_ratio = s.makespan > 0 && !tl.spans.empty()
-                       ? total_idle / (static_cast<double>(tl.spans.size()) * s.makespan)
-                       : 0.0;
+  s.bubble_ratio =
+      s.makespan > 0 && !tl.spans.empty() ? total_idle / (static_cast<double>(tl.spans.size()) * s.makespan) : 0.0;
   s.peak_activations = peak_activations(t);
   return s;
 }

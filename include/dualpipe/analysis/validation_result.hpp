@@ -79,12 +79,12 @@ enum class ValidationRule : std::uint8_t {
 /// op count means "at the end of its list"), `rule` the rule broken and `message` says why, followed
 /// by a grid of the ops around it with the faulty one marked `>>tok<<`.
 struct ValidationResult {
-  bool ok = true;                             ///< True when the trace is a correct step.
-  int rank = -1;                              ///< Rank of the faulty op; -1 when ok.
-  int index = -1;                             ///< Index of the faulty op in that rank's list; -1 when ok.
-  ValidationRule rule = ValidationRule::none; ///< The rule broken.
-  std::string message;                        ///< Explanation and op grid; empty when ok.
-  std::vector<OpRef> stuck;                   ///< Deadlock only: every stuck rank and the commit it waits in.
+  bool ok = true;                              ///< True when the trace is a correct step.
+  int rank = -1;                               ///< Rank of the faulty op; -1 when ok.
+  int index = -1;                              ///< Index of the faulty op in that rank's list; -1 when ok.
+  ValidationRule rule = ValidationRule::none;  ///< The rule broken.
+  std::string message;                         ///< Explanation and op grid; empty when ok.
+  std::vector<OpRef> stuck;                    ///< Deadlock only: every stuck rank and the commit it waits in.
 
   /// Same as ok.
   [[nodiscard]] explicit operator bool() const noexcept { return ok; }

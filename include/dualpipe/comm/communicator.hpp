@@ -32,7 +32,9 @@ namespace dualpipe {
 
 /// The handle a commit returns.
 template <class G>
-concept CommitGroup = requires(G& g, std::chrono::milliseconds timeout) { g.wait(timeout); };
+concept CommitGroup = requires(G& g, std::chrono::milliseconds timeout) {
+  g.wait(timeout);
+};
 
 namespace detail {
 template <class C>
@@ -41,27 +43,39 @@ concept comm_has_rank_and_size = requires(const C& c) {
   { c.size() } -> std::convertible_to<int>;
 };
 template <class C>
-concept comm_has_post_send = requires(C& c, int peer, MessageTag tag, ConstBytes src) { c.post_send(peer, tag, src); };
+concept comm_has_post_send = requires(C& c, int peer, MessageTag tag, ConstBytes src) {
+  c.post_send(peer, tag, src);
+};
 template <class C>
-concept comm_has_post_recv = requires(C& c, int peer, MessageTag tag, MutableBytes dst) { c.post_recv(peer, tag, dst); };
+concept comm_has_post_recv = requires(C& c, int peer, MessageTag tag, MutableBytes dst) {
+  c.post_recv(peer, tag, dst);
+};
 template <class C>
 concept comm_has_commit = requires(C& c) {
   { c.commit() } -> CommitGroup;
 };
 template <class C>
-concept comm_has_abort = requires(C& c, const FailureOrigin& origin) { c.abort(origin); };
+concept comm_has_abort = requires(C& c, const FailureOrigin& origin) {
+  c.abort(origin);
+};
 template <class C>
-concept comm_has_barrier = requires(C& c, std::chrono::milliseconds timeout) { c.barrier(timeout); };
+concept comm_has_barrier = requires(C& c, std::chrono::milliseconds timeout) {
+  c.barrier(timeout);
+};
 template <class C>
-concept comm_has_collective_reset = requires(C& c, std::chrono::milliseconds timeout) { c.reset(timeout); };
+concept comm_has_collective_reset = requires(C& c, std::chrono::milliseconds timeout) {
+  c.reset(timeout);
+};
 template <class C>
-concept comm_has_reset = requires(C& c) { c.reset(); };
+concept comm_has_reset = requires(C& c) {
+  c.reset();
+};
 }  // namespace detail
 
 /// A type that can carry pipeline messages between ranks.
 template <class C>
 concept Communicator = detail::comm_has_rank_and_size<C> && detail::comm_has_post_send<C> &&
-                       detail::comm_has_post_recv<C> && detail::comm_has_commit<C> && detail::comm_has_abort<C>;
+    detail::comm_has_post_recv<C> && detail::comm_has_commit<C> && detail::comm_has_abort<C>;
 
 /// A communicator that can also meet every rank at the end of a step: `barrier(timeout)` returns when every
 /// rank arrived and throws CommAborted if the communicator was aborted. With it, a failure on one rank ends

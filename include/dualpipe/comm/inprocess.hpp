@@ -53,7 +53,7 @@ private:
   friend class detail::MailboxRank<InProcessCommunicator, InProcessWorld>;
   friend class detail::CommitHandle<InProcessCommunicator>;
 
-  using Posted = detail::LaunchedOp;  // `done` guarded by _mutex once launched
+  using Posted = detail::LaunchedOp;                                       // `done` guarded by _mutex once launched
   using Mailboxes = detail::Mailboxes<InProcessCommunicator, std::mutex>;  // a lock per pair of ranks
   friend Mailboxes;
 
@@ -88,8 +88,8 @@ public:
   /// Rank `rank`'s communicator. Throws ConfigError for a rank outside [0, size).
   [[nodiscard]] InProcessCommunicator& communicator(int rank) {
     if (rank < 0 || rank >= _size)
-      throw ConfigError("InProcessWorld: rank must be in [0, " + std::to_string(_size) + ") (got rank=" +
-                        std::to_string(rank) + ")");
+      throw ConfigError("InProcessWorld: rank must be in [0, " + std::to_string(_size) +
+                        ") (got rank=" + std::to_string(rank) + ")");
     return *_comms[static_cast<std::size_t>(rank)];
   }
   /// Number of ranks.
@@ -149,7 +149,8 @@ private:
     const auto deadline = deadline_after(timeout);
     std::unique_lock lk(_barrier_mutex);
     if (aborted()) throw aborted_error();
-    const auto r = _barrier.arrive(lk, _barrier_cv, _size, deadline, [&] { return aborted(); }, [] {});
+    const auto r = _barrier.arrive(
+        lk, _barrier_cv, _size, deadline, [&] { return aborted(); }, [] {});
     if (r == detail::Meeting::Result::met) return;
     if (r == detail::Meeting::Result::stopped) throw aborted_error();
     throw TimeoutError("in-process communicator: rank " + std::to_string(rank) + " timed out after " +
@@ -160,14 +161,16 @@ private:
   void reset_collective(int rank, std::chrono::milliseconds timeout) {
     const auto deadline = deadline_after(timeout);
     std::unique_lock lk(_reset_mutex);
-    const auto r = _reset.arrive(lk, _reset_cv, _size, deadline, [] { return false; }, [&] {
-      // Every rank is here, so none is inside the communicator: clear the world.
-      _boxes.clear();
-      std::scoped_lock alk(_abort_mutex, _barrier_mutex);
-      _aborted.store(false, std::memory_order_release);
-      _origin = FailureOrigin{};
-      _barrier.clear();
-    });
+    const auto r = _reset.arrive(
+        lk, _reset_cv, _size, deadline, [] { return false; },
+        [&] {
+          // Every rank is here, so none is inside the communicator: clear the world.
+          _boxes.clear();
+          std::scoped_lock alk(_abort_mutex, _barrier_mutex);
+          _aborted.store(false, std::memory_order_release);
+          _origin = FailureOrigin{};
+          _barrier.clear();
+        });
     if (r == detail::Meeting::Result::met) return;
     throw TimeoutError("in-process communicator: rank " + std::to_string(rank) + " timed out after " +
                        std::to_string(timeout.count()) + " ms in reset() (" + std::to_string(_reset.waiting() + 1) +
@@ -226,13 +229,11 @@ inline void InProcessCommunicator::wait_group(std::chrono::milliseconds timeout)
     return;
   }
   // A peer that is about to answer is cheaper to yield to than to sleep on.
-  for (int i = 0; i < _world->_spin && _remaining.load(std::memory_order_acquire) != 0; ++i)
-    std::this_thread::yield();
+  for (int i = 0; i < _world->_spin && _remaining.load(std::memory_order_acquire) != 0; ++i) std::this_thread::yield();
   const auto deadline = deadline_after(timeout);
   std::unique_lock lk(_mutex);
-  _cv.wait_until(lk, deadline, [&] {
-    return _remaining.load(std::memory_order_relaxed) == 0 || _failed || _world->aborted();
-  });
+  _cv.wait_until(lk, deadline,
+                 [&] { return _remaining.load(std::memory_order_relaxed) == 0 || _failed || _world->aborted(); });
   if (_remaining.load(std::memory_order_relaxed) == 0 && !_failed) {
     _group.clear();
     _group_open = false;

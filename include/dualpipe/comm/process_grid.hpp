@@ -93,16 +93,16 @@ public:
       const auto i = static_cast<std::size_t>(d);
       if (i >= 4) throw ConfigError("ProcessGrid: the order names an unknown dimension " + std::to_string(i));
       if (seen[i])
-        throw ConfigError("ProcessGrid: the order names " + std::string(grid_dim_name(d)) + " twice (order=" +
-                          join(order) + ")");
+        throw ConfigError("ProcessGrid: the order names " + std::string(grid_dim_name(d)) +
+                          " twice (order=" + join(order) + ")");
       seen[i] = true;
     }
     for (GridDim d : all_grid_dims)
       if (!seen[static_cast<std::size_t>(d)]) {
         if (sizes[d] > 1)
-          throw ConfigError("ProcessGrid: the order must name every dimension of size > 1: " +
-                            std::string(grid_dim_name(d)) + "=" + std::to_string(sizes[d]) + " is missing (order=" +
-                            join(order) + ")");
+          throw ConfigError(
+              "ProcessGrid: the order must name every dimension of size > 1: " + std::string(grid_dim_name(d)) + "=" +
+              std::to_string(sizes[d]) + " is missing (order=" + join(order) + ")");
         order.push_back(d);  // size 1: anywhere; after the named ones
       }
     _order = order;
@@ -232,9 +232,9 @@ private:
 
   int _world;
   GridSizes _sizes;
-  std::size_t _named;             // dimensions the order named (the first _named of _order)
-  std::vector<GridDim> _order;    // fastest-varying first
-  std::array<int, 4> _stride{};   // by GridDim
+  std::size_t _named;            // dimensions the order named (the first _named of _order)
+  std::vector<GridDim> _order;   // fastest-varying first
+  std::array<int, 4> _stride{};  // by GridDim
 };
 
 }  // namespace dualpipe

@@ -23,8 +23,8 @@ public:
 class TraceParseError : public Error {
 public:
   TraceParseError(const std::string& what, int line, int column)
-      : Error(what + " (line " + std::to_string(line) + ", column " + std::to_string(column) + ")"),
-        _line(line), _column(column) {}
+      : Error(what + " (line " + std::to_string(line) + ", column " + std::to_string(column) + ")"), _line(line),
+        _column(column) {}
 
   /// 1-based line of the offending token.
   [[nodiscard]] int line() const noexcept { return _line; }

@@ -21,8 +21,8 @@ struct FailureOrigin {
   std::string what;  ///< The original error message.
 
   [[nodiscard]] std::string describe() const {
-    return "rank " + std::to_string(rank) + ", module " + std::to_string(module) + ", chunk " +
-           std::to_string(chunk) + ", op " + op + ": " + what;
+    return "rank " + std::to_string(rank) + ", module " + std::to_string(module) + ", chunk " + std::to_string(chunk) +
+           ", op " + op + ": " + what;
   }
 };
 

@@ -103,8 +103,6 @@ private:
 /// Whether a step trains (forward, backward, weight) or only runs forwards (inference).
 enum class Mode : std::uint8_t { train, forward };
 
-[[nodiscard]] constexpr std::string_view to_string(Mode m) noexcept {
-  return m == Mode::train ? "train" : "forward";
-}
+[[nodiscard]] constexpr std::string_view to_string(Mode m) noexcept { return m == Mode::train ? "train" : "forward"; }
 
 }  // namespace dualpipe

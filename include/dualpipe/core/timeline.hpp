@@ -27,12 +27,12 @@ struct Span {
 
 /// Every rank's spans of one step.
 struct Timeline {
-  std::string schedule;                 ///< Schedule name, e.g. "dualpipe".
-  int ranks = 0;                        ///< P.
-  int chunks = 0;                       ///< C.
-  Mode mode = Mode::train;              ///< train or forward.
-  std::string time_unit = "units";      ///< "units" for simulated costs, "s" for measured time.
-  std::vector<std::vector<Span>> spans; ///< spans[r]: rank r's spans, sorted by start within each lane.
+  std::string schedule;                  ///< Schedule name, e.g. "dualpipe".
+  int ranks = 0;                         ///< P.
+  int chunks = 0;                        ///< C.
+  Mode mode = Mode::train;               ///< train or forward.
+  std::string time_unit = "units";       ///< "units" for simulated costs, "s" for measured time.
+  std::vector<std::vector<Span>> spans;  ///< spans[r]: rank r's spans, sorted by start within each lane.
 
   /// Time from the step's start to the end of its last span.
   [[nodiscard]] double makespan() const noexcept {

@@ -19,11 +19,11 @@ namespace dualpipe {
 
 /// Every rank's op list of one step, with the header that names it.
 struct Trace {
-  std::string schedule;                ///< e.g. "dualpipe", "dualpipev", "1f1b".
-  int ranks = 0;                       ///< P.
-  int chunks = 0;                      ///< C.
-  Mode mode = Mode::train;             ///< train or forward.
-  std::vector<std::vector<Op>> ops;    ///< ops[r] is rank r's list, in issue order.
+  std::string schedule;              ///< e.g. "dualpipe", "dualpipev", "1f1b".
+  int ranks = 0;                     ///< P.
+  int chunks = 0;                    ///< C.
+  Mode mode = Mode::train;           ///< train or forward.
+  std::vector<std::vector<Op>> ops;  ///< ops[r] is rank r's list, in issue order.
 
   friend bool operator==(const Trace&, const Trace&) = default;
 };
@@ -36,16 +36,42 @@ inline void append_token(std::string& out, const Op& op) {
     out += std::to_string(c);
   };
   switch (op.kind) {
-    case OpKind::forward: out += 'F'; mc(op.module, op.chunk); break;
-    case OpKind::backward: out += 'B'; mc(op.module, op.chunk); break;
-    case OpKind::backward_input: out += 'B'; mc(op.module, op.chunk); out += 'w'; break;
+    case OpKind::forward:
+      out += 'F';
+      mc(op.module, op.chunk);
+      break;
+    case OpKind::backward:
+      out += 'B';
+      mc(op.module, op.chunk);
+      break;
+    case OpKind::backward_input:
+      out += 'B';
+      mc(op.module, op.chunk);
+      out += 'w';
+      break;
     case OpKind::forward_backward:
-      out += "FB"; mc(op.module, op.chunk); out += '/'; mc(op.module1, op.chunk1); break;
+      out += "FB";
+      mc(op.module, op.chunk);
+      out += '/';
+      mc(op.module1, op.chunk1);
+      break;
     case OpKind::weight: out += 'W'; break;
-    case OpKind::send_activation: out += "sF"; mc(op.module, op.chunk); break;
-    case OpKind::recv_activation: out += "rF"; mc(op.module, op.chunk); break;
-    case OpKind::send_gradient: out += "sB"; mc(op.module, op.chunk); break;
-    case OpKind::recv_gradient: out += "rB"; mc(op.module, op.chunk); break;
+    case OpKind::send_activation:
+      out += "sF";
+      mc(op.module, op.chunk);
+      break;
+    case OpKind::recv_activation:
+      out += "rF";
+      mc(op.module, op.chunk);
+      break;
+    case OpKind::send_gradient:
+      out += "sB";
+      mc(op.module, op.chunk);
+      break;
+    case OpKind::recv_gradient:
+      out += "rB";
+      mc(op.module, op.chunk);
+      break;
     case OpKind::commit: out += '|'; break;
   }
 }
@@ -96,7 +122,10 @@ struct TokenCursor {
     throw TraceParseError("bad trace token '" + std::string(tok) + "': " + std::string(why), line, column);
   }
   bool eat(char c) {
-    if (pos < tok.size() && tok[pos] == c) { ++pos; return true; }
+    if (pos < tok.size() && tok[pos] == c) {
+      ++pos;
+      return true;
+    }
     return false;
   }
   int number(std::string_view what) {
@@ -134,7 +163,12 @@ struct TokenCursor {
     cur.done();
     return Op::FB(m, c, m1, c1);
   }
-  if (tok.starts_with('F')) { cur.pos = 1; cur.module_chunk(m, c); cur.done(); return Op::F(m, c); }
+  if (tok.starts_with('F')) {
+    cur.pos = 1;
+    cur.module_chunk(m, c);
+    cur.done();
+    return Op::F(m, c);
+  }
   if (tok.starts_with('B')) {
     cur.pos = 1;
     cur.module_chunk(m, c);
@@ -200,7 +234,10 @@ struct TokenCursor {
     std::vector<Op> ops;
     std::size_t pos = expect.size();
     while (pos < line.size()) {
-      if (line[pos] == ' ') { ++pos; continue; }
+      if (line[pos] == ' ') {
+        ++pos;
+        continue;
+      }
       std::size_t end = line.find(' ', pos);
       if (end == std::string_view::npos) end = line.size();
       ops.push_back(parse_token(line.substr(pos, end - pos), line_no, static_cast<int>(pos) + 1));
@@ -210,9 +247,9 @@ struct TokenCursor {
   }
   if (!have_header) throw TraceParseError("empty trace: no header line", line_no == 0 ? 1 : line_no, 1);
   if (static_cast<int>(t.ops.size()) != t.ranks)
-    throw TraceParseError("header says ranks=" + std::to_string(t.ranks) + " but " + std::to_string(t.ops.size()) +
-                              " rank lines follow",
-                          line_no, 1);
+    throw TraceParseError(
+        "header says ranks=" + std::to_string(t.ranks) + " but " + std::to_string(t.ops.size()) + " rank lines follow",
+        line_no, 1);
   return t;
 }
 

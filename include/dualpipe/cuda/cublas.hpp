@@ -43,7 +43,8 @@ public:
       check_cublas(cublasSetStream(_handle, stream.get()), "cublasSetStream", __FILE__, __LINE__);
       if (workspace_bytes > 0) {
         DUALPIPE_CUDA_CHECK(cudaMalloc(&_workspace, workspace_bytes));
-        check_cublas(cublasSetWorkspace(_handle, _workspace, workspace_bytes), "cublasSetWorkspace", __FILE__, __LINE__);
+        check_cublas(cublasSetWorkspace(_handle, _workspace, workspace_bytes), "cublasSetWorkspace", __FILE__,
+                     __LINE__);
       }
     } catch (...) {
       destroy();

@@ -119,11 +119,11 @@ public:
                           std::to_string(_s->device));
     }
     bool capturable = false;
-    if constexpr (detail::comm_has_graph_capturable<Comm>)
-      capturable = comm.graph_capturable();
+    if constexpr (detail::comm_has_graph_capturable<Comm>) capturable = comm.graph_capturable();
     if (_s->options.graph == GraphMode::capture && !capturable)
-      throw ConfigError("CudaDevice: graph capture needs a communicator whose transfers can be captured "
-                        "(NcclCommunicator, or a CudaLocalWorld of one rank); this one's cannot");
+      throw ConfigError(
+          "CudaDevice: graph capture needs a communicator whose transfers can be captured "
+          "(NcclCommunicator, or a CudaLocalWorld of one rank); this one's cannot");
     _s->comm = comm.stream();
     _s->ranks = comm.size();
   }

@@ -92,9 +92,9 @@ private:
   void withdraw_unfinished() noexcept;
 
   int _device;
-  Stream _stream;   // communication stream, on _device
-  Event _launch;    // recorded at each commit, after the device policy's waits
-  Event _copied;    // recorded after a copy into this rank (on its stream), for the sender to wait on
+  Stream _stream;               // communication stream, on _device
+  Event _launch;                // recorded at each commit, after the device policy's waits
+  Event _copied;                // recorded after a copy into this rank (on its stream), for the sender to wait on
   std::condition_variable _cv;  // with the world's mutex
   int _remaining = 0;           // under the world's mutex
   bool _failed = false;         // under the world's mutex
@@ -114,8 +114,9 @@ public:
 
   /// `size` ranks, all on `device` (-1: the current device). Throws ConfigError for size < 1, CudaError.
   explicit CudaLocalWorld(int size, int device = -1, Options options = {})
-      : CudaLocalWorld(std::vector<int>(static_cast<std::size_t>(size < 1 ? 0 : size), device < 0 ? current_device() : device),
-                       options, size) {}
+      : CudaLocalWorld(
+            std::vector<int>(static_cast<std::size_t>(size < 1 ? 0 : size), device < 0 ? current_device() : device),
+            options, size) {}
   /// One rank per entry of `devices` (rank r on devices[r]). Throws ConfigError for an empty list, CudaError.
   explicit CudaLocalWorld(std::vector<int> devices, Options options = {})
       : CudaLocalWorld(std::move(devices), options, -1) {}
@@ -132,8 +133,8 @@ public:
   /// Rank `rank`'s communicator. Throws ConfigError for a rank outside [0, size).
   [[nodiscard]] CudaLocalCommunicator& communicator(int rank) {
     if (rank < 0 || rank >= size())
-      throw ConfigError("CudaLocalWorld: rank must be in [0, " + std::to_string(size()) + ") (got rank=" +
-                        std::to_string(rank) + ")");
+      throw ConfigError("CudaLocalWorld: rank must be in [0, " + std::to_string(size()) +
+                        ") (got rank=" + std::to_string(rank) + ")");
     return *_comms[static_cast<std::size_t>(rank)];
   }
   /// Number of ranks.
@@ -154,8 +155,8 @@ private:
   CudaLocalWorld(std::vector<int> devices, Options options, int size_arg)
       : _options(options), _boxes(static_cast<int>(devices.size()), "CUDA local communicator") {
     if (devices.empty())
-      throw ConfigError("CudaLocalWorld: size must be at least 1 (got size=" +
-                        std::to_string(size_arg >= 0 ? size_arg : 0) + ")");
+      throw ConfigError(
+          "CudaLocalWorld: size must be at least 1 (got size=" + std::to_string(size_arg >= 0 ? size_arg : 0) + ")");
     const int n = static_cast<int>(devices.size());
     const int count = cuda_device_count();
     for (int r = 0; r < n; ++r)
@@ -217,7 +218,8 @@ private:
     const auto deadline = deadline_after(timeout);
     std::unique_lock lk(_mutex);
     if (aborted()) throw CommAborted(_origin);
-    const auto r = _barrier.arrive(lk, _barrier_cv, size(), deadline, [&] { return aborted(); }, [] {});
+    const auto r = _barrier.arrive(
+        lk, _barrier_cv, size(), deadline, [&] { return aborted(); }, [] {});
     if (r == detail::Meeting::Result::met) return;
     if (r == detail::Meeting::Result::stopped) throw CommAborted(_origin);
     throw TimeoutError("CUDA local communicator: rank " + std::to_string(rank) + " timed out after " +
@@ -228,12 +230,14 @@ private:
   void reset_collective(int rank, std::chrono::milliseconds timeout) {
     const auto deadline = deadline_after(timeout);
     std::unique_lock lk(_mutex);
-    const auto r = _reset.arrive(lk, _barrier_cv, size(), deadline, [] { return false; }, [&] {
-      _boxes.clear();
-      _aborted.store(false, std::memory_order_release);
-      _origin = FailureOrigin{};
-      _barrier.clear();
-    });
+    const auto r = _reset.arrive(
+        lk, _barrier_cv, size(), deadline, [] { return false; },
+        [&] {
+          _boxes.clear();
+          _aborted.store(false, std::memory_order_release);
+          _origin = FailureOrigin{};
+          _barrier.clear();
+        });
     if (r == detail::Meeting::Result::met) return;
     throw TimeoutError("CUDA local communicator: rank " + std::to_string(rank) + " timed out after " +
                        std::to_string(timeout.count()) + " ms in reset() (" + std::to_string(_reset.waiting() + 1) +
@@ -242,13 +246,13 @@ private:
 
   Options _options;
   std::vector<std::unique_ptr<CudaLocalCommunicator>> _comms;
-  std::mutex _mutex;                          // everything below, and every communicator's group state
-  CudaLocalCommunicator::Mailboxes _boxes;    // between every pair of ranks
+  std::mutex _mutex;                        // everything below, and every communicator's group state
+  CudaLocalCommunicator::Mailboxes _boxes;  // between every pair of ranks
   std::atomic<bool> _aborted{false};
   FailureOrigin _origin;
-  std::condition_variable _barrier_cv;        // barrier and reset
-  detail::Meeting _barrier;                   // the end-of-step barrier
-  detail::Meeting _reset;                     // the collective reset
+  std::condition_variable _barrier_cv;  // barrier and reset
+  detail::Meeting _barrier;             // the end-of-step barrier
+  detail::Meeting _reset;               // the collective reset
   std::atomic<long> _copies{0};
 };
 

@@ -35,10 +35,14 @@ concept DeviceAllocator = requires(A& a, std::size_t n, void* p, StreamRef s) {
 /// Compile-time check with messages in plain words: `static_assert(check_device_allocator<MyAlloc>())`.
 template <class A>
 consteval bool check_device_allocator() {
-  static_assert(requires(A& a, std::size_t n, StreamRef s) { { a.allocate(n, s) } -> std::same_as<void*>; },
-                "DeviceAllocator needs: void* allocate(std::size_t bytes, dualpipe::StreamRef stream)");
-  static_assert(requires(A& a, void* p, std::size_t n, StreamRef s) { a.deallocate(p, n, s); },
-                "DeviceAllocator needs: void deallocate(void* p, std::size_t bytes, dualpipe::StreamRef stream) noexcept");
+  static_assert(
+      requires(A & a, std::size_t n, StreamRef s) {
+        { a.allocate(n, s) } -> std::same_as<void*>;
+      },
+      "DeviceAllocator needs: void* allocate(std::size_t bytes, dualpipe::StreamRef stream)");
+  static_assert(
+      requires(A & a, void* p, std::size_t n, StreamRef s) { a.deallocate(p, n, s); },
+      "DeviceAllocator needs: void deallocate(void* p, std::size_t bytes, dualpipe::StreamRef stream) noexcept");
   return DeviceAllocator<A>;
 }
 
@@ -50,7 +54,9 @@ struct AsyncAllocator {
     DUALPIPE_CUDA_CHECK(cudaMallocAsync(&p, bytes, s.get()));
     return p;
   }
-  void deallocate(void* p, std::size_t /*bytes*/, StreamRef s) noexcept { ignore_cuda_error(cudaFreeAsync(p, s.get())); }
+  void deallocate(void* p, std::size_t /*bytes*/, StreamRef s) noexcept {
+    ignore_cuda_error(cudaFreeAsync(p, s.get()));
+  }
 };
 
 /// cudaMalloc / cudaFree (the stream is not used: cudaFree waits for the whole device).
@@ -131,7 +137,8 @@ public:
   explicit PinnedBuffer(std::size_t bytes) : _bytes(bytes) {
     if (bytes > 0) DUALPIPE_CUDA_CHECK(cudaMallocHost(&_data, bytes));
   }
-  PinnedBuffer(PinnedBuffer&& o) noexcept : _data(std::exchange(o._data, nullptr)), _bytes(std::exchange(o._bytes, 0)) {}
+  PinnedBuffer(PinnedBuffer&& o) noexcept
+      : _data(std::exchange(o._data, nullptr)), _bytes(std::exchange(o._bytes, 0)) {}
   PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
     if (this != &o) {
       reset();

@@ -35,9 +35,9 @@ namespace dualpipe {
 
 /// Knobs of an MpiCommunicator.
 struct MpiOptions {
-  int max_modules = 4;                   ///< Modules per rank the tags tell apart (DualPipe uses 2).
-  std::chrono::microseconds spin{200};   ///< A wait polls and yields this long before it starts to sleep.
-  std::chrono::microseconds sleep{50};   ///< Sleep between polls after the spin (keeps idle ranks off the CPU).
+  int max_modules = 4;                  ///< Modules per rank the tags tell apart (DualPipe uses 2).
+  std::chrono::microseconds spin{200};  ///< A wait polls and yields this long before it starts to sleep.
+  std::chrono::microseconds sleep{50};  ///< Sleep between polls after the spin (keeps idle ranks off the CPU).
 };
 
 /// What a commit of an MpiCommunicator returns: the messages posted since the previous commit.
@@ -72,7 +72,7 @@ private:
     int mpi_tag = 0;
     std::byte* data = nullptr;  // receive buffer (null for sends)
     std::size_t bytes = 0;
-    bool matched = false;       // a send, or a receive whose message was probed and is being received
+    bool matched = false;  // a send, or a receive whose message was probed and is being received
   };
 
   /// Probes the receives not matched yet and tests the requests in flight; true when all are done.
@@ -218,8 +218,7 @@ inline bool MpiCommitGroup::progress() {
     }
   }
   int all_done = 0;
-  detail::mpi_check(MPI_Testall(static_cast<int>(_requests.size()), _requests.data(), &all_done,
-                                MPI_STATUSES_IGNORE),
+  detail::mpi_check(MPI_Testall(static_cast<int>(_requests.size()), _requests.data(), &all_done, MPI_STATUSES_IGNORE),
                     "MPI_Testall");
   if (all_done && _unmatched == 0) {
     _pending = 0;
@@ -338,11 +337,10 @@ inline int MpiCommunicator::mpi_tag(MessageTag tag) const {
     throw ConfigError("MPI message tag: module must be in [0, " + std::to_string(_options.max_modules) +
                       ") (MpiOptions::max_modules), got " + std::to_string(tag.module));
   if (tag.chunk < 0 || tag.chunk >= max_chunks())
-    throw ConfigError("MPI message tag: chunk must be in [0, " + std::to_string(max_chunks()) +
-                      ") to fit MPI_TAG_UB " + std::to_string(_tag_ub) + ", got " + std::to_string(tag.chunk));
-  const std::int64_t value =
-      (static_cast<std::int64_t>(tag.chunk) * _options.max_modules + tag.module) * 2 +
-      (tag.payload == Payload::gradient ? 1 : 0);
+    throw ConfigError("MPI message tag: chunk must be in [0, " + std::to_string(max_chunks()) + ") to fit MPI_TAG_UB " +
+                      std::to_string(_tag_ub) + ", got " + std::to_string(tag.chunk));
+  const std::int64_t value = (static_cast<std::int64_t>(tag.chunk) * _options.max_modules + tag.module) * 2 +
+                             (tag.payload == Payload::gradient ? 1 : 0);
   return static_cast<int>(value);
 }
 
@@ -365,8 +363,7 @@ inline void MpiCommunicator::post_send(int peer, MessageTag tag, ConstBytes byte
   m.bytes = bytes.size();
   m.matched = true;
   MPI_Request request = MPI_REQUEST_NULL;
-  detail::mpi_check(MPI_Isend(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, peer, m.mpi_tag, _comm,
-                              &request),
+  detail::mpi_check(MPI_Isend(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, peer, m.mpi_tag, _comm, &request),
                     "MPI_Isend");
   _posted._messages.push_back(m);
   _posted._requests.push_back(request);
@@ -400,9 +397,9 @@ inline void MpiCommunicator::abort(const FailureOrigin& origin) {
   int world_rank = 0, world_size = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world_size);
-  const std::string where = world_size != _size ? " (world rank " + std::to_string(world_rank) + " of " +
-                                                      std::to_string(world_size) + ")"
-                                                : std::string();
+  const std::string where =
+      world_size != _size ? " (world rank " + std::to_string(world_rank) + " of " + std::to_string(world_size) + ")"
+                          : std::string();
   std::fprintf(stderr, "dualpipe: rank %d aborts the MPI job: failure on %s%s\n", _rank, origin.describe().c_str(),
                where.c_str());
   std::fflush(stderr);
@@ -428,9 +425,9 @@ inline std::vector<std::vector<std::byte>> MpiCommunicator::gather(ConstBytes lo
   if (total > INT_MAX)
     throw Error("MPI gather: " + std::to_string(total) + " bytes in all is more than one gather can carry");
   std::vector<std::byte> all(static_cast<std::size_t>(total));
-  detail::mpi_check(MPI_Gatherv(local.data(), count, MPI_BYTE, all.data(), counts.data(), offsets.data(), MPI_BYTE,
-                                root, _comm),
-                    "MPI_Gatherv");
+  detail::mpi_check(
+      MPI_Gatherv(local.data(), count, MPI_BYTE, all.data(), counts.data(), offsets.data(), MPI_BYTE, root, _comm),
+      "MPI_Gatherv");
   std::vector<std::vector<std::byte>> per_rank(counts.size());
   for (std::size_t r = 0; r < counts.size(); ++r)
     per_rank[r].assign(all.begin() + offsets[r], all.begin() + offsets[r] + counts[r]);

@@ -75,8 +75,10 @@ public:
     detail::mpi_check(MPI_Comm_size(parent, &size), "MPI_Comm_size");
     detail::mpi_check(MPI_Comm_rank(parent, &_rank), "MPI_Comm_rank");
     if (size != _grid.world_size())
-      throw ConfigError("MpiGrid: the grid has " + std::to_string(_grid.world_size()) + " ranks but the MPI "
-                        "communicator has " + std::to_string(size) + " processes");
+      throw ConfigError("MpiGrid: the grid has " + std::to_string(_grid.world_size()) +
+                        " ranks but the MPI "
+                        "communicator has " +
+                        std::to_string(size) + " processes");
     for (GridDim d : all_grid_dims) {
       MPI_Comm sub = MPI_COMM_NULL;
       detail::mpi_check(MPI_Comm_split(parent, _grid.group_index(d, _rank), _grid.coord(_rank, d), &sub),

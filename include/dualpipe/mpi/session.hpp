@@ -57,8 +57,7 @@ public:
     if (std::uncaught_exceptions() > _uncaught_at_start) {
       int rank = -1;
       MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-      std::fprintf(stderr, "dualpipe: rank %d is leaving its MPI session with an exception: aborting the job\n",
-                   rank);
+      std::fprintf(stderr, "dualpipe: rank %d is leaving its MPI session with an exception: aborting the job\n", rank);
       std::fflush(stderr);
       MPI_Abort(MPI_COMM_WORLD, 1);
     }

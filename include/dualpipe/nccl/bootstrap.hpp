@@ -122,7 +122,8 @@ inline void write_unique_id_file(const std::filesystem::path& path, const ncclUn
     }
     if (std::chrono::steady_clock::now() >= deadline)
       throw TimeoutError("NCCL unique id: file " + path.string() + " did not appear within " +
-                        std::to_string(timeout.count()) + " ms (does rank 0 write it, on a file system every rank sees?)");
+                         std::to_string(timeout.count()) +
+                         " ms (does rank 0 write it, on a file system every rank sees?)");
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
 }
@@ -170,9 +171,11 @@ namespace detail {
 /// rank = rank). Throws ConfigError for a malformed value or rank >= size.
 [[nodiscard]] inline LaunchInfo launch_info_from_env() {
   LaunchInfo li;
-  li.rank = detail::first_env_int({"DUALPIPE_RANK", "RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"}).value_or(0);
-  li.size = detail::first_env_int({"DUALPIPE_WORLD_SIZE", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"})
-                .value_or(1);
+  li.rank =
+      detail::first_env_int({"DUALPIPE_RANK", "RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"}).value_or(0);
+  li.size =
+      detail::first_env_int({"DUALPIPE_WORLD_SIZE", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"})
+          .value_or(1);
   li.local_rank = detail::first_env_int({"DUALPIPE_LOCAL_RANK", "LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK",
                                          "MPI_LOCALRANKID", "SLURM_LOCALID"})
                       .value_or(li.rank);

@@ -80,8 +80,8 @@ struct NcclOptions {
 
 /// A communicator (and optionally a stream) someone else owns, for NcclCommunicator to use.
 struct NcclBorrow {
-  ncclComm_t comm = nullptr;     ///< Initialised by the owner (done, or still in progress in non-blocking mode).
-  cudaStream_t stream = nullptr; ///< The transfers' stream, on the communicator's device; null: make one.
+  ncclComm_t comm = nullptr;      ///< Initialised by the owner (done, or still in progress in non-blocking mode).
+  cudaStream_t stream = nullptr;  ///< The transfers' stream, on the communicator's device; null: make one.
 };
 
 /// One rank of an NCCL communicator (see the file comment). Models Communicator and
@@ -152,8 +152,7 @@ public:
   /// initialised, finalised or destroyed here; a failure aborts it only under options.borrowed_on_failure ==
   /// NcclFailurePolicy::abort. Waits up to options.init_timeout for a non-blocking communicator's
   /// initialisation to finish. Throws ConfigError (a null communicator), NcclError, CudaError, TimeoutError.
-  explicit NcclCommunicator(NcclBorrow b, NcclOptions options = {})
-      : NcclCommunicator(query(b.comm), b, options) {}
+  explicit NcclCommunicator(NcclBorrow b, NcclOptions options = {}) : NcclCommunicator(query(b.comm), b, options) {}
 
   NcclCommunicator(const NcclCommunicator&) = delete;
   NcclCommunicator& operator=(const NcclCommunicator&) = delete;
@@ -373,8 +372,7 @@ private:
           }
         }
         ignore_cuda_error(cudaFree(_barrier_value));
-      } catch (...) {
-      }
+      } catch (...) {}
       _barrier_value = nullptr;
     }
   }
@@ -399,9 +397,11 @@ private:
         throw NcclError(text, static_cast<int>(st));
       }
       if (std::chrono::steady_clock::now() >= deadline) {
-        const std::string text = std::string(what) + " did not finish within " + std::to_string(timeout.count()) + " ms";
+        const std::string text =
+            std::string(what) + " did not finish within " + std::to_string(timeout.count()) + " ms";
         abort_with(what, text);
-        throw TimeoutError("NCCL communicator: rank " + std::to_string(_rank) + ": " + text + " (communicator aborted)");
+        throw TimeoutError("NCCL communicator: rank " + std::to_string(_rank) + ": " + text +
+                           " (communicator aborted)");
       }
       if (++round < 100) std::this_thread::yield();
       else std::this_thread::sleep_for(std::chrono::microseconds(100));
@@ -455,8 +455,7 @@ private:
       try {
         DeviceGuard on(_device);
         (void)ncclCommAbort(_comm);  // frees the communicator and ends its pending kernels
-      } catch (...) {
-      }
+      } catch (...) {}
     }
     _comm = nullptr;  // report_only: the owner's to abort or keep; this object never touches it again
   }
@@ -465,20 +464,20 @@ private:
   int _size;
   int _device;
   NcclOptions _options;
-  bool _owned = true;                     // false: borrowed (NcclBorrow)
-  std::unique_ptr<Stream> _stream;        // its own stream, when none was lent
-  cudaStream_t _stream_used = nullptr;    // the transfers' stream (borrowed or _stream)
-  std::unique_ptr<Event> _done;           // synchronize()'s event (owner thread)
-  int* _barrier_value = nullptr;          // device int for the barrier allreduce
-  ncclComm_t _comm = nullptr;             // null after an abort; under _nccl_mutex
-  mutable std::mutex _nccl_mutex;         // every NCCL call on _comm (all are short: non-blocking mode)
+  bool _owned = true;                   // false: borrowed (NcclBorrow)
+  std::unique_ptr<Stream> _stream;      // its own stream, when none was lent
+  cudaStream_t _stream_used = nullptr;  // the transfers' stream (borrowed or _stream)
+  std::unique_ptr<Event> _done;         // synchronize()'s event (owner thread)
+  int* _barrier_value = nullptr;        // device int for the barrier allreduce
+  ncclComm_t _comm = nullptr;           // null after an abort; under _nccl_mutex
+  mutable std::mutex _nccl_mutex;       // every NCCL call on _comm (all are short: non-blocking mode)
   std::atomic<bool> _aborted{false};
   mutable std::mutex _origin_mutex;
   FailureOrigin _origin;
-  std::vector<Posted> _queued;            // owner thread
-  bool _group_open = false;               // owner thread
-  std::vector<Posted> _committed;         // the last group's ops (owner thread)
-  detail::NcclWatchdog _watchdog;         // last: built after (and stopped before) what its hooks use
+  std::vector<Posted> _queued;     // owner thread
+  bool _group_open = false;        // owner thread
+  std::vector<Posted> _committed;  // the last group's ops (owner thread)
+  detail::NcclWatchdog _watchdog;  // last: built after (and stopped before) what its hooks use
 };
 
 static_assert(check_communicator<NcclCommunicator>());

@@ -50,11 +50,13 @@ private:
   std::string t = text ? text : "";
   const char* last = ncclGetLastError(comm);
   if (last && *last) t.append("; last error: ").append(last);
-  return detail::format_library_error("NCCL", static_cast<int>(r), nccl_result_name(r), t, call ? call : "", file, line);
+  return detail::format_library_error("NCCL", static_cast<int>(r), nccl_result_name(r), t, call ? call : "", file,
+                                      line);
 }
 
 /// Throws NcclError unless `r` is ncclSuccess or ncclInProgress; returns `r`.
-inline ncclResult_t check_nccl(ncclResult_t r, const char* call, const char* file, int line, ncclComm_t comm = nullptr) {
+inline ncclResult_t check_nccl(ncclResult_t r, const char* call, const char* file, int line,
+                               ncclComm_t comm = nullptr) {
   if (r != ncclSuccess && r != ncclInProgress)
     throw NcclError(format_nccl_error(r, call, file, line, comm), static_cast<int>(r));
   return r;

@@ -132,7 +132,7 @@ struct GradientGroup {
 /// Knobs of an NcclGradientReducer.
 struct NcclReductionOptions {
   std::chrono::milliseconds timeout{60'000};  ///< Bound on finish()'s wait (and on each call's launch).
-  cudaStream_t stream = nullptr;              ///< The reduction's stream (lent, on the communicator's device); null: its own.
+  cudaStream_t stream = nullptr;  ///< The reduction's stream (lent, on the communicator's device); null: its own.
   NcclFailurePolicy on_failure = NcclFailurePolicy::abort;  ///< What a failure does to the (borrowed) communicator.
 };
 
@@ -154,8 +154,8 @@ public:
       throw ConfigError("NcclGradientReducer: " + std::to_string(_grads.size()) + " gradient buffers given, rank " +
                         std::to_string(rank) + " has " + std::to_string(copies.modules_per_rank) + " modules");
     if (_options.timeout.count() <= 0)
-      throw ConfigError("NcclGradientReducer: timeout must be positive (got " + std::to_string(_options.timeout.count()) +
-                        " ms)");
+      throw ConfigError("NcclGradientReducer: timeout must be positive (got " +
+                        std::to_string(_options.timeout.count()) + " ms)");
     const GradientGroup g = gradient_group(grid, copies, rank);
     int size = 0, crank = 0;
     DUALPIPE_NCCL_CHECK(ncclCommCount(comm, &size));
@@ -196,8 +196,7 @@ public:
       const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
       while (!_done->ready() && std::chrono::steady_clock::now() < deadline)
         std::this_thread::sleep_for(std::chrono::microseconds(200));
-    } catch (...) {
-    }
+    } catch (...) {}
   }
 
   /// Module `module`'s gradient is complete (nothing still writing it); issues the all-reduces now due.
@@ -218,7 +217,8 @@ public:
     while (!_done->ready()) {
       check_async("the gradient all-reduces");
       if (std::chrono::steady_clock::now() >= deadline)
-        fail_timeout("the gradient all-reduces did not finish within " + std::to_string(_options.timeout.count()) + " ms");
+        fail_timeout("the gradient all-reduces did not finish within " + std::to_string(_options.timeout.count()) +
+                     " ms");
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
     std::fill(_posted.begin(), _posted.end(), false);
@@ -294,14 +294,14 @@ private:
   NcclReductionOptions _options;
   int _rank;
   int _device = 0;
-  std::unique_ptr<Stream> _stream;      // its own, when none was lent
+  std::unique_ptr<Stream> _stream;  // its own, when none was lent
   cudaStream_t _stream_used = nullptr;
-  std::vector<Event> _ready;            // [module]: recorded on its producer
-  std::optional<Event> _done;          // made on the communicator's device
-  std::vector<int> _order;              // modules by stage: the all-reduces' order on every member
-  std::vector<bool> _posted;            // [module]
-  std::vector<bool> _waits;             // [module]: the all-reduce waits for _ready
-  std::size_t _next = 0;                // _order[_next] is the next all-reduce to issue
+  std::vector<Event> _ready;   // [module]: recorded on its producer
+  std::optional<Event> _done;  // made on the communicator's device
+  std::vector<int> _order;     // modules by stage: the all-reduces' order on every member
+  std::vector<bool> _posted;   // [module]
+  std::vector<bool> _waits;    // [module]: the all-reduce waits for _ready
+  std::size_t _next = 0;       // _order[_next] is the next all-reduce to issue
   bool _failed = false;
   FailureOrigin _origin;
 };

@@ -104,8 +104,8 @@ struct NcclGridIds {
 
 /// Options of an NcclGrid.
 struct NcclGridOptions {
-  std::vector<GridDim> dims;                        ///< Dimensions to make communicators for; empty: every one of size > 1.
-  bool blocking = false;                            ///< ncclConfig_t::blocking of the new communicators.
+  std::vector<GridDim> dims;  ///< Dimensions to make communicators for; empty: every one of size > 1.
+  bool blocking = false;      ///< ncclConfig_t::blocking of the new communicators.
   std::chrono::milliseconds init_timeout{120'000};  ///< Bound on each communicator's creation.
 };
 
@@ -147,12 +147,14 @@ public:
       ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
       config.blocking = _options.blocking ? 1 : 0;
       ncclComm_t c = nullptr;
-      const ncclResult_t r = ncclCommInitRankConfig(&c, _grid.size(d), table[static_cast<std::size_t>(_grid.group_index(d, rank))],
-                                                    _grid.coord(rank, d), &config);
+      const ncclResult_t r =
+          ncclCommInitRankConfig(&c, _grid.size(d), table[static_cast<std::size_t>(_grid.group_index(d, rank))],
+                                 _grid.coord(rank, d), &config);
       NcclComm owned(c);
       if (r != ncclSuccess && r != ncclInProgress) {
         owned.abort();
-        throw NcclError(format_nccl_error(r, "ncclCommInitRankConfig (NcclGrid)", __FILE__, __LINE__), static_cast<int>(r));
+        throw NcclError(format_nccl_error(r, "ncclCommInitRankConfig (NcclGrid)", __FILE__, __LINE__),
+                        static_cast<int>(r));
       }
       wait_ready(owned, d);
       _comms[index(d)] = std::move(owned);
@@ -199,8 +201,9 @@ public:
     NcclComm owned(c);
     if (r != ncclSuccess && r != ncclInProgress) {
       owned.abort();
-      throw NcclError(format_nccl_error(r, ("ncclCommSplit (NcclGrid, " + std::string(what) + ")").c_str(), __FILE__, __LINE__),
-                      static_cast<int>(r));
+      throw NcclError(
+          format_nccl_error(r, ("ncclCommSplit (NcclGrid, " + std::string(what) + ")").c_str(), __FILE__, __LINE__),
+          static_cast<int>(r));
     }
     if (owned) wait_ready(owned, what);
     return owned;

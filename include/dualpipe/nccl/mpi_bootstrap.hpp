@@ -18,8 +18,8 @@
 
 #include <string>
 
-#include "dualpipe/nccl/bootstrap.hpp"
 #include "dualpipe/core/error.hpp"
+#include "dualpipe/nccl/bootstrap.hpp"
 
 namespace dualpipe {
 

@@ -44,9 +44,9 @@ enum class BufferKind : unsigned char { input, output, output_grad, input_grad }
 
 /// What the buffers of one module look like.
 struct ModuleBuffersSpec {
-  ModulePlacement placement;          ///< Where the module sits (which pools it needs, its hand-offs).
-  std::size_t input_bytes = 0;        ///< One chunk's input (and input gradient).
-  std::size_t output_bytes = 0;       ///< One chunk's output (and output gradient).
+  ModulePlacement placement;              ///< Where the module sits (which pools it needs, its hand-offs).
+  std::size_t input_bytes = 0;            ///< One chunk's input (and input gradient).
+  std::size_t output_bytes = 0;           ///< One chunk's output (and output gradient).
   std::array<std::size_t, 4> capacity{};  ///< Slots per BufferKind.
 };
 
@@ -175,7 +175,9 @@ private:
     std::array<ChunkPool, 4> pools;
   };
 
-  [[nodiscard]] const ModulePlacement& placement(int m) const { return _modules[static_cast<std::size_t>(m)].placement; }
+  [[nodiscard]] const ModulePlacement& placement(int m) const {
+    return _modules[static_cast<std::size_t>(m)].placement;
+  }
   [[nodiscard]] ChunkPool& pool(int m, BufferKind k) {
     return _modules[static_cast<std::size_t>(m)].pools[static_cast<std::size_t>(k)];
   }

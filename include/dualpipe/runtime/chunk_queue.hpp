@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "dualpipe/core/error.hpp"
 #include "dualpipe/core/bytes.hpp"
+#include "dualpipe/core/error.hpp"
 
 namespace dualpipe {
 
@@ -48,7 +48,7 @@ public:
       if (memory) {
         _base = memory->allocate_slots(_stride, _capacity);
       } else {
-        _storage.reset(static_cast<std::byte*>(::operator new(_stride * _capacity, std::align_val_t{alignment})));
+        _storage.reset(static_cast<std::byte*>(::operator new (_stride* _capacity, std::align_val_t{alignment})));
         _base = _storage.get();
       }
     }
@@ -79,8 +79,7 @@ public:
   void release(int chunk) {
     int& slot = slot_ref(chunk, "release");
     if (slot < 0)
-      throw Error("buffer pool '" + _name + "': release of chunk " + std::to_string(chunk) +
-                  " which holds no buffer");
+      throw Error("buffer pool '" + _name + "': release of chunk " + std::to_string(chunk) + " which holds no buffer");
     _free[_free_top++] = slot;
     slot = -1;
     --_in_use;
@@ -119,13 +118,13 @@ public:
 
 private:
   struct AlignedDelete {
-    void operator()(std::byte* p) const noexcept { ::operator delete(p, std::align_val_t{alignment}); }
+    void operator()(std::byte* p) const noexcept { ::operator delete (p, std::align_val_t{alignment}); }
   };
 
   int& slot_ref(int chunk, const char* what) {
     if (chunk < 0 || static_cast<std::size_t>(chunk) >= _slot_of.size())
-      throw Error("buffer pool '" + _name + "': " + what + " of chunk " + std::to_string(chunk) +
-                  " outside [0, " + std::to_string(_slot_of.size()) + ")");
+      throw Error("buffer pool '" + _name + "': " + what + " of chunk " + std::to_string(chunk) + " outside [0, " +
+                  std::to_string(_slot_of.size()) + ")");
     return _slot_of[static_cast<std::size_t>(chunk)];
   }
   [[nodiscard]] MutableBytes bytes_of(int slot) const noexcept {
@@ -138,8 +137,8 @@ private:
   std::size_t _slot_bytes = 0;
   std::size_t _stride = 0;
   std::unique_ptr<std::byte[], AlignedDelete> _storage;  // host slots (when no SlotMemory was given)
-  std::byte* _base = nullptr;                             // first slot: _storage or the SlotMemory's
-  std::vector<int> _free;     // stack of free slots; _free[0.._free_top) are free
+  std::byte* _base = nullptr;                            // first slot: _storage or the SlotMemory's
+  std::vector<int> _free;                                // stack of free slots; _free[0.._free_top) are free
   std::size_t _free_top = 0;
   std::vector<int> _slot_of;  // chunk -> slot, -1 when none
   std::size_t _in_use = 0;

@@ -97,16 +97,17 @@ concept device_has_end_step = requires(D& d, StepResult& result, std::chrono::mi
   d.end_step(result, timeout);
 };
 template <class D, class Comm>
-concept device_has_attach = requires(D& d, Comm& comm) { d.attach(comm); };
+concept device_has_attach = requires(D& d, Comm& comm) {
+  d.attach(comm);
+};
 }  // namespace detail
 
 /// A device policy: see the file comment for what each expression means.
 template <class D>
-concept DevicePolicy = detail::device_has_tracks_buffers<D> && detail::device_has_slot_memory<D> &&
-                       detail::device_has_begin_step<D> && detail::device_has_stream<D> &&
-                       detail::device_has_op_hooks<D> && detail::device_has_buffer_hooks<D> &&
-                       detail::device_has_order_hooks<D> && detail::device_has_result_hooks<D> &&
-                       detail::device_has_end_step<D>;
+concept DevicePolicy =
+    detail::device_has_tracks_buffers<D> && detail::device_has_slot_memory<D> && detail::device_has_begin_step<D> &&
+    detail::device_has_stream<D> && detail::device_has_op_hooks<D> && detail::device_has_buffer_hooks<D> &&
+    detail::device_has_order_hooks<D> && detail::device_has_result_hooks<D> && detail::device_has_end_step<D>;
 
 /// A device policy that attaches to the pipeline's communicator (`attach(comm)`, called once when the
 /// Executor is built; a CUDA device takes the communicator's stream there).

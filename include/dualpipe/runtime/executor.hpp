@@ -49,11 +49,11 @@ namespace dualpipe {
 
 /// A RankPlan with everything sized for it: the buffers, the weight FIFO and where outputs go.
 struct StepProgram {
-  RankPlan plan;                            ///< The op list and placements.
-  ChunkBuffers buffers;                     ///< Every chunk buffer, sized from the plan's dry run.
-  WeightFifo fifo;                          ///< Deferred weight groups, sized from the dry run.
-  std::vector<std::size_t> output_offset;   ///< Batch chunk -> byte offset in StepResult::outputs.
-  std::size_t output_bytes = 0;             ///< Bytes of StepResult::outputs when outputs are returned.
+  RankPlan plan;                           ///< The op list and placements.
+  ChunkBuffers buffers;                    ///< Every chunk buffer, sized from the plan's dry run.
+  WeightFifo fifo;                         ///< Deferred weight groups, sized from the dry run.
+  std::vector<std::size_t> output_offset;  ///< Batch chunk -> byte offset in StepResult::outputs.
+  std::size_t output_bytes = 0;            ///< Bytes of StepResult::outputs when outputs are returned.
 };
 
 namespace detail {
@@ -198,7 +198,8 @@ public:
     plan.capacity.assign(Modules, {});
     for (std::size_t m = 0; m < Modules; ++m)
       for (int k = 0; k < 4; ++k)
-        plan.capacity[m][static_cast<std::size_t>(k)] = prog.buffers.pool_peak(static_cast<int>(m), static_cast<BufferKind>(k));
+        plan.capacity[m][static_cast<std::size_t>(k)] =
+            prog.buffers.pool_peak(static_cast<int>(m), static_cast<BufferKind>(k));
     plan.weight_fifo_capacity = prog.fifo.peak();
     plan.pending_capacity = prog.buffers.pending_peak();
     plan.peak_buffers = prog.buffers.peak();
@@ -369,41 +370,39 @@ private:
     _chunk = op.chunk;
     const std::size_t m = static_cast<std::size_t>(op.module);
     switch (op.kind) {
-      case OpKind::forward:
-        compute(op, index, [&] { forward(op.module, op.chunk); });
-        break;
+      case OpKind::forward: compute(op, index, [&] { forward(op.module, op.chunk); }); break;
       case OpKind::backward:
       case OpKind::backward_input:
         compute(op, index, [&] { backward(op.module, op.chunk, op.kind == OpKind::backward_input, op); });
         break;
-      case OpKind::forward_backward:
-        compute(op, index, [&] { forward_backward(op); });
-        break;
-      case OpKind::weight:
-        compute(op, index, [&] { weight(op, index); });
-        break;
+      case OpKind::forward_backward: compute(op, index, [&] { forward_backward(op); }); break;
+      case OpKind::weight: compute(op, index, [&] { weight(op, index); }); break;
       case OpKind::send_activation: {
         const ConstBytes b = _prog->buffers.send_output(op.module, op.chunk);
         post(b);
-        _comm.post_send(peer(_prog->plan.placements[m].next_rank), MessageTag{op.module, op.chunk, Payload::activation}, b);
+        _comm.post_send(peer(_prog->plan.placements[m].next_rank), MessageTag{op.module, op.chunk, Payload::activation},
+                        b);
         break;
       }
       case OpKind::recv_activation: {
         const MutableBytes b = _prog->buffers.recv_input(op.module, op.chunk);
         post(b);
-        _comm.post_recv(peer(_prog->plan.placements[m].prev_rank), MessageTag{op.module, op.chunk, Payload::activation}, b);
+        _comm.post_recv(peer(_prog->plan.placements[m].prev_rank), MessageTag{op.module, op.chunk, Payload::activation},
+                        b);
         break;
       }
       case OpKind::send_gradient: {
         const ConstBytes b = _prog->buffers.send_input_grad(op.module, op.chunk);
         post(b);
-        _comm.post_send(peer(_prog->plan.placements[m].prev_rank), MessageTag{op.module, op.chunk, Payload::gradient}, b);
+        _comm.post_send(peer(_prog->plan.placements[m].prev_rank), MessageTag{op.module, op.chunk, Payload::gradient},
+                        b);
         break;
       }
       case OpKind::recv_gradient: {
         const MutableBytes b = _prog->buffers.recv_output_grad(op.module, op.chunk);
         post(b);
-        _comm.post_recv(peer(_prog->plan.placements[m].next_rank), MessageTag{op.module, op.chunk, Payload::gradient}, b);
+        _comm.post_recv(peer(_prog->plan.placements[m].next_rank), MessageTag{op.module, op.chunk, Payload::gradient},
+                        b);
         break;
       }
       case OpKind::commit: {

@@ -11,14 +11,14 @@ namespace dualpipe {
 
 /// What one run of the executor is given besides its program.
 struct ExecutorStep {
-  ConstBytes inputs;                        ///< The whole batch (read by first stages).
-  ConstBytes labels;                        ///< The whole batch's labels (read by last stages); may be empty.
-  double loss_scale = 1.0;                  ///< StageContext::loss_scale.
+  ConstBytes inputs;                          ///< The whole batch (read by first stages).
+  ConstBytes labels;                          ///< The whole batch's labels (read by last stages); may be empty.
+  double loss_scale = 1.0;                    ///< StageContext::loss_scale.
   std::chrono::milliseconds timeout{60'000};  ///< Bound on every wait.
-  bool return_outputs = false;              ///< Copy last-stage outputs into StepResult::outputs.
-  bool record_timeline = false;             ///< Fill StepResult::spans.
-  int accumulation_step = 0;                ///< StageContext::accumulation_step.
-  int accumulation_steps = 1;               ///< StageContext::accumulation_steps.
+  bool return_outputs = false;                ///< Copy last-stage outputs into StepResult::outputs.
+  bool record_timeline = false;               ///< Fill StepResult::spans.
+  int accumulation_step = 0;                  ///< StageContext::accumulation_step.
+  int accumulation_steps = 1;                 ///< StageContext::accumulation_steps.
 };
 
 }  // namespace dualpipe

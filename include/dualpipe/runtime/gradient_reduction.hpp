@@ -81,8 +81,7 @@ public:
   /// rank holds two copies of one stage.
   HostGradientReduction(StageCopies copies, CopyComm& copy_comm, std::vector<std::span<T>> grads,
                         GradientReductionOptions options = {}, ReplicaComm* replicas = nullptr)
-      : _copies(std::move(copies)), _comm(copy_comm), _replicas(replicas), _grads(std::move(grads)),
-        _options(options) {
+      : _copies(std::move(copies)), _comm(copy_comm), _replicas(replicas), _grads(std::move(grads)), _options(options) {
     const int rank = static_cast<int>(_comm.rank());
     if (static_cast<int>(_comm.size()) != _copies.ranks)
       throw ConfigError("HostGradientReduction: the copy communicator has " + std::to_string(_comm.size()) +
@@ -126,7 +125,8 @@ public:
     _posted[m] = true;
     const int s = stage(m);
     for (std::size_t k = 0; k < _peers[m].size(); ++k) {
-      _comm.post_send(_peers[m][k], MessageTag{_options.tag_module, s, Payload::gradient}, ConstBytes(std::as_bytes(_grads[m])));
+      _comm.post_send(_peers[m][k], MessageTag{_options.tag_module, s, Payload::gradient},
+                      ConstBytes(std::as_bytes(_grads[m])));
       _comm.post_recv(_peers[m][k], MessageTag{_options.tag_module, s, Payload::gradient},
                       MutableBytes(std::as_writable_bytes(std::span<T>(_received[m][k]))));
     }
@@ -168,8 +168,12 @@ public:
   [[nodiscard]] const StageCopies& copies() const noexcept { return _copies; }
 
 private:
-  [[nodiscard]] std::size_t replica_count() const { return _replicas ? static_cast<std::size_t>(_replicas->size()) : 1; }
-  [[nodiscard]] int stage(std::size_t m) const { return _copies.stage(static_cast<int>(_comm.rank()), static_cast<int>(m)); }
+  [[nodiscard]] std::size_t replica_count() const {
+    return _replicas ? static_cast<std::size_t>(_replicas->size()) : 1;
+  }
+  [[nodiscard]] int stage(std::size_t m) const {
+    return _copies.stage(static_cast<int>(_comm.rank()), static_cast<int>(m));
+  }
   [[nodiscard]] std::size_t checked_module(int module) const {
     if (module < 0 || module >= static_cast<int>(_grads.size()))
       throw ConfigError("HostGradientReduction: module must be in [0, " + std::to_string(_grads.size()) + ") (got " +
@@ -217,7 +221,9 @@ private:
   }
 
   // Where replica d's copy sum of module m arrives: after the copies' slots.
-  std::vector<T>& replica_slot(std::size_t m, int d) { return _received[m][_peers[m].size() + static_cast<std::size_t>(d)]; }
+  std::vector<T>& replica_slot(std::size_t m, int d) {
+    return _received[m][_peers[m].size() + static_cast<std::size_t>(d)];
+  }
 
   void abort_all(const std::string& what) noexcept {
     FailureOrigin o;
@@ -226,12 +232,10 @@ private:
     o.what = what;
     try {
       if (_replicas) _replicas->abort(o);
-    } catch (...) {
-    }
+    } catch (...) {}
     try {
       _comm.abort(o);
-    } catch (...) {
-    }
+    } catch (...) {}
   }
 
   StageCopies _copies;
@@ -239,10 +243,10 @@ private:
   ReplicaComm* _replicas;
   std::vector<std::span<T>> _grads;
   GradientReductionOptions _options;
-  std::vector<bool> _posted;                         // [module]: round 1 posted
-  std::vector<std::vector<int>> _peers;              // [module]: ranks of the other copies, canonical order
+  std::vector<bool> _posted;                           // [module]: round 1 posted
+  std::vector<std::vector<int>> _peers;                // [module]: ranks of the other copies, canonical order
   std::vector<std::vector<std::vector<T>>> _received;  // [module]: the other copies', then each replica's
-  std::vector<std::vector<T>> _sum;                  // [module]: where a sum is built
+  std::vector<std::vector<T>> _sum;                    // [module]: where a sum is built
 };
 
 }  // namespace dualpipe

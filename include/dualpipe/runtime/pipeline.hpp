@@ -194,20 +194,24 @@ private:
     const RankPlan& plan = prog.plan;
     const auto chunks = static_cast<std::size_t>(plan.chunks);
     // Built only on failure: a step that passes its checks allocates nothing.
-    auto where = [&] { return "Pipeline (" + std::string(Schedule::name) + ", rank " + std::to_string(plan.rank) + ")"; };
+    auto where = [&] {
+      return "Pipeline (" + std::string(Schedule::name) + ", rank " + std::to_string(plan.rank) + ")";
+    };
     for (std::size_t m = 0; m < modules; ++m) {
       const ModulePlacement& p = plan.placements[m];
       if (p.is_first_stage()) {
         const std::size_t expected = chunks * _stages[m]->input_bytes();
         if (inputs.size() != expected)
-          throw ConfigError(where() + ": module " + std::to_string(m) + " is the first stage, so inputs must hold the "
-                            "whole batch: chunks x input_bytes = " + std::to_string(chunks) + " x " +
-                            std::to_string(_stages[m]->input_bytes()) + " = " + std::to_string(expected) +
-                            " bytes, got " + std::to_string(inputs.size()) + " bytes");
+          throw ConfigError(where() + ": module " + std::to_string(m) +
+                            " is the first stage, so inputs must hold the "
+                            "whole batch: chunks x input_bytes = " +
+                            std::to_string(chunks) + " x " + std::to_string(_stages[m]->input_bytes()) + " = " +
+                            std::to_string(expected) + " bytes, got " + std::to_string(inputs.size()) + " bytes");
       }
       if (p.is_last_stage()) {
         if (plan.mode == Mode::train && labels.empty())
-          throw ConfigError(where() + ": module " + std::to_string(m) + " is the last stage, so a training step needs "
+          throw ConfigError(where() + ": module " + std::to_string(m) +
+                            " is the last stage, so a training step needs "
                             "labels for the whole batch (got 0 bytes)");
         if (!labels.empty()) {
           if constexpr (StageWithLabelBytes<S>) {
@@ -248,7 +252,8 @@ private:
     }
   }
 
-  void run(StepResult& result, int chunks, ConstBytes inputs, ConstBytes labels, const StepOptions& options, Mode mode) {
+  void run(StepResult& result, int chunks, ConstBytes inputs, ConstBytes labels, const StepOptions& options,
+           Mode mode) {
     StepProgram& prog = checked_program(chunks, mode, inputs, labels);
     result.rank = rank();
     result.chunks = chunks;
@@ -280,7 +285,7 @@ private:
   PipelineOptions _options;
   Executor<Comm, S, modules, Device> _executor;
   std::vector<std::unique_ptr<StepProgram>> _programs;  // one per (chunks, mode) used so far
-  int _accumulation_step = 0;                            // of the next training step
+  int _accumulation_step = 0;                           // of the next training step
 };
 
 }  // namespace dualpipe

@@ -18,24 +18,24 @@ namespace dualpipe {
 
 /// Everything about one rank's step that depends only on (schedule, ranks, chunks, rank, mode).
 struct RankPlan {
-  std::string_view schedule;                 ///< Schedule name.
-  int ranks = 0;                             ///< P.
-  int chunks = 0;                            ///< C.
-  int rank = 0;                              ///< Pipeline rank.
-  Mode mode = Mode::train;                   ///< train or forward.
-  std::vector<Op> ops;                       ///< The rank's op list, in issue order.
-  std::vector<ModulePlacement> placements;   ///< placements[m]: module m.
-  std::size_t compute_ops = 0;               ///< F, B, Bw, FB and W tokens.
-  std::size_t post_ops = 0;                  ///< sF, rF, sB and rB tokens.
-  std::size_t commit_ops = 0;                ///< `|` tokens.
-  std::vector<int> output_chunks;            ///< Batch chunks whose last stage is on this rank, ascending.
-  std::vector<int> output_index;             ///< Batch chunk -> position in output_chunks, or -1.
+  std::string_view schedule;                ///< Schedule name.
+  int ranks = 0;                            ///< P.
+  int chunks = 0;                           ///< C.
+  int rank = 0;                             ///< Pipeline rank.
+  Mode mode = Mode::train;                  ///< train or forward.
+  std::vector<Op> ops;                      ///< The rank's op list, in issue order.
+  std::vector<ModulePlacement> placements;  ///< placements[m]: module m.
+  std::size_t compute_ops = 0;              ///< F, B, Bw, FB and W tokens.
+  std::size_t post_ops = 0;                 ///< sF, rF, sB and rB tokens.
+  std::size_t commit_ops = 0;               ///< `|` tokens.
+  std::vector<int> output_chunks;           ///< Batch chunks whose last stage is on this rank, ascending.
+  std::vector<int> output_index;            ///< Batch chunk -> position in output_chunks, or -1.
 
   // Sizing (the executor's dry run fills these: size_rank_plan in executor.hpp).
   std::vector<std::array<std::size_t, 4>> capacity;  ///< capacity[m][BufferKind]: pool slots.
-  std::size_t weight_fifo_capacity = 0;      ///< Deepest the weight FIFO gets.
-  std::size_t pending_capacity = 0;          ///< Most sends before one commit.
-  std::size_t peak_buffers = 0;              ///< Most chunk buffers lent at once.
+  std::size_t weight_fifo_capacity = 0;              ///< Deepest the weight FIFO gets.
+  std::size_t pending_capacity = 0;                  ///< Most sends before one commit.
+  std::size_t peak_buffers = 0;                      ///< Most chunk buffers lent at once.
 
   /// Ops of every kind the trace grammar counts (compute, post and commit tokens).
   [[nodiscard]] std::size_t total_ops() const noexcept { return ops.size(); }
@@ -43,9 +43,9 @@ struct RankPlan {
 
 namespace detail {
 [[noreturn]] inline void plan_fail(const RankPlan& p, std::size_t i, const std::string& why) {
-  throw ConfigError(std::string(p.schedule) + " ranks=" + std::to_string(p.ranks) + " chunks=" +
-                    std::to_string(p.chunks) + " rank " + std::to_string(p.rank) + ": op " + std::to_string(i) +
-                    " (" + to_token(p.ops[i]) + ") " + why);
+  throw ConfigError(std::string(p.schedule) + " ranks=" + std::to_string(p.ranks) +
+                    " chunks=" + std::to_string(p.chunks) + " rank " + std::to_string(p.rank) + ": op " +
+                    std::to_string(i) + " (" + to_token(p.ops[i]) + ") " + why);
 }
 }  // namespace detail
 

@@ -12,9 +12,9 @@
 #include <string>
 #include <vector>
 
-#include "dualpipe/core/timeline.hpp"
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/core/op.hpp"
+#include "dualpipe/core/timeline.hpp"
 #include "dualpipe/runtime/step_result.hpp"
 
 namespace dualpipe {

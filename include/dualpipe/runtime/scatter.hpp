@@ -13,17 +13,17 @@
 #include <string>
 #include <vector>
 
-#include "dualpipe/core/error.hpp"
 #include "dualpipe/core/bytes.hpp"
+#include "dualpipe/core/error.hpp"
 
 namespace dualpipe {
 
 namespace detail {
 struct SplitGeometry {
-  std::size_t outer = 1;        // product of the dimensions before the batch dimension
-  std::size_t chunk_run = 0;    // bytes of one chunk's rows under one outer index
-  std::size_t row_run = 0;      // bytes of all rows under one outer index
-  std::size_t total = 0;        // bytes of the whole tensor
+  std::size_t outer = 1;      // product of the dimensions before the batch dimension
+  std::size_t chunk_run = 0;  // bytes of one chunk's rows under one outer index
+  std::size_t row_run = 0;    // bytes of all rows under one outer index
+  std::size_t total = 0;      // bytes of the whole tensor
 };
 
 inline SplitGeometry split_geometry(const char* who, std::span<const std::size_t> shape, std::size_t element_size,

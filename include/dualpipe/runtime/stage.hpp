@@ -96,7 +96,9 @@ concept stage_has_backward_input = requires(S& s, const StageContext& ctx, Const
   s.backward_input(ctx, grad, in_grad);
 };
 template <class S>
-concept stage_has_backward_weight = requires(S& s, const StageContext& ctx) { s.backward_weight(ctx); };
+concept stage_has_backward_weight = requires(S& s, const StageContext& ctx) {
+  s.backward_weight(ctx);
+};
 template <class S>
 concept stage_has_sizes = requires(const S& s) {
   { s.input_bytes() } -> std::convertible_to<std::size_t>;
@@ -115,20 +117,23 @@ concept stage_has_loss_to = requires(S& s, const StageContext& ctx, ConstBytes o
   s.loss_to(ctx, out, labels, loss);
 };
 template <class S>
-concept stage_has_reset = requires(S& s) { s.reset(); };
+concept stage_has_reset = requires(S& s) {
+  s.reset();
+};
 template <class S>
 concept stage_has_label_bytes = requires(const S& s) {
   { s.label_bytes() } -> std::convertible_to<std::size_t>;
 };
 template <class S>
-concept stage_has_on_grads_ready = requires(S& s, const StageContext& ctx) { s.on_grads_ready(ctx); };
+concept stage_has_on_grads_ready = requires(S& s, const StageContext& ctx) {
+  s.on_grads_ready(ctx);
+};
 }  // namespace detail
 
 /// A user type that can compute one module of one rank.
 template <class S>
-concept Stage = detail::stage_has_forward<S> && detail::stage_has_loss<S> &&
-                detail::stage_has_backward_input<S> && detail::stage_has_backward_weight<S> &&
-                detail::stage_has_sizes<S>;
+concept Stage = detail::stage_has_forward<S> && detail::stage_has_loss<S> && detail::stage_has_backward_input<S> &&
+    detail::stage_has_backward_weight<S> && detail::stage_has_sizes<S>;
 
 /// A Stage that also offers a fused full backward, used for `B` ops instead of input then weight.
 template <class S>

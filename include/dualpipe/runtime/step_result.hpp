@@ -16,18 +16,18 @@ struct StepOptions {
 
 /// One rank's result of one step.
 struct StepResult {
-  int rank = 0;                     ///< Pipeline rank.
-  int chunks = 0;                   ///< Batch chunks C.
-  std::vector<double> losses;       ///< Size C, indexed by batch chunk; NaN where this rank computed none.
-                                    ///< The stage's loss as it returned it (before loss_scale).
-  std::vector<std::byte> outputs;   ///< When return_outputs: last-stage outputs of this rank, batch-chunk order.
-  std::vector<int> output_chunks;   ///< Batch chunk index of each output piece in `outputs`.
-  std::vector<Span> spans;          ///< This rank's timeline spans, in seconds from `clock_start`.
+  int rank = 0;                         ///< Pipeline rank.
+  int chunks = 0;                       ///< Batch chunks C.
+  std::vector<double> losses;           ///< Size C, indexed by batch chunk; NaN where this rank computed none.
+                                        ///< The stage's loss as it returned it (before loss_scale).
+  std::vector<std::byte> outputs;       ///< When return_outputs: last-stage outputs of this rank, batch-chunk order.
+  std::vector<int> output_chunks;       ///< Batch chunk index of each output piece in `outputs`.
+  std::vector<Span> spans;              ///< This rank's timeline spans, in seconds from `clock_start`.
   std::size_t peak_buffers_in_use = 0;  ///< Most library-owned chunk buffers lent at once during the step.
-  double step_seconds = 0;          ///< Wall time of the step on this rank.
-  double clock_start = 0;           ///< When this rank's step started: seconds on std::chrono::steady_clock,
-                                    ///< a clock common to every rank of the process (and of the host);
-                                    ///< merge_timelines() aligns ranks with it.
+  double step_seconds = 0;              ///< Wall time of the step on this rank.
+  double clock_start = 0;               ///< When this rank's step started: seconds on std::chrono::steady_clock,
+                                        ///< a clock common to every rank of the process (and of the host);
+                                        ///< merge_timelines() aligns ranks with it.
 
   /// Sum of the non-NaN losses.
   [[nodiscard]] double loss_sum() const {

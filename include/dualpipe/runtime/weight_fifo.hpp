@@ -31,8 +31,8 @@ public:
 
   /// Changes the capacity; the FIFO must be empty. Allocates only when the capacity changes.
   void set_capacity(std::size_t capacity) {
-    if (_size != 0) throw Error("weight-gradient FIFO: set_capacity on a FIFO holding " + std::to_string(_size) +
-                                " groups");
+    if (_size != 0)
+      throw Error("weight-gradient FIFO: set_capacity on a FIFO holding " + std::to_string(_size) + " groups");
     if (capacity != _ring.size()) _ring.assign(capacity, WeightGroup{});
     _head = 0;
   }

@@ -29,8 +29,8 @@ constexpr void check_rank(std::string_view schedule, int ranks, int rank) {
 /// 0 <= module < modules_per_rank.
 constexpr void check_module(std::string_view schedule, int modules_per_rank, int module) {
   if (module < 0 || module >= modules_per_rank)
-    config_fail(schedule, "module must be in [0, " + std::to_string(modules_per_rank) + ") (got module=" +
-                              std::to_string(module) + ")");
+    config_fail(schedule, "module must be in [0, " + std::to_string(modules_per_rank) +
+                              ") (got module=" + std::to_string(module) + ")");
 }
 
 }  // namespace dualpipe::detail

@@ -22,10 +22,8 @@ struct DualPipe {
   /// Throws ConfigError unless P >= 1, C >= 1, P even, C even and C >= 2P.
   static constexpr void check(int ranks, int chunks) {
     detail::check_ranks_chunks(name, ranks, chunks);
-    if (ranks % 2 != 0)
-      detail::config_fail(name, "ranks must be even (got ranks=" + std::to_string(ranks) + ")");
-    if (chunks % 2 != 0)
-      detail::config_fail(name, "chunks must be even (got chunks=" + std::to_string(chunks) + ")");
+    if (ranks % 2 != 0) detail::config_fail(name, "ranks must be even (got ranks=" + std::to_string(ranks) + ")");
+    if (chunks % 2 != 0) detail::config_fail(name, "chunks must be even (got chunks=" + std::to_string(chunks) + ")");
     if (chunks / 2 < ranks)  // not 2 * ranks: that overflows for huge P
       detail::config_fail(name, "chunks must be at least 2 * ranks (got chunks=" + std::to_string(chunks) +
                                     ", ranks=" + std::to_string(ranks) + ")");

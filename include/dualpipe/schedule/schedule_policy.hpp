@@ -32,7 +32,9 @@ concept schedule_has_modules_per_rank = requires {
   { S::modules_per_rank } -> std::convertible_to<int>;
 };
 template <class S>
-concept schedule_has_check = requires(int ranks, int chunks) { S::check(ranks, chunks); };
+concept schedule_has_check = requires(int ranks, int chunks) {
+  S::check(ranks, chunks);
+};
 template <class S>
 concept schedule_has_ops = requires(int ranks, int chunks, int rank, Mode mode) {
   { S::ops(ranks, chunks, rank, mode) } -> std::convertible_to<std::vector<Op>>;
@@ -47,8 +49,7 @@ concept schedule_has_placement = requires(int ranks, int chunks, int rank, int m
 /// check, per-rank op lists and module placements.
 template <class S>
 concept SchedulePolicy = detail::schedule_has_name<S> && detail::schedule_has_modules_per_rank<S> &&
-                         detail::schedule_has_check<S> && detail::schedule_has_ops<S> &&
-                         detail::schedule_has_placement<S>;
+    detail::schedule_has_check<S> && detail::schedule_has_ops<S> && detail::schedule_has_placement<S>;
 
 /// Compile-time check with messages in plain words: `static_assert(check_schedule_policy<MySchedule>())`.
 template <class S>

@@ -31,11 +31,11 @@ struct StageCopy {
 
 /// Every copy of every stage of one schedule on (ranks, chunks).
 struct StageCopies {
-  int ranks = 0;                                  ///< Pipeline ranks P.
-  int modules_per_rank = 1;                       ///< Modules of each rank.
-  int stages = 0;                                 ///< Model stages.
-  std::vector<std::vector<StageCopy>> holders;    ///< [stage]: its copies, by rank then module.
-  std::vector<std::vector<int>> stage_of;         ///< [rank][module]: the stage it holds.
+  int ranks = 0;                                ///< Pipeline ranks P.
+  int modules_per_rank = 1;                     ///< Modules of each rank.
+  int stages = 0;                               ///< Model stages.
+  std::vector<std::vector<StageCopy>> holders;  ///< [stage]: its copies, by rank then module.
+  std::vector<std::vector<int>> stage_of;       ///< [rank][module]: the stage it holds.
 
   /// The copies of stage `stage`, by rank then module. Throws ConfigError for a stage out of range.
   [[nodiscard]] const std::vector<StageCopy>& copies(int stage) const {

@@ -36,10 +36,8 @@ namespace detail {
 inline void add_into_grad(const torch::Tensor& parameter, torch::Tensor grad) {
   torch::NoGradGuard no_grad;
   torch::Tensor& acc = const_cast<torch::Tensor&>(parameter).mutable_grad();
-  if (acc.defined())
-    acc.add_(grad);
-  else
-    acc = std::move(grad);  // a new tensor nobody else holds: keep it rather than copy it
+  if (acc.defined()) acc.add_(grad);
+  else acc = std::move(grad);  // a new tensor nobody else holds: keep it rather than copy it
 }
 
 /// grad_output as rows (..., out) -> (n, out); input likewise (n, in).

@@ -111,16 +111,18 @@ public:
       { detail::typed_module_pointer(m)->forward(x) } -> std::convertible_to<torch::Tensor>;
     }
   TorchStage(const M& module, TorchStageOptions options, TorchCriterion criterion = {})
-      : TorchStage(detail::typed_module_pointer(module),
-                   [impl = detail::typed_module_pointer(module).get()](const torch::Tensor& x) -> torch::Tensor {
-                     return impl->forward(x);  // alive as long as _module
-                   },
-                   std::move(options), std::move(criterion)) {}
+      : TorchStage(
+            detail::typed_module_pointer(module),
+            [impl = detail::typed_module_pointer(module).get()](const torch::Tensor& x) -> torch::Tensor {
+              return impl->forward(x);  // alive as long as _module
+            },
+            std::move(options), std::move(criterion)) {}
   /// The same from a type-erased torch::nn::AnyModule.
   TorchStage(const torch::nn::AnyModule& module, TorchStageOptions options, TorchCriterion criterion = {})
-      : TorchStage(module.is_empty() ? nullptr : module.ptr(),
-                   [any = module](const torch::Tensor& x) mutable -> torch::Tensor { return any.forward(x); },
-                   std::move(options), std::move(criterion)) {}
+      : TorchStage(
+            module.is_empty() ? nullptr : module.ptr(),
+            [any = module](const torch::Tensor& x) mutable -> torch::Tensor { return any.forward(x); },
+            std::move(options), std::move(criterion)) {}
 
   // ---- The Stage concept (runtime/stage.hpp) ----
   /// Runs the module on chunk ctx.chunk; in Mode::train keeps the graph until its weight pass.
@@ -160,12 +162,12 @@ private:
              TorchCriterion criterion);
 
   struct ChunkState {
-    torch::Tensor input;        // the chunk's input (requires grad, except at the first stage)
-    torch::Tensor output;       // the module's output, graph attached
-    torch::Tensor loss;         // last stage: the criterion's value
-    torch::Tensor root;         // where the backward starts: output, or loss at the last stage
-    torch::Tensor root_grad;    // its gradient: the received output gradient, or loss_scale
-    bool input_done = false;    // the backward started (root and root_grad are set)
+    torch::Tensor input;           // the chunk's input (requires grad, except at the first stage)
+    torch::Tensor output;          // the module's output, graph attached
+    torch::Tensor loss;            // last stage: the criterion's value
+    torch::Tensor root;            // where the backward starts: output, or loss at the last stage
+    torch::Tensor root_grad;       // its gradient: the received output gradient, or loss_scale
+    bool input_done = false;       // the backward started (root and root_grad are set)
     DeferredWeightGrads deferred;  // deferring split: the weight work its input pass put aside
   };
 
@@ -174,8 +176,7 @@ private:
   // One autograd pass for the input's and the parameters' gradients (what deferring layers leave undefined
   // goes to the active store, if any).
   void one_pass_backward(const StageContext& ctx, const char* call, ChunkState& st, MutableBytes input_grad);
-  void check_input_grad(const StageContext& ctx, const char* call, const ChunkState& st,
-                        MutableBytes input_grad) const;
+  void check_input_grad(const StageContext& ctx, const char* call, const ChunkState& st, MutableBytes input_grad) const;
   void write_input_grad(const torch::Tensor& grad, MutableBytes input_grad) const;
   void accumulate(const std::vector<torch::Tensor>& grads, std::size_t first);
   [[nodiscard]] torch::Tensor view_of(ConstBytes bytes, const std::vector<std::int64_t>& shape,
@@ -217,10 +218,10 @@ inline std::string shape_string(at::IntArrayRef shape) {
   return os.str();
 }
 
-inline std::size_t checked_bytes(const char* what, const std::vector<std::int64_t>& shape,
-                                 torch::ScalarType dtype) {
+inline std::size_t checked_bytes(const char* what, const std::vector<std::int64_t>& shape, torch::ScalarType dtype) {
   if (shape.empty())
-    throw ConfigError(std::string("TorchStage: ") + what + " shape must not be empty (a scalar chunk is not an "
+    throw ConfigError(std::string("TorchStage: ") + what +
+                      " shape must not be empty (a scalar chunk is not an "
                       "activation); set TorchStageOptions::activation_shape");
   std::size_t n = 1;
   for (std::int64_t d : shape) {
@@ -234,8 +235,8 @@ inline std::size_t checked_bytes(const char* what, const std::vector<std::int64_
 
 }  // namespace detail
 
-inline TorchStage::TorchStage(std::shared_ptr<torch::nn::Module> module, ForwardFn forward,
-                              TorchStageOptions options, TorchCriterion criterion)
+inline TorchStage::TorchStage(std::shared_ptr<torch::nn::Module> module, ForwardFn forward, TorchStageOptions options,
+                              TorchCriterion criterion)
     : _module(std::move(module)), _forward(std::move(forward)), _options(std::move(options)),
       _criterion(std::move(criterion)) {
   if (!_module) throw ConfigError("TorchStage: the module is empty (a null holder or pointer)");
@@ -383,8 +384,9 @@ inline void TorchStage::one_pass_backward(const StageContext& ctx, const char* c
 inline TorchStage::ChunkState& TorchStage::state_of(const StageContext& ctx, const char* call) {
   auto it = _chunks.find(ctx.chunk);
   if (it == _chunks.end())
-    fail(ctx, call, "no forward of this chunk is kept (forward in Mode::train must come first, and a chunk's "
-                    "state ends with its weight pass)");
+    fail(ctx, call,
+         "no forward of this chunk is kept (forward in Mode::train must come first, and a chunk's "
+         "state ends with its weight pass)");
   return it->second;
 }
 
@@ -393,8 +395,7 @@ inline void TorchStage::start_backward(const StageContext& ctx, const char* call
   if (st.input_done) fail(ctx, call, "this chunk's backward already ran");
   if (ctx.is_last_stage) {
     if (!st.loss.defined()) fail(ctx, call, "the last stage's loss of this chunk was not computed");
-    if (!output_grad.empty())
-      fail(ctx, call, "the last stage got an output gradient (it starts from the loss)");
+    if (!output_grad.empty()) fail(ctx, call, "the last stage got an output gradient (it starts from the loss)");
     st.root = st.loss;
     st.root_grad = torch::full_like(st.loss, ctx.loss_scale);
   } else {
@@ -412,16 +413,15 @@ inline void TorchStage::check_input_grad(const StageContext& ctx, const char* ca
   if (!st.input.requires_grad())
     fail(ctx, call,
          "an input gradient was asked for, but this chunk's input has no gradient (first stage, or integral "
-         "input dtype " + std::string(c10::toString(_input_dtype)) + ")");
+         "input dtype " +
+             std::string(c10::toString(_input_dtype)) + ")");
 }
 
 inline void TorchStage::write_input_grad(const torch::Tensor& grad, MutableBytes input_grad) const {
   torch::NoGradGuard no_grad;
   torch::Tensor dst = view_of(input_grad, _input_shape, _input_dtype);
-  if (grad.defined())
-    dst.copy_(grad);
-  else
-    dst.zero_();  // the output does not depend on the input
+  if (grad.defined()) dst.copy_(grad);
+  else dst.zero_();  // the output does not depend on the input
 }
 
 inline void TorchStage::accumulate(const std::vector<torch::Tensor>& grads, std::size_t first) {
@@ -430,10 +430,8 @@ inline void TorchStage::accumulate(const std::vector<torch::Tensor>& grads, std:
     const torch::Tensor& g = grads[first + i];
     if (!g.defined()) continue;  // parameter not on this chunk's path
     torch::Tensor& acc = _parameters[i].mutable_grad();
-    if (acc.defined())
-      acc.add_(g);
-    else
-      acc = g;  // a fresh tensor from autograd::grad: keep it, as AccumulateGrad does
+    if (acc.defined()) acc.add_(g);
+    else acc = g;  // a fresh tensor from autograd::grad: keep it, as AccumulateGrad does
   }
 }
 

@@ -19,7 +19,8 @@ namespace dualpipe::detail {
 /// Per-kind compute costs, indexed by OpKind.
 [[nodiscard]] inline std::array<double, 16> cost_table(const Costs& c) {
   std::array<double, 16> table{};
-  for (int k = 0; k <= static_cast<int>(OpKind::commit); ++k) table[static_cast<std::size_t>(k)] = c.of(static_cast<OpKind>(k));
+  for (int k = 0; k <= static_cast<int>(OpKind::commit); ++k)
+    table[static_cast<std::size_t>(k)] = c.of(static_cast<OpKind>(k));
   return table;
 }
 
@@ -41,7 +42,7 @@ inline std::vector<OpRef> run_rendezvous(const Trace& t, const TraceIndex& ix, c
   std::vector<std::int32_t> group_begin(static_cast<std::size_t>(ranks), 0);  // first op after the last commit
   std::vector<std::int32_t> pending(static_cast<std::size_t>(ranks), 0);      // transfers of the open group not done
   std::vector<double> clock(static_cast<std::size_t>(ranks), 0.0);
-  std::vector<double> group_end(static_cast<std::size_t>(ranks), 0.0);        // latest finished transfer so far
+  std::vector<double> group_end(static_cast<std::size_t>(ranks), 0.0);  // latest finished transfer so far
   std::vector<char> blocked(static_cast<std::size_t>(ranks), 0);
   std::vector<int> ready;
   ready.reserve(static_cast<std::size_t>(ranks));

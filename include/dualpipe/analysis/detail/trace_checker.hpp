@@ -26,8 +26,7 @@ namespace detail {
 /// The validator's passes over one trace; fills a TraceIndex the simulators reuse.
 class TraceChecker {
 public:
-  TraceChecker(const Trace& t, const PlacementFn& place, int modules_per_rank, TraceIndex& ix)
-      : _t(t), _ix(ix) {
+  TraceChecker(const Trace& t, const PlacementFn& place, int modules_per_rank, TraceIndex& ix) : _t(t), _ix(ix) {
     load_placements(place, modules_per_rank);
   }
 
@@ -43,9 +42,8 @@ public:
   }
 
 private:
-  static constexpr std::uint16_t kForward = 1, kBackwardInput = 2, kWeight = 4, kRecvFPosted = 8,
-                                 kRecvFCommitted = 16, kRecvBPosted = 32, kRecvBCommitted = 64,
-                                 kSendF = 128, kSendB = 256;
+  static constexpr std::uint16_t kForward = 1, kBackwardInput = 2, kWeight = 4, kRecvFPosted = 8, kRecvFCommitted = 16,
+                                 kRecvBPosted = 32, kRecvBCommitted = 64, kSendF = 128, kSendB = 256;
   enum PostList { list_sF, list_rF, list_sB, list_rB };
 
   [[nodiscard]] const std::vector<Op>& ops(int r) const { return _t.ops[static_cast<std::size_t>(r)]; }
@@ -80,18 +78,21 @@ private:
       for (int m = 0; m < modules; ++m) {
         const ModulePlacement& p = _ix.at(r, m);
         const std::string where = "placement of rank " + std::to_string(r) + " module " + std::to_string(m);
-        if (p.next_rank >= 0 && (_ix.at(p.next_rank, m).prev_rank != r || _ix.at(p.next_rank, m).num_chunks != p.num_chunks))
+        if (p.next_rank >= 0 &&
+            (_ix.at(p.next_rank, m).prev_rank != r || _ix.at(p.next_rank, m).num_chunks != p.num_chunks))
           throw ConfigError(where + ": next_rank " + std::to_string(p.next_rank) +
                             " must name this rank as its prev_rank, with the same num_chunks");
         if (p.prev_rank >= 0 && _ix.at(p.prev_rank, m).next_rank != r)
-          throw ConfigError(where + ": prev_rank " + std::to_string(p.prev_rank) + " must name this rank as its next_rank");
+          throw ConfigError(where + ": prev_rank " + std::to_string(p.prev_rank) +
+                            " must name this rank as its next_rank");
         if (p.local_next_module >= 0 && _ix.at(r, p.local_next_module).local_prev_module != m)
           throw ConfigError(where + ": local_next_module must name this module as its local_prev_module");
         if (p.local_prev_module >= 0 && _ix.at(r, p.local_prev_module).local_next_module != m)
           throw ConfigError(where + ": local_prev_module must name this module as its local_next_module");
       }
     _ix.op_base.assign(1, 0);
-    for (int r = 0; r < ranks; ++r) _ix.op_base.push_back(_ix.op_base.back() + static_cast<std::int32_t>(ops(r).size()));
+    for (int r = 0; r < ranks; ++r)
+      _ix.op_base.push_back(_ix.op_base.back() + static_cast<std::int32_t>(ops(r).size()));
     const std::size_t total = _ix.total_ops();
     _ix.op_rank.resize(total);
     for (int r = 0; r < ranks; ++r)
@@ -142,7 +143,8 @@ private:
         const Op& o = op(r, i);
         if (forward_only && (o.has_backward() || o.kind == OpKind::weight || o.kind == OpKind::send_gradient ||
                              o.kind == OpKind::recv_gradient))
-          return fail(ValidationRule::not_in_forward_mode, r, i, "a forward-only trace has no backward, W or gradient post");
+          return fail(ValidationRule::not_in_forward_mode, r, i,
+                      "a forward-only trace has no backward, W or gradient post");
         if (o.kind == OpKind::commit) {
           first_uncommitted = -1;
           continue;
@@ -166,14 +168,16 @@ private:
                       std::string(is_send(o.kind) ? "send to" : "receive from") + " no peer: module " +
                           std::to_string(o.module) + " of rank " + std::to_string(r) + " has no " +
                           (towards_next ? "next" : "previous") + " rank");
-        const PostList l = o.kind == OpKind::send_activation ? list_sF
+        const PostList l = o.kind == OpKind::send_activation   ? list_sF
                            : o.kind == OpKind::recv_activation ? list_rF
-                           : o.kind == OpKind::send_gradient ? list_sB : list_rB;
+                           : o.kind == OpKind::send_gradient   ? list_sB
+                                                               : list_rB;
         posts(r, o.module, l).push_back(i);
         if (first_uncommitted < 0) first_uncommitted = i;
       }
       if (first_uncommitted >= 0)
-        return fail(ValidationRule::uncommitted_post, r, first_uncommitted, "posted but never committed (no '|' after it)");
+        return fail(ValidationRule::uncommitted_post, r, first_uncommitted,
+                    "posted but never committed (no '|' after it)");
     }
     return true;
   }
@@ -230,7 +234,7 @@ private:
   // ---- pass 3: semantics ------------------------------------------------------------------------------
   bool semantics() {
     const bool train = _t.mode == Mode::train;
-    std::vector<std::int32_t> fifo;  // deferred weight groups (slots), oldest at `head`
+    std::vector<std::int32_t> fifo;          // deferred weight groups (slots), oldest at `head`
     std::vector<std::int32_t> pending_recv;  // slot * 2 + (1 for gradient) of receives since the last commit
     for (int r = 0; r < _ix.ranks; ++r) {
       fifo.clear();
@@ -258,17 +262,20 @@ private:
             break;
           case OpKind::weight:
             if (head == fifo.size())
-              return fail(ValidationRule::weight_without_deferred_group, r, i, "W but no deferred weight group is stored");
+              return fail(ValidationRule::weight_without_deferred_group, r, i,
+                          "W but no deferred weight group is stored");
             _state[static_cast<std::size_t>(fifo[head++])] |= kWeight;
             break;
           case OpKind::send_activation:
             if (!has(r, o.module, o.chunk, kForward))
-              return fail(ValidationRule::send_before_compute, r, i, "sends the activation of F" + mc(o.module, o.chunk) + " before that forward ran");
+              return fail(ValidationRule::send_before_compute, r, i,
+                          "sends the activation of F" + mc(o.module, o.chunk) + " before that forward ran");
             if (!post_once(r, i, o, kSendF)) return false;
             break;
           case OpKind::send_gradient:
             if (!has(r, o.module, o.chunk, kBackwardInput))
-              return fail(ValidationRule::send_before_compute, r, i, "sends the gradient of B" + mc(o.module, o.chunk) + " before that backward ran");
+              return fail(ValidationRule::send_before_compute, r, i,
+                          "sends the gradient of B" + mc(o.module, o.chunk) + " before that backward ran");
             if (!post_once(r, i, o, kSendB)) return false;
             break;
           case OpKind::recv_activation:
@@ -306,9 +313,11 @@ private:
         for (int c = 0; c < p.num_chunks; ++c) {
           const std::uint16_t s = _state[static_cast<std::size_t>(_ix.slot(r, m, c))];
           if (p.next_rank >= 0 && !(s & kSendF))
-            return fail(ValidationRule::missing_send, r, n, "the activation of F" + mc(m, c) + " is never sent to rank " + std::to_string(p.next_rank));
+            return fail(ValidationRule::missing_send, r, n,
+                        "the activation of F" + mc(m, c) + " is never sent to rank " + std::to_string(p.next_rank));
           if (train && p.prev_rank >= 0 && !(s & kSendB))
-            return fail(ValidationRule::missing_send, r, n, "the gradient of B" + mc(m, c) + " is never sent to rank " + std::to_string(p.prev_rank));
+            return fail(ValidationRule::missing_send, r, n,
+                        "the gradient of B" + mc(m, c) + " is never sent to rank " + std::to_string(p.prev_rank));
         }
       }
     }
@@ -327,12 +336,14 @@ private:
   }
 
   bool forward(int r, int i, int m, int c) {
-    if (has(r, m, c, kForward)) return fail(ValidationRule::duplicate_forward, r, i, "F" + mc(m, c) + " runs a second time");
+    if (has(r, m, c, kForward))
+      return fail(ValidationRule::duplicate_forward, r, i, "F" + mc(m, c) + " runs a second time");
     const ModulePlacement& p = _ix.at(r, m);
     if (p.prev_rank >= 0 && !has(r, m, c, kRecvFCommitted))
       return fail(ValidationRule::forward_before_receive, r, i,
                   "F" + mc(m, c) + " runs before its input from rank " + std::to_string(p.prev_rank) + " arrived (rF" +
-                      mc(m, c) + (has(r, m, c, kRecvFPosted) ? " is posted but not yet committed)" : " is not posted yet)"));
+                      mc(m, c) +
+                      (has(r, m, c, kRecvFPosted) ? " is posted but not yet committed)" : " is not posted yet)"));
     if (p.local_prev_module >= 0) {
       const int lm = p.local_prev_module;
       const int lc = c + p.chunk_offset - _ix.at(r, lm).chunk_offset;
@@ -346,7 +357,8 @@ private:
 
   bool backward(int r, int i, int m, int c) {
     if (!has(r, m, c, kForward))
-      return fail(ValidationRule::backward_before_forward, r, i, "the backward of " + mc(m, c) + " runs before its forward");
+      return fail(ValidationRule::backward_before_forward, r, i,
+                  "the backward of " + mc(m, c) + " runs before its forward");
     if (has(r, m, c, kBackwardInput))
       return fail(ValidationRule::duplicate_backward, r, i, "the backward of " + mc(m, c) + " runs a second time");
     const ModulePlacement& p = _ix.at(r, m);
@@ -381,7 +393,8 @@ private:
     std::string why = "deadlock under the commit-rendezvous model: no rank can progress.";
     std::vector<OpRef> marks;
     for (const OpRef& s : stuck) {
-      why += "\n  rank " + std::to_string(s.rank) + " is stuck at op " + std::to_string(s.index) + " (" + token(s.rank, s.index) + ")";
+      why += "\n  rank " + std::to_string(s.rank) + " is stuck at op " + std::to_string(s.index) + " (" +
+             token(s.rank, s.index) + ")";
       marks.push_back(s);
       // Name one transfer of the stuck group whose peer never launched.
       const std::int32_t base = _ix.op_base[static_cast<std::size_t>(s.rank)];
@@ -403,8 +416,8 @@ private:
   const Trace& _t;
   TraceIndex& _ix;
   ValidationResult _result;
-  std::vector<std::uint16_t> _state;                // [slot]: k* bits
-  std::vector<std::vector<std::int32_t>> _posts;    // [(r * modules + m) * 4 + list]: op indices
+  std::vector<std::uint16_t> _state;              // [slot]: k* bits
+  std::vector<std::vector<std::int32_t>> _posts;  // [(r * modules + m) * 4 + list]: op indices
 };
 
 }  // namespace detail

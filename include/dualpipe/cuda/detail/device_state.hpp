@@ -94,14 +94,14 @@ struct CudaDeviceState final : SlotMemory {
   struct Program {
     const RankPlan* plan = nullptr;
     NvtxNames names;
-    PinnedBuffer losses;               // C doubles
-    PinnedBuffer outputs;              // returned outputs, as StepResult::outputs
-    std::vector<Event> timing;         // per op: start, end, the second stream's start (made on the first GPU-timed step)
+    PinnedBuffer losses;        // C doubles
+    PinnedBuffer outputs;       // returned outputs, as StepResult::outputs
+    std::vector<Event> timing;  // per op: start, end, the second stream's start (made on the first GPU-timed step)
     enum Mark : std::size_t { start = 0, end = 1, second_start = 2 };
     Event& mark(std::size_t op, Mark m) { return timing[3 * op + m]; }
     Event& mark(int op, Mark m) { return mark(static_cast<std::size_t>(op), m); }
     Event step_start{Event::timing};
-    std::vector<int> timed;            // ops timed this step
+    std::vector<int> timed;  // ops timed this step
     int eager_steps = 0;
     cudaGraphExec_t graph = nullptr;
     StepSignature signature;
@@ -114,9 +114,10 @@ struct CudaDeviceState final : SlotMemory {
       : options(std::move(o)), alloc(std::move(a)), device(dev), main(options.main_stream, options.main_priority),
         second(options.second_stream, options.second_priority) {
     if (options.main_stream && options.main_stream == options.second_stream)
-      throw ConfigError("CudaDevice: main_stream and second_stream are the same stream; the second stream runs "
-                        "an FB's backward half beside the main one, so it must be another stream (or null: the "
-                        "device makes its own)");
+      throw ConfigError(
+          "CudaDevice: main_stream and second_stream are the same stream; the second stream runs "
+          "an FB's backward half beside the main one, so it must be another stream (or null: the "
+          "device makes its own)");
     pending.reserve(64);
   }
   CudaDeviceState(const CudaDeviceState&) = delete;
@@ -190,8 +191,8 @@ struct CudaDeviceState final : SlotMemory {
     timing_on = false;
     timed_op = -1;
     if (options.graph == GraphMode::capture) {
-      const StepSignature sig{step.inputs.data(), step.inputs.size(), step.labels.data(), step.labels.size(),
-                              step.loss_scale, step.return_outputs};
+      const StepSignature sig{step.inputs.data(), step.inputs.size(), step.labels.data(),
+                              step.labels.size(), step.loss_scale,    step.return_outputs};
       if (p.graph && p.signature == sig) {
         main.wait(origin_event_recorded_now());
         DUALPIPE_CUDA_CHECK(cudaGraphLaunch(p.graph, main.get()));
@@ -204,7 +205,9 @@ struct CudaDeviceState final : SlotMemory {
         // sides or on neither, and this rank cannot tell the others.
         throw ConfigError("CudaDevice: graph capture with " + std::to_string(ranks) +
                           " ranks needs the same batch memory and step options every step, but they changed "
-                          "on device " + std::to_string(device) + " since the step was captured (keep the "
+                          "on device " +
+                          std::to_string(device) +
+                          " since the step was captured (keep the "
                           "batch in the same device buffers, or use GraphMode::off)");
       if (p.graph) {  // the batch moved or the options changed: warm up and capture again
         ignore_cuda_error(cudaGraphExecDestroy(p.graph));
@@ -427,7 +430,7 @@ struct CudaDeviceState final : SlotMemory {
   CudaDeviceOptions options;
   [[no_unique_address]] Alloc alloc;
   int device;
-  ComputeStream main;    // lent, or its own
+  ComputeStream main;  // lent, or its own
   ComputeStream second;
   cudaStream_t comm = nullptr;
   int ranks = 1;  // the communicator's

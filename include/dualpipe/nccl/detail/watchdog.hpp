@@ -49,7 +49,9 @@ public:
   ~NcclWatchdog() { stop(); }
 
   /// Starts the thread.
-  void start() { _thread = std::thread([this] { run(); }); }
+  void start() {
+    _thread = std::thread([this] { run(); });
+  }
 
   /// Stops the thread and waits for it (a look in progress ends first). Idempotent.
   void stop() noexcept {
@@ -85,8 +87,8 @@ public:
     ev->record(stream);
     what.assign(ops.begin(), ops.end());
     std::lock_guard lk(_mutex);
-    _flights.push_back(Flight{std::move(ev), deadline_after(timeout), std::move(what),
-                              static_cast<long>(timeout.count())});
+    _flights.push_back(
+        Flight{std::move(ev), deadline_after(timeout), std::move(what), static_cast<long>(timeout.count())});
   }
 
   /// Groups still watched.

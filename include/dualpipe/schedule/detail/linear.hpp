@@ -16,8 +16,7 @@ namespace dualpipe::detail {
 /// was posted since the previous one, as in the trace grammar.
 class LinearRecorder {
 public:
-  constexpr LinearRecorder(int ranks, int chunks, int rank)
-      : _first(rank == 0), _last(rank == ranks - 1) {
+  constexpr LinearRecorder(int ranks, int chunks, int rank) : _first(rank == 0), _last(rank == ranks - 1) {
     _ops.reserve(static_cast<std::size_t>(chunks) * 10 + 4);
   }
 
