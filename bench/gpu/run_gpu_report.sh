@@ -4,7 +4,7 @@
 #      or, with --prebuilt DIR, takes the programs of a kit made elsewhere by bench/gpu/make_gpu_kit.sh (no
 #      configure, no build: the GPU machine needs neither doctest nor Google Benchmark) and finds the
 #      libraries they need there (libnccl.so.2, libcublas/libcublasLt.so.13),
-#   2. runs the CUDA tests (build: ctest -L 'cuda|gpu'; kit: test_cuda_cpu and test_gpu): they must pass, not skip,
+#   2. runs the CUDA tests (build: ctest -L 'cuda|gpu' -LE emulated; kit: test_cuda_cpu and test_gpu): they must pass, not skip,
 #   3. runs the example dualpipe-cuda-mlp (fp32, bf16, and fp32 with the forward_backward hook),
 #   4. runs dualpipe-bench-gpu (3 repetitions, medians),
 #   5. with --sanitize, runs a few GPU tests under compute-sanitizer (memcheck, racecheck) when it is found,
@@ -270,7 +270,7 @@ say "   NCCL_SOCKET_IFNAME=$NCCL_SOCKET_IFNAME NCCL_DEBUG=$NCCL_DEBUG"
 # A skipped test (exit 77: no device) is a failure here: this script runs where there is a GPU.
 tests_ok=yes
 if [ -z "$prebuilt" ]; then
-  if step ctest 1800 bash -c "cd '$build' && ctest -L 'cuda|gpu' --output-on-failure" &&
+  if step ctest 1800 bash -c "cd '$build' && ctest -L 'cuda|gpu' -LE emulated --output-on-failure" &&
      ! grep -q 'Skipped\|Not Run' "$work/ctest.txt"; then :; else tests_ok=no; fi
   tail -n 15 "$work/ctest.txt"
 else
@@ -426,7 +426,7 @@ w(f"- programs: {facts['how']}")
 support = "; ".join(l.strip().lstrip("- ") for l in read("support.txt").splitlines() if l.strip())
 if support:
     w("- " + support)
-tests = "ctest -L 'cuda|gpu'" if not facts.get("prebuilt") else "test_cuda_cpu, test_gpu"
+tests = "ctest -L 'cuda|gpu' -LE emulated" if not facts.get("prebuilt") else "test_cuda_cpu, test_gpu"
 w(f"- CUDA tests ({tests}): {'pass' if tests_ok == 'yes' else 'FAIL (see below)'}")
 for name in ("test_cuda_cpu", "test_gpu", "test_gpu_nccl"):
     for l in read(name + ".txt").splitlines():
