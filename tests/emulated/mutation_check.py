@@ -24,6 +24,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 
 DEVICE = "include/dualpipe/cuda/detail/device_state.hpp"  # the CudaDevice policy's work
 LOCAL = "include/dualpipe/cuda/local_communicator.hpp"
+REDUCER = "include/dualpipe/nccl/gradient_reducer.hpp"
 
 # name, file, the exact code (must occur once), what replaces it, what the call is for.
 # Not here: the communication stream's wait for the origin at a step's start (CudaDeviceState::wait_origin).
@@ -62,6 +63,10 @@ MUTATIONS = [
      "        DUALPIPE_CUDA_CHECK(cudaStreamWaitEvent(a.stream(), b._copied.get(), 0));\n",
      "",
      "the sender reuses its buffer only after the copy read it"),
+    ("reducer-wait", REDUCER,
+     "    if (_waits[m]) StreamRef(_stream_used).wait(_ready[m]);\n",
+     "",
+     "the device gradient reduction waits for the stream that finished the gradient"),
 ]
 
 
