@@ -16,7 +16,7 @@
 #include "dualpipe/nccl.hpp"
 #include "gpu_affine_stage.hpp"
 #ifdef DUALPIPE_TEST_EMULATED
-#include "emulator/emulator.hpp"
+#include "cuda_emulator.hpp"
 #endif
 
 using namespace dualpipe;
