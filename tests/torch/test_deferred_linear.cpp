@@ -18,11 +18,13 @@
 #include "dualpipe/runtime/pipeline.hpp"
 #include "dualpipe/runtime/run_ranks.hpp"
 #include "dualpipe/torch.hpp"
+#include "torch_options.hpp"
 
 // Last: glog (through libtorch) defines its own CHECK, which would otherwise replace doctest's.
 #include <doctest/doctest.h>
 
 using namespace dualpipe;
+using namespace torch_test;
 
 namespace {
 
@@ -66,16 +68,6 @@ std::pair<PlainMlp, DeferredMlp> twins(int h, bool bias, std::uint64_t seed) {
   plain->to(torch::kDouble);
   deferred->to(torch::kDouble);
   return {plain, deferred};
-}
-
-constexpr int H = 8;
-const std::vector<std::int64_t> act_shape{3, 5, H};
-
-TorchStageOptions double_options() {
-  TorchStageOptions o;
-  o.activation_shape = act_shape;
-  o.dtype = torch::kDouble;
-  return o;
 }
 
 StageContext ctx_of(int stage, int chunk) {

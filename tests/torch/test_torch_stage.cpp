@@ -13,11 +13,13 @@
 
 #include "dualpipe/torch.hpp"
 #include "support/messages.hpp"
+#include "torch_options.hpp"
 
 // Last: glog (through libtorch) defines its own CHECK, which would otherwise replace doctest's.
 #include <doctest/doctest.h>
 
 using namespace dualpipe;
+using namespace torch_test;
 using namespace dualpipe::testing;
 
 namespace {
@@ -73,16 +75,6 @@ StageContext middle_ctx(int chunk, Mode mode = Mode::train) {
 
 TorchCriterion mse() {
   return [](const torch::Tensor& y, const torch::Tensor& l) { return torch::mse_loss(y, l); };
-}
-
-constexpr int H = 8;
-const std::vector<std::int64_t> act_shape{3, 5, H};
-
-TorchStageOptions double_options() {
-  TorchStageOptions o;
-  o.activation_shape = act_shape;
-  o.dtype = torch::kDouble;
-  return o;
 }
 
 }  // namespace
