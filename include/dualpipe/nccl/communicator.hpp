@@ -59,6 +59,7 @@
 #include "dualpipe/core/message_tag.hpp"
 #include "dualpipe/cuda/error.hpp"
 #include "dualpipe/cuda/stream.hpp"
+#include "dualpipe/nccl/detail/finalize.hpp"
 #include "dualpipe/nccl/detail/watchdog.hpp"
 #include "dualpipe/nccl/error.hpp"
 
@@ -165,14 +166,7 @@ public:
       DeviceGuard on(_device);
       std::lock_guard lk(_nccl_mutex);
       if (_comm && _owned && !_aborted.load()) {
-        ncclResult_t st = ncclCommFinalize(_comm);
-        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-        while (st == ncclInProgress && std::chrono::steady_clock::now() < deadline) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(1));
-          if (ncclCommGetAsyncError(_comm, &st) != ncclSuccess) break;
-        }
-        if (st == ncclSuccess) (void)ncclCommDestroy(_comm);
-        else (void)ncclCommAbort(_comm);
+        detail::finalize_or_abort(_comm);
       }
       _comm = nullptr;
     } catch (...) {

@@ -34,6 +34,7 @@
 #include "dualpipe/core/failure.hpp"
 #include "dualpipe/cuda/stream.hpp"
 #include "dualpipe/nccl/bootstrap.hpp"
+#include "dualpipe/nccl/detail/finalize.hpp"
 #include "dualpipe/nccl/error.hpp"
 
 namespace dualpipe {
@@ -73,14 +74,7 @@ public:
   /// Finalises and destroys it now (aborts it when that fails); holds nothing afterwards.
   void reset() noexcept {
     if (!_comm) return;
-    ncclResult_t st = ncclCommFinalize(_comm);
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (st == ncclInProgress && std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      if (ncclCommGetAsyncError(_comm, &st) != ncclSuccess) break;
-    }
-    if (st == ncclSuccess) (void)ncclCommDestroy(_comm);
-    else (void)ncclCommAbort(_comm);
+    detail::finalize_or_abort(_comm);
     _comm = nullptr;
   }
 
