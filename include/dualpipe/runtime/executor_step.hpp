@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "dualpipe/core/bytes.hpp"
+#include "dualpipe/runtime/tensors.hpp"
 
 namespace dualpipe {
 
@@ -19,6 +20,8 @@ struct ExecutorStep {
   bool record_timeline = false;               ///< Fill StepResult::spans.
   int accumulation_step = 0;                  ///< StageContext::accumulation_step.
   int accumulation_steps = 1;                 ///< StageContext::accumulation_steps.
+  ChunkSizes sizes{};                         ///< Rows of each chunk's tensors (empty: the maxima); the same on
+                                              ///< every rank (checked: runtime/tensors.hpp, executor.hpp).
 };
 
 }  // namespace dualpipe
