@@ -357,19 +357,20 @@ private:
       return "rank " + std::to_string(p) + " module " + std::to_string(r[p_module]) + " (stage " +
              std::to_string(r[p_stage]) + ")'s " + (r[p_side] == 0 ? "input" : "output");
     };
-    const std::string head =
-        "chunk sizes (" + std::string(plan.schedule) + ", " + std::to_string(plan.chunks) + " chunks): ";
+    auto head = [&] {  // built only on failure: a step that passes allocates nothing
+      return "chunk sizes (" + std::string(plan.schedule) + ", " + std::to_string(plan.chunks) + " chunks): ";
+    };
     for (int p = 0; p < plan.ranks; ++p) {
       const std::uint64_t* r = rec(p);
       if (r[problem] == wrong_length)
-        throw ConfigError(head + "rank " + std::to_string(p) + "'s table has " + std::to_string(r[length]) +
+        throw ConfigError(head() + "rank " + std::to_string(p) + "'s table has " + std::to_string(r[length]) +
                           " entries, expected chunks x tensors = " + std::to_string(plan.chunks) + " x " +
                           std::to_string(r[tensors]) + " = " + std::to_string(r[p_limit]) +
                           (r[tensors] > max_boundary_tensors
                                ? " (and at most " + std::to_string(max_boundary_tensors) + " tensors)"
                                : ""));
       if (r[problem] == wrong_tensors)
-        throw ConfigError(head + "the table lists " + std::to_string(r[p_got]) + " tensors per chunk but " +
+        throw ConfigError(head() + "the table lists " + std::to_string(r[p_got]) + " tensors per chunk but " +
                           where(p, r) + " has " + std::to_string(r[p_limit]) + " tensors");
     }
     const std::uint64_t* r0 = rec(0);
@@ -377,7 +378,7 @@ private:
       const std::uint64_t* r = rec(p);
       if (r[has_table] != r0[has_table] || r[tensors] != r0[tensors] || r[length] != r0[length])
         throw ConfigError(
-            head + "the ranks' tables differ: rank 0 gave " +
+            head() + "the ranks' tables differ: rank 0 gave " +
             (r0[has_table] ? std::to_string(r0[length]) + " entries of " + std::to_string(r0[tensors]) + " tensors"
                            : std::string("none")) +
             ", rank " + std::to_string(p) + " " +
@@ -385,7 +386,7 @@ private:
                           : std::string("none")));
       for (std::size_t i = 0; i < r0[length]; ++i)
         if (r[record_header + i] != r0[record_header + i])
-          throw ConfigError(head + "the ranks' tables differ at chunk " + std::to_string(i / r0[tensors]) +
+          throw ConfigError(head() + "the ranks' tables differ at chunk " + std::to_string(i / r0[tensors]) +
                             ", tensor " + std::to_string(i % r0[tensors]) + ": " +
                             std::to_string(r0[record_header + i]) + " rows on rank 0, " +
                             std::to_string(r[record_header + i]) + " rows on rank " + std::to_string(p));
@@ -393,7 +394,7 @@ private:
     for (int p = 0; p < plan.ranks; ++p) {
       const std::uint64_t* r = rec(p);
       if (r[problem] == too_large)
-        throw ConfigError(head + "chunk " + std::to_string(r[p_chunk]) + ", tensor " + std::to_string(r[p_tensor]) +
+        throw ConfigError(head() + "chunk " + std::to_string(r[p_chunk]) + ", tensor " + std::to_string(r[p_tensor]) +
                           " has " + std::to_string(r[p_got]) + " rows, more than the " + std::to_string(r[p_limit]) +
                           " rows (the declared maximum) of " + where(p, r));
     }
