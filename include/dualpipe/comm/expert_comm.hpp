@@ -15,6 +15,21 @@
 //   abort(origin)                           fail every rank's current and future waits with
 //                                           CommAborted(origin), like the pipeline's communicator.
 // The buffers (and the count spans) stay valid and unchanged until the handle was waited on.
+// What the executor relies on (runtime/phases.hpp runs the exchanges of a stage with phases):
+//   - several exchanges of different tags may be in flight on one rank at once (an FB's forward chunk and
+//     backward chunk each have one), and the ranks of the group may start them in different orders: a model
+//     matches them by tag (the in-process one does), or, for an ordered collective (MPI_Ialltoallv, NCCL),
+//     relies on every rank running the same deterministic interleaving (the executor's is);
+//   - the same tag comes again in the next step: a model must keep the generations apart;
+//   - the handle is movable; dropping it unwaited (a failed step) must leave the buffers alone afterwards;
+//   - abort() may be called several times, from any thread (every stage of a rank, every failing path): the
+//     first origin stays;
+//   - a device model gets the lane's stream in AllToAllBuffers::after_stream (the exchange starts after the
+//     work issued on it so far) and its wait() may return at once after ordering that same stream after the
+//     exchange (no host wait): the executor calls nothing else between start and wait but the other chunk's
+//     phases. A Device policy with phase_begin/phase_end (DeviceWithPhaseHooks) is also told around each.
+// Models: InProcessExpertComm (comm/inprocess_expert.hpp, threads), LinkedExpertComm (comm/expert_link.hpp,
+// any model on a modelled link), MpiExpertComm (mpi/expert_comm.hpp, MPI_Ialltoallv on the ep communicator).
 //
 // This concept is also the seam for another dispatch/combine library (DeepEP, say): a type that starts
 // that library's dispatch or combine in start_all_to_all and waits on it in wait() is an ExpertComm.
@@ -87,8 +102,8 @@ concept expert_comm_has_abort = requires(E& e, const FailureOrigin& origin) {
 
 /// A type that can run the expert-parallel group's all-to-all without blocking (see the contract above).
 template <class E>
-concept ExpertComm = detail::expert_comm_has_rank_and_size<E> && detail::expert_comm_has_start<E> &&
-    detail::expert_comm_has_abort<E>;
+concept ExpertComm =
+    detail::expert_comm_has_rank_and_size<E> && detail::expert_comm_has_start<E> && detail::expert_comm_has_abort<E>;
 
 /// Compile-time check with messages in plain words: `static_assert(check_expert_comm<MyExpertComm>())`.
 template <class E>

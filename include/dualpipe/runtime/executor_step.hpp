@@ -19,6 +19,7 @@ struct ExecutorStep {
   bool record_timeline = false;               ///< Fill StepResult::spans.
   int accumulation_step = 0;                  ///< StageContext::accumulation_step.
   int accumulation_steps = 1;                 ///< StageContext::accumulation_steps.
+  bool overlap_phases = true;                 ///< An FB interleaves its chunks' phases (runtime/phases.hpp).
 };
 
 }  // namespace dualpipe
