@@ -69,7 +69,7 @@ MUTATIONS = [
      "",
      "the device gradient reduction waits for the stream that finished the gradient"),
     ("expert-after-stream", EXPERT,
-     "    if (buffers.after_stream) wait_on(static_cast<cudaStream_t>(buffers.after_stream));\n",
+     "    if (after) wait_on(after);\n",
      "",
      "an all-to-all starts after the stream that wrote its send buffer"),
     ("expert-enqueue-wait", EXPERT,

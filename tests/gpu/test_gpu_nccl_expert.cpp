@@ -109,7 +109,7 @@ TEST_CASE("Gpu.NcclExpert.AllToAllMovesEveryPeersSegmentOnTheGridsEpCommunicator
     const ProcessGrid pgrid(W, {.pp = P, .ep = E}, "pp,ep");
     const ncclUniqueId world_id = make_unique_id();
     struct Seen {
-      std::vector<std::vector<double>> host_waited, stream_waited, want;
+      std::vector<std::vector<double>> after_stream_waited, host_waited, stream_waited, want;
       int rank = -1, size = 0;
       long exchanges = 0;
       bool tags_kept = true;
@@ -138,12 +138,14 @@ TEST_CASE("Gpu.NcclExpert.AllToAllMovesEveryPeersSegmentOnTheGridsEpCommunicator
           xb.enqueue_wait(other.get());
           gputest::scale(b.recv, b.out, 1.0, b.want.size(), 0, other.get());
           me.stream_waited.push_back(b.read(b.out, other.get()));
+          // a: the executor's wait orders `compute` (its after_stream) after the exchange, without a host wait.
           xa.wait(30s);
-          me.host_waited.push_back(a.read(a.recv, compute.get()));
           xa.wait(30s);  // a second wait returns at once
+          me.after_stream_waited.push_back(a.read(a.recv, compute.get()));
           me.want.push_back(a.want);
           me.want.push_back(b.want);
-          xb.wait(30s);
+          xb.synchronize(30s);  // the host waits
+          me.host_waited.push_back(b.read(b.recv, other.get()));
         }
         me.exchanges = ep.aborted() ? -1 : ep.exchanges();
       } catch (const std::exception& e) {
@@ -159,8 +161,10 @@ TEST_CASE("Gpu.NcclExpert.AllToAllMovesEveryPeersSegmentOnTheGridsEpCommunicator
       CHECK(me.exchanges == 6);
       CHECK(me.tags_kept);
       for (int round = 0; round < 3; ++round) {
-        CHECK(me.host_waited[static_cast<std::size_t>(round)] == me.want[static_cast<std::size_t>(2 * round)]);
-        CHECK(me.stream_waited[static_cast<std::size_t>(round)] == me.want[static_cast<std::size_t>(2 * round + 1)]);
+        const auto k = static_cast<std::size_t>(round);
+        CHECK(me.after_stream_waited[k] == me.want[2 * k]);
+        CHECK(me.stream_waited[k] == me.want[2 * k + 1]);
+        CHECK(me.host_waited[k] == me.want[2 * k + 1]);
       }
     }
   }
@@ -353,7 +357,7 @@ OrderingRun run_pipeline_and_expert(bool rule, std::chrono::milliseconds expert_
       // The exchange: rank 1's waits for the slow compute (after_stream); rank 0's is ready at once.
       auto x = ep.start_all_to_all(tag_of(4, 1), b.view(r == 1 ? compute.get() : quick.get()));
       try {
-        x.wait(expert_timeout);
+        x.synchronize(expert_timeout);
         out.got[k] = b.read(b.recv, compute.get());
       } catch (const Error& e) {
         out.expert_error[k] = e.what();

@@ -10,8 +10,9 @@
 //
 //   AllToAllBuffers b{send, send_counts, recv, recv_counts, /*after_stream=*/compute};
 //   auto x = ep.start_all_to_all(ExpertTag{.module = 0, .chunk = 3, .layer = 1, .phase = 1}, b);
-//   x.enqueue_wait(other_compute);   // device side: that stream waits for the exchange, the host does not
-//   x.wait(10s);                     // or on the host: returns when recv is filled (TimeoutError, CommAborted)
+//   x.wait(10s);                     // device side: `compute` waits for the exchange, the host does not
+//   x.enqueue_wait(other);           // another stream waits for it too
+//   x.synchronize(10s);              // or the host waits: recv is filled (TimeoutError, CommAborted)
 //
 // - start_all_to_all orders the exchange after the work issued so far to `buffers.after_stream` (an event),
 //   issues the group (ncclGroupStart; ncclSend/ncclRecv per peer with a non-zero count; ncclGroupEnd) on
@@ -93,7 +94,8 @@ public:
   class Exchange {
   public:
     Exchange(Exchange&& o) noexcept
-        : _comm(std::exchange(o._comm, nullptr)), _tag(o._tag), _done(std::move(o._done)), _failed(o._failed) {}
+        : _comm(std::exchange(o._comm, nullptr)), _tag(o._tag), _done(std::move(o._done)), _after(o._after),
+          _failed(o._failed) {}
     Exchange& operator=(Exchange&&) = delete;
     Exchange(const Exchange&) = delete;
     Exchange& operator=(const Exchange&) = delete;
@@ -101,10 +103,23 @@ public:
       if (_comm && _done) _comm->give_back(std::move(_done));
     }
 
-    /// Blocks until this rank's part is done (`recv` filled, `send` free). Throws CommAborted (the
+    /// The executor's wait (comm/expert_comm.hpp): for an exchange started with an `after_stream`, makes that
+    /// stream wait for it on the device and returns at once (the stream's later work sees `recv` filled; the
+    /// watchdog bounds the exchange); without one, synchronize(timeout). Throws CommAborted, TimeoutError.
+    void wait(std::chrono::milliseconds timeout) {
+      if (!_comm) return;
+      if (_after) {
+        enqueue_wait(_after);
+        finish();
+      } else {
+        synchronize(timeout);
+      }
+    }
+
+    /// Blocks the host until this rank's part is done (`recv` filled, `send` free). Throws CommAborted (the
     /// communicator was aborted), TimeoutError after `timeout` naming the exchange (the communicator is
     /// then aborted). A second wait returns at once.
-    void wait(std::chrono::milliseconds timeout) {
+    void synchronize(std::chrono::milliseconds timeout) {
       if (!_comm) return;
       if (_failed) _comm->throw_aborted();
       _comm->wait_host(*_done, _tag, timeout);
@@ -131,8 +146,9 @@ public:
 
   private:
     friend class NcclExpertComm;
-    Exchange(NcclExpertComm* c, const ExpertTag& tag, std::unique_ptr<Event> done, bool failed) noexcept
-        : _comm(c), _tag(tag), _done(std::move(done)), _failed(failed) {}
+    Exchange(NcclExpertComm* c, const ExpertTag& tag, std::unique_ptr<Event> done, cudaStream_t after,
+             bool failed) noexcept
+        : _comm(c), _tag(tag), _done(std::move(done)), _after(after), _failed(failed) {}
     void finish() {
       if (_done) _comm->give_back(std::move(_done));
       _comm = nullptr;
@@ -141,7 +157,8 @@ public:
     NcclExpertComm* _comm;
     ExpertTag _tag;
     std::unique_ptr<Event> _done;
-    bool _failed;  // started on an aborted communicator: nothing was issued
+    cudaStream_t _after;  // AllToAllBuffers::after_stream: wait() orders it after the exchange
+    bool _failed;         // started on an aborted communicator: nothing was issued
   };
 
   /// Borrows `b.comm` (the expert group's communicator; rank, size and device are its) and `b.stream` when
@@ -201,14 +218,15 @@ public:
     ++_started;
     DeviceGuard on(_device);
     std::unique_ptr<Event> done = take_event();
-    if (aborted()) return Exchange(this, tag, std::move(done), true);
-    if (buffers.after_stream) wait_on(static_cast<cudaStream_t>(buffers.after_stream));
+    const auto after = static_cast<cudaStream_t>(buffers.after_stream);
+    if (aborted()) return Exchange(this, tag, std::move(done), after, true);
+    if (after) wait_on(after);
     if (_options.pipeline_stream) wait_on(_options.pipeline_stream);
     const auto self = static_cast<std::size_t>(_rank);
     std::size_t send_at = 0, recv_at = 0, self_send = 0, self_recv = 0;
     {
       std::unique_lock lk(_nccl_mutex);
-      if (aborted() || !_comm) return Exchange(this, tag, std::move(done), true);
+      if (aborted() || !_comm) return Exchange(this, tag, std::move(done), after, true);
       ncclResult_t r = ncclGroupStart();
       for (std::size_t p = 0; p < static_cast<std::size_t>(_size); ++p) {
         const std::size_t sc = buffers.send_counts[p], rc = buffers.recv_counts[p];
@@ -241,7 +259,7 @@ public:
     done->record(_stream_used);
     if (_options.pipeline_stream) DUALPIPE_CUDA_CHECK(cudaStreamWaitEvent(_options.pipeline_stream, done->get(), 0));
     _watchdog.watch(_stream_used, "the all-to-all " + describe(tag), _options.timeout);
-    return Exchange(this, tag, std::move(done), false);
+    return Exchange(this, tag, std::move(done), after, false);
   }
 
   /// Aborts: every later wait of this rank throws CommAborted(origin); the first origin is kept. The
