@@ -6,7 +6,11 @@
 //                backward_weight
 //   B<m>.<c>w    backward_input now; the weight gradient is owed: (m, c) goes on the weight FIFO
 //   W            pop the oldest owed group and run its backward_weight
-//   FB..         S::forward_backward if the stage type offers it (StageWithOverlap), else forward then backward
+//   FB..         a stage with phases (StageWithPhases, runtime/phases.hpp): the two chunks' phases
+//                interleaved, so that one's all-to-all runs while the other computes; else
+//                S::forward_backward if the stage type offers it (StageWithOverlap), else forward then backward
+// A stage with phases runs its phases in order for F, B and B..w (the executor never calls its forward or
+// backward_input), and every failure aborts its expert communicator too and names the phase.
 //   sF rF sB rB  comm.post_send / post_recv with tag (module, chunk, payload), to the placement's neighbour
 //   |            comm.commit() then wait on the group with the step's timeout
 // A stage with on_grads_ready (StageWithGradsReady) is called once per module per training step, right
@@ -47,6 +51,7 @@
 #include "dualpipe/runtime/chunk_buffers.hpp"
 #include "dualpipe/runtime/device.hpp"
 #include "dualpipe/runtime/executor_step.hpp"
+#include "dualpipe/runtime/phases.hpp"
 #include "dualpipe/runtime/plan.hpp"
 #include "dualpipe/runtime/recorder.hpp"
 #include "dualpipe/runtime/stage.hpp"
@@ -173,6 +178,8 @@ public:
       _offset[m] = p.chunk_offset;
     }
     _sizes = step.sizes;
+    result.phase_spans.clear();
+    _phase = nullptr;
     _recorder.begin(result.spans, prog.plan.compute_ops + prog.plan.commit_ops, step.record_timeline);
     result.clock_start = _recorder.origin_seconds();  // a device with its own clock may change it at the end
     if constexpr (detail::stage_has_tensors<S>) {
@@ -493,7 +500,11 @@ private:
     _chunk = c;
     _device.use(lane, in);
     _device.use(lane, out);
-    detail::call_forward(stage, ctx, in_list, out_list);
+    if constexpr (StageWithPhases<S>) {
+      run_in_order(stage, ctx, Pass::forward, PhaseIo{in, out}, lane);
+    } else {
+      detail::call_forward(stage, ctx, in_list, out_list);
+    }
     if (ctx.is_last_stage) last_stage(stage, ctx, as_const(out_list));
     _device.used(lane, in);
     _device.used(lane, out);
@@ -513,7 +524,15 @@ private:
     _device.use(lane, grad);
     _device.use(lane, in_grad);
     _device.use(lane, saved);
-    if (deferred) {
+    if constexpr (StageWithPhases<S>) {
+      run_in_order(stage, ctx, Pass::backward, PhaseIo{grad, in_grad}, lane);
+      if (deferred) {
+        _prog->fifo.push(WeightGroup{m, c}, op);
+      } else {
+        stage.backward_weight(ctx);
+        weight_done(ctx);
+      }
+    } else if (deferred) {
       detail::call_backward_input(stage, ctx, grad_list, in_grad_list);
       _prog->fifo.push(WeightGroup{m, c}, op);
     } else if constexpr (StageWithFusedBackward<S>) {
@@ -531,7 +550,9 @@ private:
   }
 
   void forward_backward(const Op& op) {
-    if constexpr (StageWithOverlap<S>) {
+    if constexpr (StageWithPhases<S>) {
+      interleaved_forward_backward(op);
+    } else if constexpr (StageWithOverlap<S>) {
       const int m0 = op.module, c0 = op.chunk, m1 = op.module1, c1 = op.chunk1;
       S& fstage = *_stages[static_cast<std::size_t>(m0)];
       S& bstage = *_stages[static_cast<std::size_t>(m1)];
@@ -573,6 +594,129 @@ private:
     }
   }
 
+  // What the phase cursors call around each phase: keeps where the step is (for a failure's message), tells
+  // the device (DeviceWithPhaseHooks) and records StepResult::phase_spans.
+  struct PhaseObserver {
+    Executor& ex;
+    const StageContext& ctx;
+    Pass pass;
+    ComputeLane lane;
+    int index;
+    Recorder::clock::time_point t0{}, exchange_t0{};
+
+    [[nodiscard]] ExpertTag tag(int i, const Phase& p) const noexcept { return phase_tag(ctx, pass, i, p); }
+    void here(int i, const Phase& p) noexcept {
+      ex._module = ctx.module;
+      ex._chunk = ctx.chunk;
+      ex._phase = &p;
+      ex._phase_index = i;
+      ex._phase_pass = pass;
+    }
+    void begin(int i, const Phase& p, bool exchange) {
+      here(i, p);
+      if constexpr (DeviceWithPhaseHooks<Device>) ex._device.phase_begin(lane, tag(i, p), p.kind);
+      t0 = ex._recorder.now();
+      if (exchange) exchange_t0 = t0;
+    }
+    void compute_end(int i, const Phase& p) {
+      if constexpr (DeviceWithPhaseHooks<Device>) ex._device.phase_end(lane, tag(i, p), p.kind);
+      record(i, p, PhaseSpan::What::compute, t0, ex._recorder.now());
+      ex._phase = nullptr;
+    }
+    void exchange_started(int, const Phase&) noexcept { ex._phase = nullptr; }
+    void wait_begin(int i, const Phase& p) {
+      here(i, p);
+      t0 = ex._recorder.now();
+    }
+    void wait_end(int i, const Phase& p) {
+      if constexpr (DeviceWithPhaseHooks<Device>) ex._device.phase_end(lane, tag(i, p), p.kind);
+      const auto t1 = ex._recorder.now();
+      record(i, p, PhaseSpan::What::exchange, exchange_t0, t1);
+      record(i, p, PhaseSpan::What::wait, t0, t1);
+      ex._phase = nullptr;
+    }
+    void record(int i, const Phase& p, PhaseSpan::What what, Recorder::clock::time_point a,
+                Recorder::clock::time_point b) {
+      if (!ex._recorder.enabled()) return;
+      ex._result->phase_spans.push_back(PhaseSpan{index, ctx.module, ctx.chunk, p.layer, i, pass, what,
+                                                  lane == ComputeLane::second, p.name, ex._recorder.seconds(a),
+                                                  ex._recorder.seconds(b)});
+    }
+  };
+
+  // A chunk's phases of one pass, in order (F, B, B..w ops).
+  void run_in_order(S& stage, const StageContext& ctx, Pass pass, PhaseIo io, ComputeLane lane) {
+    detail::PhaseCursor<S> cursor(stage, ctx, pass, io);
+    PhaseObserver obs{*this, cursor.context(), pass, lane, _op_index};
+    cursor.run_all(obs, _step->timeout);
+  }
+
+  // An FB of a stage with phases: the forward chunk's phases on the main lane and the backward chunk's on the
+  // second, ping-pong (runtime/phases.hpp), or one after the other when overlap is off.
+  void interleaved_forward_backward(const Op& op) {
+    const int m0 = op.module, c0 = op.chunk, m1 = op.module1, c1 = op.chunk1;
+    S& fstage = *_stages[static_cast<std::size_t>(m0)];
+    S& bstage = *_stages[static_cast<std::size_t>(m1)];
+    const StageContext fctx = context(m0, c0);
+    const StageContext bctx = context(m1, c1, ComputeLane::second);
+    const MutableBytesList out_list = forward_output(m0, c0);
+    const ConstBytes in = forward_input(m0, c0, fctx).packed();
+    const MutableBytes out = out_list.packed();
+    const ConstBytes grad = backward_output_grad(m1, c1).packed();
+    const MutableBytes in_grad = backward_input_grad(m1, c1).packed();
+    const ConstBytes saved = saved_input(m1, c1);
+    _device.fork();
+    _device.use(ComputeLane::main, in);
+    _device.use(ComputeLane::main, out);
+    _device.use(ComputeLane::second, grad);
+    _device.use(ComputeLane::second, in_grad);
+    _device.use(ComputeLane::second, saved);
+    detail::PhaseCursor<S> f(fstage, fctx, Pass::forward, PhaseIo{in, out});
+    detail::PhaseCursor<S> b(bstage, bctx, Pass::backward, PhaseIo{grad, in_grad});
+    PhaseObserver fo{*this, f.context(), Pass::forward, ComputeLane::main, _op_index};
+    PhaseObserver bo{*this, b.context(), Pass::backward, ComputeLane::second, _op_index};
+    bool weighted = false;
+    // The backward chunk's weight gradient is its last compute: it may hide the forward's last exchange.
+    auto weight_when_done = [&] {
+      if (weighted || !b.done()) return;
+      weighted = true;
+      _module = m1;
+      _chunk = c1;
+      const auto t0 = _recorder.now();
+      bstage.backward_weight(bctx);
+      if (_recorder.enabled())
+        _result->phase_spans.push_back(PhaseSpan{_op_index, m1, c1, -1, -1, Pass::backward, PhaseSpan::What::compute,
+                                                 true, "weight", _recorder.seconds(t0),
+                                                 _recorder.seconds(_recorder.now())});
+    };
+    const std::chrono::milliseconds timeout = _step->timeout;
+    if (!_step->overlap_phases) {
+      f.run_all(fo, timeout);
+      b.run_all(bo, timeout);
+      weight_when_done();
+    } else {
+      f.advance(fo);
+      b.advance(bo);
+      weight_when_done();
+      while (!f.done() || !b.done()) {
+        f.wait(fo, timeout);
+        f.advance(fo);
+        b.wait(bo, timeout);
+        b.advance(bo);
+        weight_when_done();
+      }
+    }
+    _module = m0;
+    _chunk = c0;
+    if (fctx.is_last_stage) last_stage(fstage, fctx, as_const(out_list));
+    weight_done(bctx);
+    _device.join();
+    for (const ConstBytes buf : {ConstBytes(in), ConstBytes(out), grad, ConstBytes(in_grad), saved})
+      _device.used(ComputeLane::main, buf);
+    _prog->buffers.after_forward(m0, c0);
+    _prog->buffers.after_backward(m1, c1);
+  }
+
   void weight(const Op& op, int index) {
     const WeightGroup g = _prog->fifo.pop(op, index);
     _module = g.module;
@@ -592,6 +736,7 @@ private:
   // A compute op between the device's op_begin and op_end, recorded on the host clock.
   template <class F>
   void compute(const Op& op, int index, F&& run) {
+    _op_index = index;
     const auto t0 = _recorder.now();
     _device.op_begin(op, index);
     run();
@@ -696,12 +841,15 @@ private:
       o.module = _module;
       o.chunk = _chunk;
       o.op = in_ops ? to_token(ops[index]) : std::string(outside_ops);
+      if (_phase != nullptr) o.op += ", " + describe_phase(_phase_pass, _phase_index, *_phase);
       o.what = std::move(what);
       return o;
     };
     try {
       throw;
     } catch (const CommAborted& e) {
+      // The abort may have come through the expert group: pass it on to this rank's other groups.
+      if constexpr (StageWithPhases<S>) abort_quietly(e.origin());
       std::throw_with_nested(StepError(e.origin(), _rank));
     } catch (const StepError& e) {
       abort_quietly(e.origin());
@@ -732,6 +880,14 @@ private:
     } catch (...) {
       // The step fails either way; an abort that cannot be delivered must not hide the original error.
     }
+    if constexpr (StageWithPhases<S>)
+      for (S* stage : _stages) {
+        try {
+          stage->expert_comm().abort(o);
+        } catch (...) {
+          // As above.
+        }
+      }
   }
 
   Comm& _comm;
@@ -749,6 +905,10 @@ private:
   ChunkSizes _sizes;                         // this step's agreed table (empty: every chunk at its maxima)
   int _module = -1;
   int _chunk = -1;
+  int _op_index = -1;             // the compute op running (for phase spans)
+  const Phase* _phase = nullptr;  // the phase running or waited on (for a failure's message)
+  int _phase_index = 0;
+  Pass _phase_pass = Pass::forward;
 };
 
 }  // namespace dualpipe

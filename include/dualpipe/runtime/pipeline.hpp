@@ -48,6 +48,8 @@ struct PipelineOptions {
                                               ///< (the "no sync" steps, then the last); StageContext says which.
   int replicas = 1;                           ///< Data-parallel replicas whose gradients are summed (only the
                                               ///< loss scale uses it).
+  bool overlap_phases = true;                 ///< A stage with phases (runtime/phases.hpp): an FB interleaves
+                                              ///< its two chunks' phases; false runs one chunk after the other.
 };
 
 /// One rank of a pipeline: `Schedule`'s op lists run by the executor against `Comm`, the user's stages and
@@ -311,6 +313,7 @@ private:
     step.return_outputs = options.return_outputs;
     step.record_timeline = _options.record_timeline;
     step.sizes = options.sizes;
+    step.overlap_phases = _options.overlap_phases;
     _executor.run(prog, step, result);
     if (mode == Mode::train) _accumulation_step = (_accumulation_step + 1) % _options.accumulation_steps;
   }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "dualpipe/core/timeline.hpp"
+#include "dualpipe/runtime/phase_span.hpp"
 #include "dualpipe/runtime/tensors.hpp"
 
 namespace dualpipe {
@@ -30,6 +31,7 @@ struct StepResult {
   std::vector<std::byte> outputs;       ///< When return_outputs: last-stage outputs of this rank, batch-chunk order.
   std::vector<int> output_chunks;       ///< Batch chunk index of each output piece in `outputs`.
   std::vector<Span> spans;              ///< This rank's timeline spans, in seconds from `clock_start`.
+  std::vector<PhaseSpan> phase_spans;   ///< A phased stage's phases (runtime/phases.hpp), same clock as spans.
   std::size_t peak_buffers_in_use = 0;  ///< Most library-owned chunk buffers lent at once during the step.
   double step_seconds = 0;              ///< Wall time of the step on this rank.
   double clock_start = 0;               ///< When this rank's step started: seconds on std::chrono::steady_clock,
