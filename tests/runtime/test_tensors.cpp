@@ -48,7 +48,7 @@ RowData make_data(int chunks, unsigned seed) {
 // rank's table. Returns each rank's exception message ("" when its step passed) and checks the results.
 template <class Schedule>
 std::vector<std::string> run_rows(int P, int C, const RowData& data, bool check,
-                                  void (*tweak)(int, std::vector<std::size_t>&) = nullptr) {
+                                  void (*tweak)(int, std::vector<std::size_t>&) = nullptr, bool with_table = true) {
   constexpr int M = Schedule::modules_per_rank;
   InProcessWorld world(P);
   const int S = Schedule::placement(P, C, 0, 0).num_stages;
@@ -71,7 +71,7 @@ std::vector<std::string> run_rows(int P, int C, const RowData& data, bool check,
     std::vector<std::size_t> table = data.table;
     if (tweak) tweak(p, table);
     StepOptions so;
-    so.sizes = ChunkSizes{table, 2};
+    if (with_table) so.sizes = ChunkSizes{table, 2};
     so.return_outputs = true;
     try {
       results[static_cast<std::size_t>(p)] =
@@ -148,8 +148,6 @@ TEST_CASE("Tensors.VariableSizes.GPipe") { every_size<GPipe>(4, 6); }
 
 TEST_CASE("Tensors.FixedSizesWithoutTable") {
   // No table: every chunk at its maxima, which the sequential run sees too.
-  RowData d = make_data(4, 3);
-  for (std::size_t b = 0; b < 4; ++b) d.rows[b] = R;
   RowData full;
   for (int b = 0; b < 4; ++b) {
     full.rows.push_back(R);
@@ -158,7 +156,27 @@ TEST_CASE("Tensors.FixedSizesWithoutTable") {
   }
   full.inputs.assign(4 * (R * H + R), 0.5);
   full.labels.assign(4 * R * H, 0.25);
-  run_rows<OneFOneB>(2, 4, full, true);
+  run_rows<OneFOneB>(2, 4, full, true, nullptr, false);
+  run_rows<DualPipe>(2, 4, full, true, nullptr, false);
+}
+
+TEST_CASE("Tensors.PlainStageRefusesATable") {
+  // A stage without input_tensors() has fixed sizes: a table is a ConfigError on the rank given one.
+  InProcessWorld world(1);
+  struct Plain {
+    void forward(const StageContext&, ConstBytes, MutableBytes) {}
+    double loss(const StageContext&, ConstBytes, ConstBytes) { return 0; }
+    void backward_input(const StageContext&, ConstBytes, MutableBytes) {}
+    void backward_weight(const StageContext&) {}
+    std::size_t input_bytes() const { return 8; }
+    std::size_t output_bytes() const { return 8; }
+  } st;
+  Pipeline<OneFOneB, InProcessCommunicator, Plain> pipe(world.communicator(0), {&st});
+  std::vector<std::byte> in(16), labels(16);
+  const std::size_t rows[] = {1, 1};
+  StepOptions o;
+  o.sizes = ChunkSizes{rows, 1};
+  CHECK_THROWS_WITH_AS(pipe.step(2, in, labels, o), doctest::Contains("fixed sizes"), ConfigError);
 }
 
 TEST_CASE("Tensors.BadTable.ChunkOverMaximum") {
