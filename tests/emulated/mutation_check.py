@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Shows that the emulated GPU tests can fail: each ordering call of the CUDA device policy and of the
-CUDA-local communicator is removed in turn, and test_gpu_emulated must then fail (a race found by the
+"""Shows that the emulated GPU tests can fail: each ordering call of the CUDA device policy, of the
+CUDA-local communicator and of the NCCL reduction and expert all-to-all is removed in turn, and test_gpu_emulated must then fail (a race found by the
 emulator's checker, or a wrong result). A mutation that the tests do not catch is a hole in them.
 
 Works on a copy of the tracked files (the source tree is never touched), in one build folder that it
@@ -25,6 +25,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 DEVICE = "include/dualpipe/cuda/detail/device_state.hpp"  # the CudaDevice policy's work
 LOCAL = "include/dualpipe/cuda/local_communicator.hpp"
 REDUCER = "include/dualpipe/nccl/gradient_reducer.hpp"
+EXPERT = "include/dualpipe/nccl/expert_comm.hpp"
 
 # name, file, the exact code (must occur once), what replaces it, what the call is for.
 # Not here: the communication stream's wait for the origin at a step's start (CudaDeviceState::wait_origin).
@@ -67,6 +68,18 @@ MUTATIONS = [
      "    if (_waits[m]) StreamRef(_stream_used).wait(_ready[m]);\n",
      "",
      "the device gradient reduction waits for the stream that finished the gradient"),
+    ("expert-after-stream", EXPERT,
+     "    if (after) wait_on(after);\n",
+     "",
+     "an all-to-all starts after the stream that wrote its send buffer"),
+    ("expert-enqueue-wait", EXPERT,
+     "      DUALPIPE_CUDA_CHECK(cudaStreamWaitEvent(stream, _done->get(), 0));\n",
+     "      (void)stream;\n",
+     "a stream that waits for an all-to-all on the device sees its receives"),
+    ("expert-pipeline-fence", EXPERT,
+     "    if (_options.pipeline_stream) wait_on(_options.pipeline_stream);\n",
+     "",
+     "the ordering rule: an all-to-all runs after the pipeline's NCCL work issued before it"),
 ]
 
 

@@ -22,6 +22,7 @@
 //   - NCCL: one communicator per rank thread; a group is one stream operation that ends once every send of
 //     it was received and every receive filled (sends and receives are matched per peer in order, as NCCL
 //     does), so groups that a GPU could not run together deadlock here too, until an abort ends them;
+//     NcclKernelLimit bounds the NCCL kernels running at once per device (1: a GPU that holds one);
 //   - it has DUALPIPE_EMULATED_DEVICES devices (default 8, as a node of 8 GPUs);
 //   - every operation can first sleep a random while (DUALPIPE_EMULATOR_JITTER_US, default 50), so that a
 //     missing wait between streams shows as wrong data, or as a data race under ThreadSanitizer;
@@ -116,6 +117,18 @@ struct Counters {
   long graph_launches = 0;
 };
 [[nodiscard]] Counters counters();
+
+/// While one exists, at most `n` NCCL kernels (a group's sends and receives, an all-reduce) run at once on
+/// each device; the others wait, once their stream reaches them, until one ends (a GPU whose SMs a resident
+/// NCCL kernel fills). Kernels of two communicators that wait for each other across devices then deadlock,
+/// as they can on a GPU, until an abort ends one. Defined with the NCCL half (nccl.cpp). Not nestable.
+class NcclKernelLimit {
+public:
+  explicit NcclKernelLimit(int n);
+  ~NcclKernelLimit();
+  NcclKernelLimit(const NcclKernelLimit&) = delete;
+  NcclKernelLimit& operator=(const NcclKernelLimit&) = delete;
+};
 
 /// NCCL communicators created so far (ncclCommInitRank*, and each new one of ncclCommSplit), so that a test
 /// can show the library made none behind its user's back. Defined with the NCCL half (nccl.cpp).

@@ -160,9 +160,63 @@ bool wait_or_abort(Clique& q, std::unique_lock<std::mutex>& lk, ncclComm* self, 
   return true;
 }
 
+// NcclKernelLimit: the NCCL kernels running on each device (0: no limit).
+std::atomic<int> g_kernel_limit{0};
+struct DeviceKernels {
+  std::mutex m;
+  std::condition_variable cv;
+  int running = 0;
+};
+DeviceKernels& device_kernels(int device) {
+  static DeviceKernels* d = new DeviceKernels[64];  // never destroyed (stream threads may outlive main)
+  return d[static_cast<unsigned>(device) % 64];
+}
+
+// Holds one of the device's NCCL kernel places while a kernel runs; waits for one (until this rank's
+// communicator is aborted) when the limit is reached.
+class KernelPlace {
+public:
+  explicit KernelPlace(ncclComm* self) : _dev(&device_kernels(self->device)) {
+    const int limit = g_kernel_limit.load();
+    if (limit <= 0) return;
+    const auto deadline = Clock::now() + std::chrono::milliseconds(cuda_emulator::hang_limit_ms());
+    std::unique_lock lk(_dev->m);
+    while (_dev->running >= limit) {
+      if (self->aborted.load()) {
+        _ok = false;
+        return;
+      }
+      if (Clock::now() > deadline)
+        cuda_emulator::hang("NCCL rank " + std::to_string(self->rank) + " waiting for a kernel place on device " +
+                            std::to_string(self->device));
+      _dev->cv.wait_for(lk, std::chrono::milliseconds(5));
+    }
+    ++_dev->running;
+    _held = true;
+  }
+  ~KernelPlace() {
+    if (!_held) return;
+    {
+      std::lock_guard lk(_dev->m);
+      --_dev->running;
+    }
+    _dev->cv.notify_all();
+  }
+  KernelPlace(const KernelPlace&) = delete;
+  KernelPlace& operator=(const KernelPlace&) = delete;
+  [[nodiscard]] bool ok() const noexcept { return _ok; }
+
+private:
+  DeviceKernels* _dev;
+  bool _held = false;
+  bool _ok = true;
+};
+
 // One stream operation of a group: every send is offered to its receiver, every receive takes the oldest
 // send from its peer, and the operation ends when all of them are done (as a GPU's group kernel does).
 void run_p2p(ncclComm* self, const std::vector<Pending>& ops) {
+  const KernelPlace place(self);
+  if (!place.ok()) return;  // aborted before it could run
   Clique& q = *self->clique;
   std::vector<std::unique_ptr<Message>> mine;
   std::unique_lock lk(q.m);
@@ -223,6 +277,8 @@ void reduce_into(void* out, const std::vector<std::vector<std::byte>>& in, std::
 }
 
 void run_allreduce(ncclComm* self, const Pending& p, std::uint64_t seq) {
+  const KernelPlace place(self);
+  if (!place.ok()) return;
   Clique& q = *self->clique;
   std::unique_lock lk(q.m);
   Reduction& red = q.reductions[seq];
@@ -554,3 +610,9 @@ const char* ncclGetLastError(ncclComm_t c) {
 }  // extern "C"
 
 long cuda_emulator::nccl_communicators_created() { return g_created.load(); }
+
+cuda_emulator::NcclKernelLimit::NcclKernelLimit(int n) { g_kernel_limit.store(n); }
+cuda_emulator::NcclKernelLimit::~NcclKernelLimit() {
+  g_kernel_limit.store(0);
+  for (int d = 0; d < 64; ++d) device_kernels(d).cv.notify_all();
+}

@@ -66,6 +66,23 @@ public:
   /// Records an event after the group just issued to `stream` (the transfers `ops`) and watches it: late
   /// after `timeout`. Nothing to watch while the stream is being captured into a graph.
   void watch(cudaStream_t stream, const std::vector<PostedOp>& ops, std::chrono::milliseconds timeout) {
+    add(stream, &ops, {}, timeout);
+  }
+
+  /// The same for work that `label` names in messages ("the all-to-all (module 0, chunk 3, ...)").
+  void watch(cudaStream_t stream, std::string label, std::chrono::milliseconds timeout) {
+    add(stream, nullptr, std::move(label), timeout);
+  }
+
+  /// Groups still watched.
+  [[nodiscard]] std::size_t in_flight() const {
+    std::lock_guard lk(_mutex);
+    return _flights.size();
+  }
+
+private:
+  void add(cudaStream_t stream, const std::vector<PostedOp>* ops, std::string label,
+           std::chrono::milliseconds timeout) {
     DeviceGuard on(_device);  // the event is made and recorded on the stream's device
     cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
     DUALPIPE_CUDA_CHECK(cudaStreamIsCapturing(stream, &cs));
@@ -85,24 +102,19 @@ public:
     }
     if (!ev) ev = std::make_unique<Event>(Event::ordering);  // grows to the most groups in flight, then stops
     ev->record(stream);
-    what.assign(ops.begin(), ops.end());
+    if (ops) what.assign(ops->begin(), ops->end());
+    else what.clear();
     std::lock_guard lk(_mutex);
-    _flights.push_back(
-        Flight{std::move(ev), deadline_after(timeout), std::move(what), static_cast<long>(timeout.count())});
+    _flights.push_back(Flight{std::move(ev), deadline_after(timeout), std::move(what),
+                              static_cast<long>(timeout.count()), std::move(label)});
   }
 
-  /// Groups still watched.
-  [[nodiscard]] std::size_t in_flight() const {
-    std::lock_guard lk(_mutex);
-    return _flights.size();
-  }
-
-private:
   struct Flight {
     std::unique_ptr<Event> done;
     std::chrono::steady_clock::time_point deadline;
     std::vector<PostedOp> ops;
     long timeout_ms;
+    std::string label;  // names the work in messages instead of `ops`, when set
   };
 
   // "send to rank 1 (module 0, chunk 3, activation) 4096 bytes, ..." (the first few).
@@ -145,8 +157,10 @@ private:
           continue;
         }
         if (std::chrono::steady_clock::now() > f.deadline)
-          late = "a group of " + std::to_string(f.ops.size()) + " transfers (" + describe_ops(f.ops) +
-                 ") was not done within " + std::to_string(f.timeout_ms) +
+          late = (f.label.empty()
+                      ? "a group of " + std::to_string(f.ops.size()) + " transfers (" + describe_ops(f.ops) + ")"
+                      : f.label) +
+                 " was not done within " + std::to_string(f.timeout_ms) +
                  " ms (a peer rank failed or never posted the matching operations)";
         break;
       }
