@@ -1,8 +1,9 @@
 // dualpipe-bench-moe-gpu-emulated: the GPU path of an MoE stage's FB op on the CUDA emulator. A PP=2 x EP=2
 // world of 4 emulated GPUs runs DualPipe with the device MoE-like stage (tests/emulated/device_moe_stage.hpp:
 // per layer dense, dispatch, expert, combine, residual), the exchanges on NcclExpertComm under the ordering
-// rule, every compute phase given --compute-us on the device (one compute kernel at a time per GPU) and every
-// expert all-to-all --a2a-us on its link (cuda_emulator::nccl_kernel_time). From CUDA events (the GPU
+// rule (--ordering-rule off: without it, to see its cost), every compute phase given --compute-us on the
+// device (one compute kernel at a time per GPU) and every expert all-to-all --a2a-us on its link
+// (cuda_emulator::nccl_kernel_time). From CUDA events (the GPU
 // timeline: CudaDevice's op spans, the stage's compute phases, NcclExpertComm's exchanges) it reports, for
 // the FB ops, overlap on against off:
 //   fb_ms            mean FB op time on the GPU
@@ -40,13 +41,14 @@ struct Options {
   int chunks = 8;
   int layers = 2;
   int steps = 3;
+  bool rule = true;  // NcclExpertOptions::pipeline_stream (the ordering rule)
   std::string trace;
 };
 
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
                "%s\nusage: dualpipe-bench-moe-gpu-emulated [--compute-us U] [--a2a-us A] [--chunks C] [--layers L] "
-               "[--steps S] [--trace PATH]\n",
+               "[--steps S] [--ordering-rule on|off] [--trace PATH]\n",
                why.c_str());
   std::exit(2);
 }
@@ -62,6 +64,7 @@ Options parse(int argc, char** argv) {
     const long n = std::strtol(v.c_str(), &end, 10);
     const bool number = end && *end == '\0';
     if (a == "--trace") o.trace = v;
+    else if (a == "--ordering-rule" && (v == "on" || v == "off")) o.rule = v == "on";
     else if (!number) usage(a + " needs an integer, got '" + v + "'");
     else if (a == "--compute-us" && n >= 0) o.compute_us = n;
     else if (a == "--a2a-us" && n >= 0) o.a2a_us = n;
@@ -118,7 +121,7 @@ RunResult run(const Options& o, bool overlap_phases) {
       cuda_emulator::nccl_kernel_time(grid.communicator(GridDim::ep), o.a2a_us);
       NcclCommunicator pipe_comm(NcclBorrow{grid.communicator(GridDim::pp), nullptr});
       NcclExpertOptions eo;
-      eo.pipeline_stream = pipe_comm.stream();
+      if (o.rule) eo.pipeline_stream = pipe_comm.stream();
       eo.timing = true;
       NcclExpertComm ep(NcclBorrow{grid.communicator(GridDim::ep)}, eo);
       DeviceMoeOptions so;
@@ -276,8 +279,8 @@ int main(int argc, char** argv) {
   const FbSummary a = summarize(on), b = summarize(off);
   std::printf(
       "PP=2 x EP=2 DualPipe, %d chunks, %d layers, compute phase %ld us, all-to-all %ld us, %d steps "
-      "(first one not counted), emulated GPUs\n",
-      o.chunks, o.layers, o.compute_us, o.a2a_us, o.steps);
+      "(first one not counted), ordering rule %s, emulated GPUs\n",
+      o.chunks, o.layers, o.compute_us, o.a2a_us, o.steps, o.rule ? "on" : "off");
   std::printf("| overlap | FB ops | fb_ms | compute_ms | fb/compute | a2a_hidden |\n|---|---|---|---|---|---|\n");
   for (const auto& [name, s] : {std::pair{"on", a}, std::pair{"off", b}})
     std::printf("| %s | %zu | %.3f | %.3f | %.3f | %.3f |\n", name, s.n, s.fb, s.compute,
