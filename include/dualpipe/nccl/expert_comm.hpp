@@ -40,7 +40,8 @@
 // while the GPU can hold both communicators' kernels at once (NCCL's own caveat for concurrent
 // communicators).
 //
-// Graph capture: not supported (the exchange's events are host-recorded per step).
+// Graph capture (CudaDeviceOptions::graph): not tested with exchanges; use GraphMode::off with this model.
+// With NcclExpertOptions::timing every exchange is also timed with CUDA events (take_times), for timelines.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -84,6 +85,15 @@ struct NcclExpertOptions {
   std::chrono::milliseconds watchdog_period{50};    ///< How often the watchdog looks.
   NcclFailurePolicy borrowed_on_failure = NcclFailurePolicy::abort;  ///< What a failure does to the communicator.
   int report_rank = -1;  ///< The rank failures name (the grid rank, say); -1: the rank in the expert group.
+  bool timing = false;   ///< Time every exchange on the GPU with CUDA events (take_times), for timelines.
+};
+
+/// One exchange's GPU time (NcclExpertComm::take_times): from when its stream reached it (its inputs ready)
+/// to its end, in ms after the epoch event given to take_times.
+struct NcclExchangeTime {
+  ExpertTag tag;
+  double start = 0;
+  double end = 0;
 };
 
 /// The NCCL expert-parallel all-to-all (see the file comment). Models ExpertComm. Used by one thread (its
@@ -206,6 +216,8 @@ public:
   }
   /// Exchanges started so far.
   [[nodiscard]] long exchanges() const noexcept { return _started; }
+  /// Host waits so far (synchronize(), and wait() without an after_stream): none in a CudaDevice step.
+  [[nodiscard]] long host_waits() const noexcept { return _host_waits; }
 
   // ---- ExpertComm -------------------------------------------------------------------------------------
   /// Starts the exchange of `buffers` (device memory on device()) after the work issued so far to
@@ -222,6 +234,10 @@ public:
     if (aborted()) return Exchange(this, tag, std::move(done), after, true);
     if (after) wait_on(after);
     if (_options.pipeline_stream) wait_on(_options.pipeline_stream);
+    if (_options.timing) {
+      _timed.push_back(Timed{tag, std::make_unique<Event>(Event::timing), std::make_unique<Event>(Event::timing)});
+      _timed.back().start->record(_stream_used);
+    }
     const auto self = static_cast<std::size_t>(_rank);
     std::size_t send_at = 0, recv_at = 0, self_send = 0, self_recv = 0;
     {
@@ -257,9 +273,22 @@ public:
       DUALPIPE_CUDA_CHECK(cudaMemcpyAsync(buffers.recv.data() + self_recv, buffers.send.data() + self_send, own,
                                           cudaMemcpyDeviceToDevice, _stream_used));
     done->record(_stream_used);
+    if (_options.timing) _timed.back().end->record(_stream_used);
     if (_options.pipeline_stream) DUALPIPE_CUDA_CHECK(cudaStreamWaitEvent(_options.pipeline_stream, done->get(), 0));
     _watchdog.watch(_stream_used, "the all-to-all " + describe(tag), _options.timeout);
     return Exchange(this, tag, std::move(done), after, false);
+  }
+
+  /// With NcclExpertOptions::timing: the GPU times of the exchanges started since the last call, in ms after
+  /// `epoch` (a timing event recorded on this device before them); each must be done (after a synchronize
+  /// or the step's end). Throws CudaError for one that is not.
+  [[nodiscard]] std::vector<NcclExchangeTime> take_times(const Event& epoch) {
+    std::vector<NcclExchangeTime> out;
+    out.reserve(_timed.size());
+    for (const Timed& t : _timed)
+      out.push_back(NcclExchangeTime{t.tag, t.start->elapsed_ms_since(epoch), t.end->elapsed_ms_since(epoch)});
+    _timed.clear();
+    return out;
   }
 
   /// Aborts: every later wait of this rank throws CommAborted(origin); the first origin is kept. The
@@ -351,6 +380,7 @@ private:
   [[nodiscard]] int named_rank() const noexcept { return _options.report_rank >= 0 ? _options.report_rank : _rank; }
 
   void wait_host(const Event& done, const ExpertTag& tag, std::chrono::milliseconds timeout) {
+    ++_host_waits;
     DeviceGuard on(_device);
     const auto deadline = deadline_after(timeout);
     int round = 0;
@@ -465,7 +495,13 @@ private:
   std::atomic<bool> _aborted{false};
   mutable std::mutex _origin_mutex;
   FailureOrigin _origin;
-  long _started = 0;  // owner thread
+  long _started = 0;     // owner thread
+  long _host_waits = 0;  // owner thread
+  struct Timed {
+    ExpertTag tag;
+    std::unique_ptr<Event> start, end;
+  };
+  std::vector<Timed> _timed;  // NcclExpertOptions::timing (owner thread)
   std::mutex _spare_mutex;
   std::vector<std::unique_ptr<Event>> _spare;  // completion events to reuse
   detail::NcclWatchdog _watchdog;              // last: built after (and stopped before) what its hooks use
