@@ -1,10 +1,11 @@
 // Emulated NCCL: a PP=2 x EP=2 world of 4 emulated GPUs runs DualPipe with a device MoE-like stage with
 // phases (runtime/phases.hpp): per layer a dense layer, a dispatch all-to-all with per-peer counts, a
 // per-expert layer, a combine all-to-all and a residual; its backward mirrors it. The pipeline's transfers
-// are NcclCommunicator's, the exchanges NcclExpertComm's under the ordering rule, the compute CudaDevice's
-// two streams; the executor waits for no exchange on the host. Checked against a sequential run of the
-// whole model on the host, and for 200 steps with the emulator's jitter (its race checker and hang limit
-// watching every one), each bitwise equal to the first.
+// are NcclCommunicator's, the exchanges NcclExpertComm's under the ordering rule (on their own stream, or on
+// CudaDevice's communication stream, the pipeline's), the compute on CudaDevice's two streams; the executor
+// waits for no exchange on the host. Checked against a sequential run of the whole model on the host, and
+// for 200 steps with the emulator's jitter (its race checker and hang limit watching every one), each
+// bitwise equal to the first.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -114,8 +115,10 @@ struct RankRun {
 };
 
 // PP=P x EP=E ranks (grid rank g = e + E p), DualPipe, `steps` steps; each step from zeroed gradients.
+// `one_stream`: the exchanges on the pipeline communicator's stream (CudaDevice's communication stream)
+// instead of their own stream ordered by the rule's events.
 std::vector<RankRun> run_world(int P, int E, int layers, int C, int steps, bool overlap, int fail_rank = -1,
-                               std::chrono::milliseconds timeout = 60s) {
+                               std::chrono::milliseconds timeout = 60s, bool one_stream = false) {
   const int W = P * E;
   const ProcessGrid pgrid(W, {.pp = P, .ep = E}, "ep,pp");
   const ncclUniqueId world_id = make_unique_id();
@@ -131,7 +134,8 @@ std::vector<RankRun> run_world(int P, int E, int layers, int C, int steps, bool 
       const int p = pgrid.coord(g, GridDim::pp), e = pgrid.coord(g, GridDim::ep);
       NcclCommunicator pipe_comm(NcclBorrow{grid.communicator(GridDim::pp), nullptr});
       NcclExpertOptions eo;
-      eo.pipeline_stream = pipe_comm.stream();
+      if (one_stream) eo.stream = pipe_comm.stream();
+      else eo.pipeline_stream = pipe_comm.stream();
       eo.report_rank = g;
       eo.timeout = timeout;
       NcclExpertComm ep(NcclBorrow{grid.communicator(GridDim::ep)}, eo);
@@ -224,9 +228,13 @@ TEST_CASE("Emulated.NcclMoe.DualPipePp2Ep2EqualsTheSequentialRunFor200Steps" * d
   const int steps = steps_from_env(200);
   const ModelResult want = sequential(P, E, layers, C);
   std::vector<RankRun> first;
-  for (const bool overlap : {true, false}) {
+  // Overlap on (`steps` steps), off (1 step), on with the exchanges on the communication stream (20 steps).
+  for (const int run : {0, 1, 2}) {
+    const bool overlap = run != 1, one_stream = run == 2;
     CAPTURE(overlap);
-    const std::vector<RankRun> runs = run_world(P, E, layers, C, overlap ? steps : 1, overlap);
+    CAPTURE(one_stream);
+    const int n = run == 0 ? steps : run == 1 ? 1 : std::min(steps, 20);
+    const std::vector<RankRun> runs = run_world(P, E, layers, C, n, overlap, -1, 60s, one_stream);
     for (int g = 0; g < P * E; ++g) {
       const RankRun& r = runs[static_cast<std::size_t>(g)];
       INFO("rank " << g << ": " << r.error);
@@ -246,9 +254,9 @@ TEST_CASE("Emulated.NcclMoe.DualPipePp2Ep2EqualsTheSequentialRunFor200Steps" * d
       INFO("got " << text(got.grads[e]) << " want " << text(want.grads[e]));
       CHECK(max_rel(got.grads[e], want.grads[e]) <= 1e-12);
     }
-    if (overlap) {
+    if (run == 0) {
       first = runs;
-    } else {  // overlap off runs the same numbers in the same order: bitwise equal
+    } else {  // overlap off, or another stream: the same numbers in the same order, bitwise equal
       for (int g = 0; g < P * E; ++g) {
         CHECK(same_bits(runs[static_cast<std::size_t>(g)].losses[0], first[static_cast<std::size_t>(g)].losses[0]));
         CHECK(runs[static_cast<std::size_t>(g)].grads[0] == first[static_cast<std::size_t>(g)].grads[0]);
