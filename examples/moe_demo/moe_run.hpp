@@ -109,7 +109,10 @@ inline void add_times(RankTimes& t, const StepResult& r, bool overlap) {
     }
   }
   if (!overlap) return;
-  std::vector<bool> in_fb(r.spans.size() + 1, false);
+  // Which op indices are FBs (an index counts every op of the list, transfers and commits included).
+  int last = 0;
+  for (const Span& s : r.spans) last = std::max(last, s.index);
+  std::vector<bool> in_fb(static_cast<std::size_t>(last) + 1, false);
   for (const Span& s : r.spans)
     if (s.op.kind == OpKind::forward_backward && s.index >= 0 && static_cast<std::size_t>(s.index) < in_fb.size())
       in_fb[static_cast<std::size_t>(s.index)] = true;
