@@ -41,7 +41,7 @@ struct Options {
   int chunks = 8;
   int layers = 2;
   int steps = 3;
-  bool rule = true;  // NcclExpertOptions::pipeline_stream (the ordering rule)
+  bool rule = true;  // NcclExpertOptions::pipeline (the ordering rule)
   std::string trace;
 };
 
@@ -121,7 +121,7 @@ RunResult run(const Options& o, bool overlap_phases) {
       cuda_emulator::nccl_kernel_time(grid.communicator(GridDim::ep), o.a2a_us);
       NcclCommunicator pipe_comm(NcclBorrow{grid.communicator(GridDim::pp), nullptr});
       NcclExpertOptions eo;
-      if (o.rule) eo.pipeline_stream = pipe_comm.stream();
+      if (o.rule) eo.pipeline = &pipe_comm;
       eo.timing = true;
       NcclExpertComm ep(NcclBorrow{grid.communicator(GridDim::ep)}, eo);
       DeviceMoeOptions so;

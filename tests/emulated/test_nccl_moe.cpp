@@ -134,8 +134,8 @@ std::vector<RankRun> run_world(int P, int E, int layers, int C, int steps, bool 
       const int p = pgrid.coord(g, GridDim::pp), e = pgrid.coord(g, GridDim::ep);
       NcclCommunicator pipe_comm(NcclBorrow{grid.communicator(GridDim::pp), nullptr});
       NcclExpertOptions eo;
+      eo.pipeline = &pipe_comm;  // the rule on its stream; a failed exchange fails the step's barrier
       if (one_stream) eo.stream = pipe_comm.stream();
-      else eo.pipeline_stream = pipe_comm.stream();
       eo.report_rank = g;
       eo.timeout = timeout;
       NcclExpertComm ep(NcclBorrow{grid.communicator(GridDim::ep)}, eo);

@@ -5,7 +5,7 @@
 //   NcclGrid grid(pgrid, world);                                 // pp x ep, say
 //   NcclCommunicator pipe(NcclBorrow{grid.communicator(GridDim::pp), comm_stream});
 //   NcclExpertOptions eo;
-//   eo.pipeline_stream = pipe.stream();                          // the ordering rule (below): never deadlocks
+//   eo.pipeline = &pipe;        // the ordering rule (below) on pipe's stream, and a failure here aborts pipe
 //   NcclExpertComm ep(NcclBorrow{grid.communicator(GridDim::ep)}, eo);
 //
 //   AllToAllBuffers b{send, send_counts, recv, recv_counts, /*after_stream=*/compute};
@@ -26,17 +26,20 @@
 //   abort(origin) abort the communicator (a borrowed one only under NcclFailurePolicy::abort, as
 //   NcclCommunicator) and every later wait throws CommAborted; the message names the rank (this rank in the
 //   expert group, or NcclExpertOptions::report_rank) and the exchange's ExpertTag (module, chunk, layer,
-//   phase). Another rank of the group sees its own wait or watchdog fire: NCCL does not wake it.
+//   phase). Another rank of the group sees its own wait or watchdog fire: NCCL does not wake it. With
+//   NcclExpertOptions::pipeline the pipeline's communicator is aborted too: a wait that only a stream did
+//   (the executor's, with CudaDevice) cannot tell the host, but the step's end-of-step barrier then fails.
 //
 // The ordering rule (docs/gpus.md#moe-the-nccl-expert-communicator): NCCL kernels of two communicators that
 // share GPUs can deadlock each other when a GPU cannot run them at once (a kernel of one waits for a peer
 // whose GPU is busy with a kernel of the other that waits for this GPU). With
-// NcclExpertOptions::pipeline_stream set, each exchange starts after the NCCL work issued to the pipeline's
+// NcclExpertOptions::pipeline (or pipeline_stream) set, each exchange starts after the NCCL work issued to the pipeline's
 // stream so far, and the pipeline's stream waits for the exchange before its next group: all NCCL work of
 // a rank runs one kernel at a time, in the order the rank's (one) executor thread issued it. Every rank of
 // an expert group has the same pipeline rank, hence the same op list and the same phases, and so issues
 // the same sequence of pipeline groups and exchanges; with the schedule deadlock-free, no cycle of waits
-// can form. Without pipeline_stream the exchanges run beside the pipeline's transfers, which is safe only
+// can form. (Lending the exchanges the pipeline's stream itself gives the same order.) Without it the
+// exchanges run beside the pipeline's transfers, which is safe only
 // while the GPU can hold both communicators' kernels at once (NCCL's own caveat for concurrent
 // communicators).
 //
@@ -73,9 +76,13 @@ namespace dualpipe {
 
 /// Options of an NcclExpertComm.
 struct NcclExpertOptions {
+  /// The pipeline's communicator: a failure of the exchanges aborts it too (so that a step whose exchanges
+  /// only streams waited for still fails, at its end-of-step barrier, naming the exchange), and, unless
+  /// `stream` is its stream, its stream is the pipeline_stream below. Null: neither.
+  NcclCommunicator* pipeline = nullptr;
   /// The pipeline's NCCL stream (NcclCommunicator::stream()): exchanges and pipeline groups then run one at
-  /// a time in issue order, which can never deadlock (the ordering rule, in the file comment). Null: the
-  /// exchanges run beside the pipeline's transfers.
+  /// a time in issue order, which can never deadlock (the ordering rule, in the file comment). Null (and no
+  /// `pipeline`): the exchanges run beside the pipeline's transfers.
   cudaStream_t pipeline_stream = nullptr;
   /// The exchanges' stream, on the communicator's device; null: the object makes its own.
   cudaStream_t stream = nullptr;
@@ -324,6 +331,8 @@ private:
       _stream = std::make_unique<Stream>(cudaStreamNonBlocking);
       _stream_used = _stream->get();
     }
+    if (_options.pipeline && !_options.pipeline_stream && _options.pipeline->stream() != _stream_used)
+      _options.pipeline_stream = _options.pipeline->stream();
     if (_options.pipeline_stream && _options.pipeline_stream == _stream_used)
       throw ConfigError(
           "NcclExpertComm: pipeline_stream is the exchanges' own stream; give the pipeline "
@@ -473,6 +482,9 @@ private:
       _origin = origin;
       _aborted.store(true, std::memory_order_release);
     }
+    // The pipeline first: once the exchange's kernels end below, the step's streams may finish, and its
+    // end-of-step barrier must already see the abort.
+    if (_options.pipeline) _options.pipeline->abort(origin);
     std::lock_guard lk(_nccl_mutex);
     if (_comm && _options.borrowed_on_failure == NcclFailurePolicy::abort) {
       try {
