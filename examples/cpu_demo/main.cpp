@@ -14,6 +14,7 @@
 #include "demo.hpp"
 #include "dualpipe/analysis/render_chrome.hpp"
 #include "dualpipe/analysis/render_svg.hpp"
+#include "example_cli.hpp"
 #include "options.hpp"
 #ifdef DUALPIPE_HAS_MPI
 #include "mpi_run.hpp"  // --comm mpi: one rank per process
@@ -65,12 +66,7 @@ std::optional<DemoReport> run_one(const DemoConfig& cfg, const ProgramOptions& o
   throw ConfigError("unknown --comm '" + options.comm + "'");
 }
 
-void write_file(const std::filesystem::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-  out.close();
-  if (!out) throw Error("cannot write " + path.string());
-}
+using examples::write_file;
 
 }  // namespace
 
@@ -91,13 +87,7 @@ int main(int argc, char** argv) {
           "--comm mpi: this dualpipe-cpu-demo was built without MPI (configure with an MPI installed "
           "and DUALPIPE_ENABLE_MPI=ON)");
 #endif
-    if (!options.trace_dir.empty()) {
-      std::error_code ec;
-      std::filesystem::create_directories(options.trace_dir, ec);
-      if (ec || !std::filesystem::is_directory(options.trace_dir))
-        throw ConfigError("--trace-dir '" + options.trace_dir + "' is not a directory that can be created (" +
-                          ec.message() + ")");
-    }
+    if (!options.trace_dir.empty()) examples::make_trace_dir(options.trace_dir);
   } catch (const ConfigError& e) {
     std::fprintf(stderr, "dualpipe-cpu-demo: error: %s\n", e.what());
     return 2;

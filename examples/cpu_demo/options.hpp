@@ -18,6 +18,7 @@
 #include "demo.hpp"
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/schedule/registry.hpp"
+#include "example_cli.hpp"
 
 namespace dualpipe::cpu_demo {
 
@@ -87,70 +88,28 @@ inline constexpr std::string_view default_schedules[] = {"dualpipe", "dualpipev"
 }
 
 namespace detail {
-[[noreturn]] inline void bad_argument(const std::string& what) { throw ConfigError(what); }
-
-template <class T>
-T parse_integer(std::string_view opt, std::string_view text, T lo, T hi) {
-  T v{};
-  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  if (ec != std::errc() || end != text.data() + text.size() || text.empty())
-    bad_argument(std::string(opt) + " needs an integer (got '" + std::string(text) + "')");
-  if (v < lo || v > hi)
-    bad_argument(std::string(opt) + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "] (got " +
-                 std::string(text) + ")");
-  return v;
-}
-
-inline double parse_real(std::string_view opt, std::string_view text) {
-  std::string s(text);
-  std::size_t used = 0;
-  double v = 0;
-  try {
-    v = std::stod(s, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != s.size() || s.empty() || !std::isfinite(v))
-    bad_argument(std::string(opt) + " needs a finite number (got '" + s + "')");
-  return v;
-}
+using examples::bad_argument;
+using examples::parse_integer;
+using examples::parse_real;
 }  // namespace detail
 
 /// Parses the arguments after the program name. Throws ConfigError naming the option and the value.
 [[nodiscard]] inline ProgramOptions parse_options(std::span<const std::string_view> args) {
   ProgramOptions o;
-  for (std::size_t i = 0; i < args.size(); ++i) {
-    std::string_view opt = args[i];
-    std::optional<std::string_view> inline_value;
-    if (opt.starts_with("--"))
-      if (const auto eq = opt.find('='); eq != std::string_view::npos) {
-        inline_value = opt.substr(eq + 1);
-        opt = opt.substr(0, eq);
-      }
+  examples::OptionReader reader(args);
+  while (const auto next = reader.next()) {
+    const std::string_view opt = *next;
     if (opt == "-h" || opt == "--help") {
       o.help = true;
       continue;
     }
-    if (opt == "--variable-lengths" && !inline_value) {
+    if (opt == "--variable-lengths") {
       o.variable_lengths = true;
       continue;
     }
-    auto value = [&]() -> std::string_view {
-      if (inline_value) return *inline_value;
-      if (i + 1 >= args.size()) detail::bad_argument(std::string(opt) + " needs a value");
-      return args[++i];
-    };
+    auto value = [&] { return reader.value(); };
     if (opt == "--schedule") {
-      std::string_view list = value();
-      if (list.empty()) detail::bad_argument("--schedule needs a name (choose from " + schedule_names() + ")");
-      while (true) {
-        const auto comma = list.find(',');
-        const std::string_view name = list.substr(0, comma);
-        const ScheduleKind k = parse_schedule_kind(name);  // ConfigError naming the choices
-        if (std::find(o.schedules.begin(), o.schedules.end(), k) == o.schedules.end()) o.schedules.push_back(k);
-        if (comma == std::string_view::npos) break;
-        list = list.substr(comma + 1);
-      }
+      examples::add_schedules(value(), o.schedules);
     } else if (opt == "--ranks") {
       o.ranks = detail::parse_integer(opt, value(), 1, 256);
     } else if (opt == "--v-ranks") {
@@ -183,7 +142,7 @@ inline double parse_real(std::string_view opt, std::string_view text) {
       if (o.comm != "inproc" && o.comm != "mpi")
         detail::bad_argument("unknown --comm '" + o.comm + "' (choose from inproc, mpi)");
     } else {
-      detail::bad_argument("unknown option '" + std::string(args[i]) + "' (see --help)");
+      detail::bad_argument("unknown option '" + std::string(reader.raw()) + "' (see --help)");
     }
   }
   if (o.schedules.empty())

@@ -18,6 +18,7 @@
 
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/runtime/stage.hpp"
+#include "example_cli.hpp"
 #include "mlp_stage.hpp"
 
 namespace dualpipe::cpu_demo {
@@ -82,18 +83,8 @@ struct Batch {
 /// View of doubles as the bytes a Stage or Pipeline takes.
 [[nodiscard]] inline ConstBytes as_bytes(std::span<const double> v) noexcept { return std::as_bytes(v); }
 
-/// Normwise relative error of `got` against `want`: max_i |got_i - want_i| / max(max_i |want_i|, DBL_MIN).
-/// +infinity when the sizes differ or a value is NaN or infinite (a NaN must never pass a check).
-[[nodiscard]] inline double relative_error(std::span<const double> got, std::span<const double> want) noexcept {
-  if (got.size() != want.size()) return std::numeric_limits<double>::infinity();
-  double diff = 0, scale = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    if (!std::isfinite(got[i]) || !std::isfinite(want[i])) return std::numeric_limits<double>::infinity();
-    diff = std::max(diff, std::abs(got[i] - want[i]));
-    scale = std::max(scale, std::abs(want[i]));
-  }
-  return diff / std::max(scale, DBL_MIN);
-}
+/// Normwise relative error: max |got - want| / max |want| (common/example_cli.hpp).
+using examples::relative_error;
 
 /// Relative error of one stage's parameters or gradients, taking W1 and W2 as separate tensors (so that a
 /// small tensor next to a large one is still checked at its own scale): the larger of the two.

@@ -5,5 +5,6 @@
 #pragma once
 
 #include "dualpipe/mpi/communicator.hpp"
+#include "dualpipe/mpi/expert_comm.hpp"
 #include "dualpipe/mpi/grid.hpp"
 #include "dualpipe/mpi/session.hpp"

@@ -40,6 +40,8 @@
 #include <string>
 #include <vector>
 
+struct ncclComm;  // nccl.h's communicator (ncclComm_t)
+
 namespace cuda_emulator {
 
 /// A range of memory an operation reads or writes.
@@ -129,6 +131,11 @@ public:
   NcclKernelLimit(const NcclKernelLimit&) = delete;
   NcclKernelLimit& operator=(const NcclKernelLimit&) = delete;
 };
+
+/// Makes every later send/receive group of `comm` (this rank's communicator) last at least `us`
+/// microseconds once its peers matched it, in stream order, as a transfer over a link would: for programs
+/// that show communication overlapping compute on the emulated GPU timeline. 0: no cost (the default).
+void nccl_kernel_time(ncclComm* comm, long us);
 
 /// NCCL communicators created so far (ncclCommInitRank*, and each new one of ncclCommSplit), so that a test
 /// can show the library made none behind its user's back. Defined with the NCCL half (nccl.cpp).

@@ -109,6 +109,7 @@ struct ncclComm {
   std::atomic<bool> destroyed{false};
   std::atomic<int> async_error{ncclSuccess};
   std::atomic<std::int64_t> busy_until{0};  // non-blocking mode: in progress until then (ns since epoch)
+  std::atomic<long> kernel_us{0};           // cuda_emulator::nccl_kernel_time
   std::uint64_t reductions = 0;             // sequence of this rank's all-reduces (owner thread)
   std::uint64_t splits = 0;                 // sequence of this rank's ncclCommSplit calls
   std::mutex error_mutex;
@@ -251,6 +252,11 @@ void run_p2p(ncclComm* self, const std::vector<Pending>& ops) {
   const bool ok = wait_or_abort(
       q, lk, self, [&] { return std::all_of(mine.begin(), mine.end(), [](const auto& m) { return m->received; }); },
       "a send");
+  if (ok && self->kernel_us.load() > 0) {  // the link's time, with the place still held
+    lk.unlock();
+    std::this_thread::sleep_for(std::chrono::microseconds(self->kernel_us.load()));
+    lk.lock();
+  }
   if (!ok)  // aborted: take back what no one received
     for (auto& ch : q.channels)
       ch.erase(std::remove_if(ch.begin(), ch.end(),
@@ -610,6 +616,10 @@ const char* ncclGetLastError(ncclComm_t c) {
 }  // extern "C"
 
 long cuda_emulator::nccl_communicators_created() { return g_created.load(); }
+
+void cuda_emulator::nccl_kernel_time(ncclComm* comm, long us) {
+  if (comm) comm->kernel_us.store(us);
+}
 
 cuda_emulator::NcclKernelLimit::NcclKernelLimit(int n) { g_kernel_limit.store(n); }
 cuda_emulator::NcclKernelLimit::~NcclKernelLimit() {

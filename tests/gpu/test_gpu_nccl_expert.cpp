@@ -315,7 +315,8 @@ TEST_CASE("Gpu.NcclExpert.AbortWakesTheWaitAndLaterStartsFail" * doctest::timeou
 
 // Two ranks, a pipeline communicator (NcclCommunicator) and an expert one over the same two GPUs. Rank 0's
 // pipeline group waits for slow compute, rank 1's exchange too; both ranks issue the pipeline group first.
-// With the rule (pipeline_stream), each GPU runs its NCCL kernels one at a time in that order and all ends.
+// With the rule (pipeline_stream), or with the exchanges on the pipeline's own stream, each GPU runs its NCCL
+// kernels one at a time in that order and all ends.
 // Without it, on a GPU that holds one NCCL kernel (the emulator's NcclKernelLimit), rank 0 runs its exchange
 // while rank 1 runs its pipeline group: each waits for the other's GPU, until the expert waits time out.
 namespace {
@@ -325,7 +326,10 @@ struct OrderingRun {
   std::vector<std::string> error = std::vector<std::string>(2);
 };
 
-OrderingRun run_pipeline_and_expert(bool rule, std::chrono::milliseconds expert_timeout) {
+// How the exchanges are ordered against the pipeline's transfers.
+enum class Order { rule, same_stream, none };
+
+OrderingRun run_pipeline_and_expert(Order order, std::chrono::milliseconds expert_timeout) {
   OrderingRun out;
   const ncclUniqueId pp_id = make_unique_id(), ep_id = make_unique_id();
   run_ranks(2, [&](int r) {
@@ -335,7 +339,8 @@ OrderingRun run_pipeline_and_expert(bool rule, std::chrono::milliseconds expert_
       NcclComm pp_c(join(r, 2, pp_id)), ep_c(join(r, 2, ep_id));
       NcclCommunicator pipe(NcclBorrow{pp_c.get(), nullptr});
       NcclExpertOptions o;
-      if (rule) o.pipeline_stream = pipe.stream();
+      if (order == Order::rule) o.pipeline_stream = pipe.stream();
+      if (order == Order::same_stream) o.stream = pipe.stream();  // one stream: issue order, as the rule
       NcclExpertComm ep(NcclBorrow{ep_c.get()}, o);
       Stream compute, quick;
       Event slow_done;
@@ -385,18 +390,20 @@ TEST_CASE("Gpu.NcclExpert.OrderingRuleKeepsPipelineAndExpertNcclFromDeadlocking"
 #ifdef DUALPIPE_TEST_EMULATED
     const cuda_emulator::NcclKernelLimit one(1);  // the worst GPU: one NCCL kernel at a time
 #endif
-    const OrderingRun ok = run_pipeline_and_expert(true, 60s);
-    for (std::size_t r = 0; r < 2; ++r) {
-      INFO("rank " << r << ": " << ok.error[r] << ok.expert_error[r]);
-      CHECK(ok.error[r].empty());
-      CHECK(ok.expert_error[r].empty());
-      CHECK(ok.got[r] == ok.want[r]);
+    for (const Order order : {Order::rule, Order::same_stream}) {
+      const OrderingRun ok = run_pipeline_and_expert(order, 60s);
+      for (std::size_t r = 0; r < 2; ++r) {
+        INFO("order " << static_cast<int>(order) << ", rank " << r << ": " << ok.error[r] << ok.expert_error[r]);
+        CHECK(ok.error[r].empty());
+        CHECK(ok.expert_error[r].empty());
+        CHECK(ok.got[r] == ok.want[r]);
+      }
     }
   }
 #ifdef DUALPIPE_TEST_EMULATED
   // The same calls without the rule deadlock on such a GPU: the test above can fail.
   const cuda_emulator::NcclKernelLimit one(1);
-  const OrderingRun bad = run_pipeline_and_expert(false, 1500ms);
+  const OrderingRun bad = run_pipeline_and_expert(Order::none, 1500ms);
   int timed_out = 0;
   for (std::size_t r = 0; r < 2; ++r) {
     INFO("rank " << r << ": " << bad.error[r]);

@@ -137,7 +137,8 @@ struct ToyStage {
   EC* ec;
   std::vector<Phase> phase_list;
   std::map<int, ChunkState> state;
-  int fail_chunk = -1;  // throw in the exchange of this chunk's forward, layer 0
+  int fail_chunk = -1;   // throw in the exchange of this chunk's forward, layer 0
+  int stall_chunk = -1;  // sleep 1.5 s before this chunk's forward exchange (its peers time out)
 
   ToyStage(int stage_, int ep_, int E_, int layers_, EC& comm)
       : stage(stage_), ep(ep_), E(E_), layers(layers_), grad(static_cast<std::size_t>(layers_), 0.0), ec(&comm) {
@@ -210,6 +211,10 @@ struct ToyStage {
   AllToAllBuffers exchange_phase(const StageContext& ctx, Pass pass, int, PhaseIo) {
     ChunkState& s = state[ctx.chunk];
     if (pass == Pass::forward && ctx.chunk == fail_chunk) throw std::runtime_error("injected exchange failure");
+    if (pass == Pass::forward && ctx.chunk == stall_chunk) {
+      stall_chunk = -1;
+      std::this_thread::sleep_for(1500ms);
+    }
     s.send.clear();
     for (int q = 0; q < E; ++q) s.send.insert(s.send.end(), s.cur.begin(), s.cur.end());
     s.recv.assign(s.send.size(), 0.0);
@@ -327,11 +332,11 @@ struct ToyGrid {
   std::vector<std::unique_ptr<Pipe>> pipes;
   std::vector<std::vector<double>> inputs, labels;  // [e]
 
-  ToyGrid(int P_, int E_, int C_, int layers_, bool overlap)
+  ToyGrid(int P_, int E_, int C_, int layers_, bool overlap, std::chrono::milliseconds timeout = 20s)
       : P(P_), E(E_), C(C_), layers(layers_), S(Schedule::placement(P_, C_, 0, 0).num_stages),
         grid(P_ * E_, GridSizes{.pp = P_, .ep = E_}, "ep,pp"), comms(grid), experts(grid) {
     PipelineOptions opt;
-    opt.timeout = 20s;
+    opt.timeout = timeout;
     opt.overlap_phases = overlap;
     for (int g = 0; g < P * E; ++g) {
       const int p = grid.coord(g, GridDim::pp), e = grid.coord(g, GridDim::ep);
@@ -452,6 +457,31 @@ TEST_CASE("a failure inside an exchange phase ends every rank's step with a Step
     CAPTURE(e);
     CHECK(e.find("rank 1, module 0, chunk 1, op ") != std::string::npos);
     CHECK(e.find("forward phase 1 (mix) of layer 0: injected exchange failure") != std::string::npos);
+  }
+}
+
+TEST_CASE("a peer that never starts an exchange: its group times out naming the phase, and every rank's step ends") {
+  ToyGrid<DualPipe> g(2, 2, 6, 2, true, 300ms);
+  g.stages[2][0]->stall_chunk = 0;  // grid rank 2 = (pp 1, ep 0)
+  std::vector<std::string> errors(4);
+  run_ranks(4, [&](int r) {
+    const int e = g.grid.coord(r, GridDim::ep);
+    try {
+      (void)g.pipes[static_cast<std::size_t>(r)]->step(g.C, cbytes(g.inputs[e]), cbytes(g.labels[e]));
+    } catch (const StepError& err) {
+      errors[static_cast<std::size_t>(r)] = err.what();
+    }
+  });
+  // Which waits give up first (the stalled rank's expert peer, a pipeline neighbour waiting for it) is a race,
+  // and two groups may time out on their own; every rank's step must end with a StepError, and an origin in the
+  // exchange names its phase and the rank that never started it.
+  for (const std::string& e : errors) {
+    CAPTURE(e);
+    REQUIRE(e.find("dualpipe step failed on rank ") == 0);
+    if (e.find("expert all-to-all") != std::string::npos)
+      CHECK(e.find("forward phase 1 (mix) of layer 0: expert all-to-all (module 0, chunk 0, layer 0, forward phase 1): "
+                   "rank 1 timed out after 300 ms; rank(s) 0 never started it") != std::string::npos);
+    else CHECK(e.find("timed out after 300 ms") != std::string::npos);
   }
 }
 

@@ -7,7 +7,7 @@
 // An exchange started at t on this rank is done no earlier than
 //   t + latency + (bytes this rank sends to other ranks) / bandwidth
 // wait() first waits on the inner exchange (so every error, abort and timeout is the inner one's), then
-// sleeps until that deadline: the time is a wait, not compute, so the other chunk's compute fills it (on
+// waits until that deadline (a sleep, then polls that yield the core): the time is a wait, not compute, so the other chunk's compute fills it (on
 // a loaded machine, a sleeping rank gives its core to the others).
 #pragma once
 
@@ -48,7 +48,9 @@ public:
         : _inner(std::move(inner)), _deadline(deadline) {}
     void wait(std::chrono::milliseconds timeout) {
       _inner.wait(timeout);
-      std::this_thread::sleep_until(_deadline);
+      // Sleep most of the way (the core goes to other ranks), then poll: a sleep wakes up late.
+      std::this_thread::sleep_until(_deadline - std::chrono::microseconds(100));
+      while (std::chrono::steady_clock::now() < _deadline) std::this_thread::yield();
     }
 
   private:
@@ -66,6 +68,8 @@ public:
   [[nodiscard]] int rank() const { return _inner.rank(); }
   [[nodiscard]] int size() const { return _inner.size(); }
   [[nodiscard]] const ExpertLink& link() const noexcept { return _link; }
+  /// Changes the link for the exchanges started from now on (a benchmark calibrates it).
+  void set_link(ExpertLink link) { _link = LinkedExpertComm(_inner, link)._link; }
 
   [[nodiscard]] Handle start_all_to_all(const ExpertTag& tag, const AllToAllBuffers& buffers) {
     std::size_t bytes = 0;

@@ -30,6 +30,7 @@
 #include <mutex>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -87,8 +88,9 @@ private:
 /// The ranks of one expert group, in one process.
 class InProcessExpertWorld {
 public:
-  /// A group of `size` ranks. Throws ConfigError when size < 1.
-  explicit InProcessExpertWorld(int size) : _size(size) {
+  /// A group of `size` ranks. `spin`: how many times a wait polls (yielding the core) before it sleeps.
+  /// Throws ConfigError when size < 1.
+  explicit InProcessExpertWorld(int size, int spin = 64) : _size(size), _spin(spin) {
     if (size < 1)
       throw ConfigError("InProcessExpertWorld: size must be at least 1 (got size=" + std::to_string(size) + ")");
     for (int r = 0; r < size; ++r) _comms.emplace_back(new InProcessExpertComm(this, r));
@@ -217,7 +219,14 @@ private:
     const auto it = _exchanges.find(key(tag, generation));
     if (it == _exchanges.end()) throw Error("expert all-to-all " + describe(tag) + ": waited on but never started");
     Exchange& x = it->second;
-    _cv.wait_until(lk, deadline_after(timeout), [&] { return x.arrived == _size || !x.error.empty() || _aborted; });
+    auto ready = [&] { return x.arrived == _size || !x.error.empty() || _aborted; };
+    // A peer about to arrive costs no sleep and wake-up: poll a little first, giving the core away.
+    for (int i = 0; i < _spin && !ready(); ++i) {
+      lk.unlock();
+      std::this_thread::yield();
+      lk.lock();
+    }
+    _cv.wait_until(lk, deadline_after(timeout), ready);
     if (_aborted) throw CommAborted(_origin);
     if (!x.error.empty()) {
       const std::string error = x.error;
@@ -263,6 +272,7 @@ private:
   }
 
   int _size;
+  int _spin;
   std::vector<std::unique_ptr<InProcessExpertComm>> _comms;
   mutable std::mutex _mutex;
   std::condition_variable _cv;

@@ -5,7 +5,7 @@
 //   NcclGrid grid(pgrid, world);                                 // pp x ep, say
 //   NcclCommunicator pipe(NcclBorrow{grid.communicator(GridDim::pp), comm_stream});
 //   NcclExpertOptions eo;
-//   eo.pipeline_stream = pipe.stream();                          // the ordering rule (below): never deadlocks
+//   eo.pipeline = &pipe;        // the ordering rule (below) on pipe's stream, and a failure here aborts pipe
 //   NcclExpertComm ep(NcclBorrow{grid.communicator(GridDim::ep)}, eo);
 //
 //   AllToAllBuffers b{send, send_counts, recv, recv_counts, /*after_stream=*/compute};
@@ -26,21 +26,25 @@
 //   abort(origin) abort the communicator (a borrowed one only under NcclFailurePolicy::abort, as
 //   NcclCommunicator) and every later wait throws CommAborted; the message names the rank (this rank in the
 //   expert group, or NcclExpertOptions::report_rank) and the exchange's ExpertTag (module, chunk, layer,
-//   phase). Another rank of the group sees its own wait or watchdog fire: NCCL does not wake it.
+//   phase). Another rank of the group sees its own wait or watchdog fire: NCCL does not wake it. With
+//   NcclExpertOptions::pipeline the pipeline's communicator is aborted too: a wait that only a stream did
+//   (the executor's, with CudaDevice) cannot tell the host, but the step's end-of-step barrier then fails.
 //
 // The ordering rule (docs/gpus.md#moe-the-nccl-expert-communicator): NCCL kernels of two communicators that
 // share GPUs can deadlock each other when a GPU cannot run them at once (a kernel of one waits for a peer
 // whose GPU is busy with a kernel of the other that waits for this GPU). With
-// NcclExpertOptions::pipeline_stream set, each exchange starts after the NCCL work issued to the pipeline's
+// NcclExpertOptions::pipeline (or pipeline_stream) set, each exchange starts after the NCCL work issued to the pipeline's
 // stream so far, and the pipeline's stream waits for the exchange before its next group: all NCCL work of
 // a rank runs one kernel at a time, in the order the rank's (one) executor thread issued it. Every rank of
 // an expert group has the same pipeline rank, hence the same op list and the same phases, and so issues
 // the same sequence of pipeline groups and exchanges; with the schedule deadlock-free, no cycle of waits
-// can form. Without pipeline_stream the exchanges run beside the pipeline's transfers, which is safe only
+// can form. (Lending the exchanges the pipeline's stream itself gives the same order.) Without it the
+// exchanges run beside the pipeline's transfers, which is safe only
 // while the GPU can hold both communicators' kernels at once (NCCL's own caveat for concurrent
 // communicators).
 //
-// Graph capture: not supported (the exchange's events are host-recorded per step).
+// Graph capture (CudaDeviceOptions::graph): not tested with exchanges; use GraphMode::off with this model.
+// With NcclExpertOptions::timing every exchange is also timed with CUDA events (take_times), for timelines.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -72,9 +76,13 @@ namespace dualpipe {
 
 /// Options of an NcclExpertComm.
 struct NcclExpertOptions {
+  /// The pipeline's communicator: a failure of the exchanges aborts it too (so that a step whose exchanges
+  /// only streams waited for still fails, at its end-of-step barrier, naming the exchange), and, unless
+  /// `stream` is its stream, its stream is the pipeline_stream below. Null: neither.
+  NcclCommunicator* pipeline = nullptr;
   /// The pipeline's NCCL stream (NcclCommunicator::stream()): exchanges and pipeline groups then run one at
-  /// a time in issue order, which can never deadlock (the ordering rule, in the file comment). Null: the
-  /// exchanges run beside the pipeline's transfers.
+  /// a time in issue order, which can never deadlock (the ordering rule, in the file comment). Null (and no
+  /// `pipeline`): the exchanges run beside the pipeline's transfers.
   cudaStream_t pipeline_stream = nullptr;
   /// The exchanges' stream, on the communicator's device; null: the object makes its own.
   cudaStream_t stream = nullptr;
@@ -84,6 +92,15 @@ struct NcclExpertOptions {
   std::chrono::milliseconds watchdog_period{50};    ///< How often the watchdog looks.
   NcclFailurePolicy borrowed_on_failure = NcclFailurePolicy::abort;  ///< What a failure does to the communicator.
   int report_rank = -1;  ///< The rank failures name (the grid rank, say); -1: the rank in the expert group.
+  bool timing = false;   ///< Time every exchange on the GPU with CUDA events (take_times), for timelines.
+};
+
+/// One exchange's GPU time (NcclExpertComm::take_times): from when its stream reached it (its inputs ready)
+/// to its end, in ms after the epoch event given to take_times.
+struct NcclExchangeTime {
+  ExpertTag tag;
+  double start = 0;
+  double end = 0;
 };
 
 /// The NCCL expert-parallel all-to-all (see the file comment). Models ExpertComm. Used by one thread (its
@@ -206,6 +223,8 @@ public:
   }
   /// Exchanges started so far.
   [[nodiscard]] long exchanges() const noexcept { return _started; }
+  /// Host waits so far (synchronize(), and wait() without an after_stream): none in a CudaDevice step.
+  [[nodiscard]] long host_waits() const noexcept { return _host_waits; }
 
   // ---- ExpertComm -------------------------------------------------------------------------------------
   /// Starts the exchange of `buffers` (device memory on device()) after the work issued so far to
@@ -222,6 +241,10 @@ public:
     if (aborted()) return Exchange(this, tag, std::move(done), after, true);
     if (after) wait_on(after);
     if (_options.pipeline_stream) wait_on(_options.pipeline_stream);
+    if (_options.timing) {
+      _timed.push_back(Timed{tag, std::make_unique<Event>(Event::timing), std::make_unique<Event>(Event::timing)});
+      _timed.back().start->record(_stream_used);
+    }
     const auto self = static_cast<std::size_t>(_rank);
     std::size_t send_at = 0, recv_at = 0, self_send = 0, self_recv = 0;
     {
@@ -257,9 +280,22 @@ public:
       DUALPIPE_CUDA_CHECK(cudaMemcpyAsync(buffers.recv.data() + self_recv, buffers.send.data() + self_send, own,
                                           cudaMemcpyDeviceToDevice, _stream_used));
     done->record(_stream_used);
+    if (_options.timing) _timed.back().end->record(_stream_used);
     if (_options.pipeline_stream) DUALPIPE_CUDA_CHECK(cudaStreamWaitEvent(_options.pipeline_stream, done->get(), 0));
     _watchdog.watch(_stream_used, "the all-to-all " + describe(tag), _options.timeout);
     return Exchange(this, tag, std::move(done), after, false);
+  }
+
+  /// With NcclExpertOptions::timing: the GPU times of the exchanges started since the last call, in ms after
+  /// `epoch` (a timing event recorded on this device before them); each must be done (after a synchronize
+  /// or the step's end). Throws CudaError for one that is not.
+  [[nodiscard]] std::vector<NcclExchangeTime> take_times(const Event& epoch) {
+    std::vector<NcclExchangeTime> out;
+    out.reserve(_timed.size());
+    for (const Timed& t : _timed)
+      out.push_back(NcclExchangeTime{t.tag, t.start->elapsed_ms_since(epoch), t.end->elapsed_ms_since(epoch)});
+    _timed.clear();
+    return out;
   }
 
   /// Aborts: every later wait of this rank throws CommAborted(origin); the first origin is kept. The
@@ -295,6 +331,8 @@ private:
       _stream = std::make_unique<Stream>(cudaStreamNonBlocking);
       _stream_used = _stream->get();
     }
+    if (_options.pipeline && !_options.pipeline_stream && _options.pipeline->stream() != _stream_used)
+      _options.pipeline_stream = _options.pipeline->stream();
     if (_options.pipeline_stream && _options.pipeline_stream == _stream_used)
       throw ConfigError(
           "NcclExpertComm: pipeline_stream is the exchanges' own stream; give the pipeline "
@@ -351,6 +389,7 @@ private:
   [[nodiscard]] int named_rank() const noexcept { return _options.report_rank >= 0 ? _options.report_rank : _rank; }
 
   void wait_host(const Event& done, const ExpertTag& tag, std::chrono::milliseconds timeout) {
+    ++_host_waits;
     DeviceGuard on(_device);
     const auto deadline = deadline_after(timeout);
     int round = 0;
@@ -443,6 +482,9 @@ private:
       _origin = origin;
       _aborted.store(true, std::memory_order_release);
     }
+    // The pipeline first: once the exchange's kernels end below, the step's streams may finish, and its
+    // end-of-step barrier must already see the abort.
+    if (_options.pipeline) _options.pipeline->abort(origin);
     std::lock_guard lk(_nccl_mutex);
     if (_comm && _options.borrowed_on_failure == NcclFailurePolicy::abort) {
       try {
@@ -465,7 +507,13 @@ private:
   std::atomic<bool> _aborted{false};
   mutable std::mutex _origin_mutex;
   FailureOrigin _origin;
-  long _started = 0;  // owner thread
+  long _started = 0;     // owner thread
+  long _host_waits = 0;  // owner thread
+  struct Timed {
+    ExpertTag tag;
+    std::unique_ptr<Event> start, end;
+  };
+  std::vector<Timed> _timed;  // NcclExpertOptions::timing (owner thread)
   std::mutex _spare_mutex;
   std::vector<std::unique_ptr<Event>> _spare;  // completion events to reuse
   detail::NcclWatchdog _watchdog;              // last: built after (and stopped before) what its hooks use

@@ -702,15 +702,18 @@ private:
       b.run_all(bo, timeout);
       weight_when_done();
     } else {
-      f.advance(fo);
+      // The backward chunk first: its first exchange then hides behind the forward's first compute (attention,
+      // router: large), and the forward's last exchange behind the backward's tail and weight gradient (large),
+      // where the other order would leave the small ones (the combine's backward, the output) to hide them.
       b.advance(bo);
       weight_when_done();
+      f.advance(fo);
       while (!f.done() || !b.done()) {
-        f.wait(fo, timeout);
-        f.advance(fo);
         b.wait(bo, timeout);
         b.advance(bo);
         weight_when_done();
+        f.wait(fo, timeout);
+        f.advance(fo);
       }
     }
     _module = m0;

@@ -22,10 +22,13 @@
 //   F (and the forward of a non-deferred B, the backward of B..w): the phases in order; an exchange is
 //   started then waited at once.
 //   FB (an F of one chunk with the B of another), overlap on (the default, PipelineOptions::overlap_phases):
-//   ping-pong: run the forward chunk up to and including the start of its next exchange, then the backward
-//   chunk likewise; then wait the forward's exchange (it ran while the backward computed) and go on with the
-//   forward up to its next exchange start, then the backward's... until both are done; the backward's weight
-//   gradient is its last compute. The order depends only on the two phase lists, never on timing, so the
+//   ping-pong: run the backward chunk up to and including the start of its next exchange, then the forward
+//   chunk likewise; then wait the backward's exchange (it ran while the forward computed) and go on with the
+//   backward up to its next exchange start, then the forward's... until both are done; the backward's weight
+//   gradient is its last compute, run as soon as its phases are done. The backward goes first because its
+//   first compute (the combine's backward) and the forward's last (the output) are the small ones: this way
+//   they hide nothing, while the forward's first compute and the backward's tail with its weight gradient
+//   (large) hide the first and the last exchange. The order depends only on the two phase lists, never on timing, so the
 //   results are bitwise those of overlap off (and every run's). Overlap off: all of the forward chunk's
 //   phases, then all of the backward's (the baseline).
 // A failure in a phase is named in the StepError's op: "FB0.3/1.1, forward phase 2 (dispatch) of layer 0".
