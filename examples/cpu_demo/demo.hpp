@@ -488,12 +488,12 @@ struct RankComms {
   int replica = 0;           ///< This rank's replica (dp coordinate).
 };
 
-/// One rank's whole run: build its stages, train cfg.model.steps updates of cfg.accumulate pipeline steps
+/// One rank's whole run with stages of type StageT: build its stages, train cfg.model.steps updates of cfg.accumulate pipeline steps
 /// with `Schedule`, reduce the gradients over copies and replicas (HostGradientReduction), apply SGD, check
 /// against `seq`, and send a summary to grid rank 0. Returns the report on grid rank 0 and nothing elsewhere.
 /// Throws StepError when a step fails on any rank, ConfigError for a bad configuration.
-template <class Schedule, Communicator Comm>
-std::optional<DemoReport> run_rank(RankComms<Comm> comms, const DemoConfig& cfg, const SequentialRun& seq) {
+template <class Schedule, class StageT, Communicator Comm>
+std::optional<DemoReport> run_rank_with(RankComms<Comm> comms, const DemoConfig& cfg, const SequentialRun& seq) {
   constexpr int M = Schedule::modules_per_rank;
   Comm& comm = comms.pipeline;
   const int rank = comm.rank();
@@ -514,9 +514,9 @@ std::optional<DemoReport> run_rank(RankComms<Comm> comms, const DemoConfig& cfg,
                       std::to_string(seq.grads.size()) + " updates; the run needs " + std::to_string(copies.stages) +
                       " and " + std::to_string(cfg.model.steps));
 
-  std::vector<MlpStage> modules;
+  std::vector<StageT> modules;
   modules.reserve(M);
-  std::array<MlpStage*, M> ptrs{};
+  std::array<StageT*, M> ptrs{};
   std::array<ModulePlacement, M> mine{};
   bool reads_inputs = false, reads_labels = false;
   for (int m = 0; m < M; ++m) {
@@ -535,13 +535,13 @@ std::optional<DemoReport> run_rank(RankComms<Comm> comms, const DemoConfig& cfg,
   options.accumulation_steps = K;
   options.replicas = D;
   options.record_timeline = true;
-  Pipeline<Schedule, Comm, MlpStage> pipeline(comm, ptrs, options);
+  Pipeline<Schedule, Comm, StageT> pipeline(comm, ptrs, options);
 
   // The library's reduction, its copy exchange posted as soon as a module's gradients of the update are final.
   std::vector<std::span<double>> grads;
-  for (MlpStage& st : modules) grads.push_back(st.gradient_buffer());
+  for (StageT& st : modules) grads.push_back(st.gradient_buffer());
   HostGradientReduction<double, Comm> reduce(copies, comms.copies, grads, {.timeout = cfg.timeout}, comms.replicas);
-  for (MlpStage& st : modules)
+  for (StageT& st : modules)
     st.when_grads_ready([&reduce](const StageContext& ctx) {
       if (ctx.last_accumulation_step()) reduce.post(ctx.module);
     });
@@ -554,19 +554,29 @@ std::optional<DemoReport> run_rank(RankComms<Comm> comms, const DemoConfig& cfg,
                     (D > 1 ? " of replica " + std::to_string(replica) : std::string()) + ": " + what + "\n";
   };
   const ModelSpec global = global_spec(cfg);
-  const std::size_t n = cfg.model.chunk_values();
+  std::vector<std::size_t> table;  // --variable-lengths: this step's rows, chunk x 2 tensors (X and A)
+  table.reserve(static_cast<std::size_t>(C) * 2);
 
   try {
     for (int u = 0; u < cfg.model.steps; ++u) {
       const Batch batch = make_batch(global, u);
       for (int k = 0; k < K; ++k) {
-        const std::size_t first = static_cast<std::size_t>((k * D + replica) * C) * n;
-        const std::size_t count = static_cast<std::size_t>(C) * n;
+        // This step's chunks [g0, g0 + C) of the global batch, at their own sizes.
+        const auto g0 = static_cast<std::size_t>((k * D + replica) * C);
+        const auto g1 = g0 + static_cast<std::size_t>(C);
+        const std::size_t in0 = batch.input_offset[g0], in1 = batch.input_offset[g1];
+        const std::size_t l0 = batch.label_offset[g0], l1 = batch.label_offset[g1];
         const ConstBytes inputs =
-            reads_inputs ? as_bytes(std::span<const double>(batch.inputs).subspan(first, count)) : ConstBytes{};
+            reads_inputs ? as_bytes(std::span<const double>(batch.inputs).subspan(in0, in1 - in0)) : ConstBytes{};
         const ConstBytes labels =
-            reads_labels ? as_bytes(std::span<const double>(batch.labels).subspan(first, count)) : ConstBytes{};
-        StepResult res = pipeline.step(C, inputs, labels);
+            reads_labels ? as_bytes(std::span<const double>(batch.labels).subspan(l0, l1 - l0)) : ConstBytes{};
+        StepOptions step_options;
+        if (cfg.model.variable_rows) {  // every rank gives the table (the data is a function of the seed)
+          table.clear();
+          for (std::size_t g = g0; g < g1; ++g) table.insert(table.end(), {batch.rows[g], batch.rows[g]});
+          step_options.sizes = ChunkSizes{table, 2};
+        }
+        StepResult res = pipeline.step(C, inputs, labels, step_options);
         const int step = u * K + k;
         if (static_cast<int>(res.losses.size()) != C) {
           problem("step " + std::to_string(step) + " returned " + std::to_string(res.losses.size()) + " losses");
@@ -575,7 +585,7 @@ std::optional<DemoReport> run_rank(RankComms<Comm> comms, const DemoConfig& cfg,
         sum.losses.insert(sum.losses.end(), res.losses.begin(), res.losses.end());
         sum.step_seconds.push_back(res.step_seconds);
         sum.peak_buffers = std::max<std::uint64_t>(sum.peak_buffers, res.peak_buffers_in_use);
-        for (const MlpStage& st : modules)
+        for (const StageT& st : modules)
           if (st.chunks_in_flight() != 0)
             problem("stage " + std::to_string(st.stage()) + " still holds " + std::to_string(st.chunks_in_flight()) +
                     " chunks after step " + std::to_string(step));
@@ -585,7 +595,7 @@ std::optional<DemoReport> run_rank(RankComms<Comm> comms, const DemoConfig& cfg,
       // The update: gradients summed over copies and replicas, the same bits on every copy.
       reduce.finish();
       for (int m = 0; m < M; ++m) {
-        MlpStage& st = modules[static_cast<std::size_t>(m)];
+        StageT& st = modules[static_cast<std::size_t>(m)];
         const int s = st.stage();
         const double err =
             stage_relative_error(st.gradients(), seq.grads[static_cast<std::size_t>(u)][static_cast<std::size_t>(s)]);
@@ -600,7 +610,7 @@ std::optional<DemoReport> run_rank(RankComms<Comm> comms, const DemoConfig& cfg,
           sum.sumsq_values.push_back(sq);
         }
       }
-      for (MlpStage& st : modules) {
+      for (StageT& st : modules) {
         st.sgd_step(st.gradients(), cfg.model.lr);
         st.zero_grad();
       }
@@ -622,7 +632,7 @@ std::optional<DemoReport> run_rank(RankComms<Comm> comms, const DemoConfig& cfg,
     throw;
   }
   const long want_calls = static_cast<long>(cfg.model.steps) * K;
-  for (const MlpStage& st : modules) {
+  for (const StageT& st : modules) {
     const double err = stage_relative_error(st.parameters(), seq.final_params[static_cast<std::size_t>(st.stage())]);
     sum.max_rel_err = std::max(sum.max_rel_err, std::isnan(err) ? std::numeric_limits<double>::infinity() : err);
     if (err > cfg.tolerance)
@@ -641,6 +651,13 @@ std::optional<DemoReport> run_rank(RankComms<Comm> comms, const DemoConfig& cfg,
   std::vector<detail::RankSummary> summaries;
   for (const auto& bytes : all) summaries.push_back(detail::RankSummary::deserialize(bytes));
   return detail::build_report(cfg, std::string(Schedule::name), copies, seq, std::move(summaries));
+}
+
+/// One rank's whole run (run_rank_with): MlpStage, or AuxMlpStage with --variable-lengths.
+template <class Schedule, Communicator Comm>
+std::optional<DemoReport> run_rank(RankComms<Comm> comms, const DemoConfig& cfg, const SequentialRun& seq) {
+  if (cfg.model.variable_rows) return run_rank_with<Schedule, AuxMlpStage>(comms, cfg, seq);
+  return run_rank_with<Schedule, MlpStage>(comms, cfg, seq);
 }
 
 /// The sequential run that `cfg` is checked against: one model, the whole grid's batch (K x D x C chunks

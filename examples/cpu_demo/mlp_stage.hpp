@@ -1,7 +1,8 @@
 // cpu_demo/mlp_stage.hpp: one stage of the demo model, Linear(h,4h) -> GELU -> Linear(4h,h), no bias, in
 // double precision, written as a dualpipe Stage. Reusable by tests.
 //
-// Shapes (row-major): a chunk is `rows` rows of `hidden` values.
+// Shapes (row-major): a chunk is `rows` rows of `hidden` values (at most `rows`: a chunk's size says how many,
+// so that chunks of variable lengths run on the same stage; AuxMlpStage below adds a second tensor).
 //   X (rows x h) -> Z = X W1^T (rows x 4h) -> A = gelu(Z) -> Y = A W2^T (rows x h)
 //   W1 is 4h x h, W2 is h x 4h. The last stage's loss is the MSE mean((Y - T)^2) over rows*h elements.
 // GELU is the exact (erf) form, gelu(z) = z * Phi(z), as torch.nn.functional.gelu's default.
@@ -12,6 +13,7 @@
 // starts identical.
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -190,11 +192,13 @@ private:
   struct ChunkState {
     Phase phase = Phase::empty;
     bool has_loss = false;
+    int rows = 0;                 // this chunk's rows (at most the stage's rows)
     std::vector<double> x, z, a;  // saved by forward
     std::vector<double> dy, dz;   // dy: Y - T after loss(), the output gradient after backward_input
   };
 
   ChunkState& _state(const StageContext& ctx, const char* what);
+  int _rows_of(std::size_t bytes, const char* what) const;
   void _check_size(std::size_t got, std::size_t want, const char* what) const;
   [[noreturn]] void _fail(const std::string& what) const;
   void _backward_input_impl(const StageContext& ctx, ConstBytes output_grad, MutableBytes input_grad);
@@ -245,6 +249,15 @@ inline void MlpStage::_check_size(std::size_t got, std::size_t want, const char*
     _fail(std::string(what) + " has " + std::to_string(got) + " bytes, expected " + std::to_string(want));
 }
 
+// A chunk may have fewer rows than the stage's maximum (variable lengths): its size says how many.
+inline int MlpStage::_rows_of(std::size_t bytes, const char* what) const {
+  const std::size_t row = static_cast<std::size_t>(_h) * sizeof(double);
+  if (bytes == 0 || bytes % row != 0 || bytes / row > static_cast<std::size_t>(_rows))
+    _fail(std::string(what) + " has " + std::to_string(bytes) + " bytes, expected 1 to " + std::to_string(_rows) +
+          " rows of " + std::to_string(row) + " bytes");
+  return static_cast<int>(bytes / row);
+}
+
 inline MlpStage::ChunkState& MlpStage::_state(const StageContext& ctx, const char* what) {
   if (ctx.chunk < 0) _fail(std::string(what) + " with chunk " + std::to_string(ctx.chunk));
   const auto c = static_cast<std::size_t>(ctx.chunk);
@@ -256,9 +269,10 @@ inline void MlpStage::forward(const StageContext& ctx, ConstBytes input, Mutable
   if (_forward_calls++ == _fail_at_forward)
     throw std::runtime_error("injected failure in MlpStage stage " + std::to_string(_stage) + " (forward call " +
                              std::to_string(_fail_at_forward) + ")");
-  _check_size(input.size(), input_bytes(), "forward input");
-  _check_size(output.size(), output_bytes(), "forward output");
-  const std::size_t wide = 4 * _chunk_values;
+  const int rows = _rows_of(input.size(), "forward input");
+  const std::size_t values = static_cast<std::size_t>(rows) * static_cast<std::size_t>(_h);
+  _check_size(output.size(), values * sizeof(double), "forward output");
+  const std::size_t wide = 4 * values;
   const bool keep = ctx.mode == Mode::train;
   ChunkState* st = nullptr;
   if (keep) {
@@ -269,34 +283,36 @@ inline void MlpStage::forward(const StageContext& ctx, ConstBytes input, Mutable
   std::vector<double>& x = keep ? st->x : _scratch_x;
   std::vector<double>& z = keep ? st->z : _scratch_z;
   std::vector<double>& a = keep ? st->a : _scratch_a;
-  x.resize(_chunk_values);
+  x.resize(values);
   std::memcpy(x.data(), input.data(), input.size());
   z.resize(wide);
   a.resize(wide);
   const double* w1 = _params.data();
   const double* w2 = _params.data() + 4 * static_cast<std::size_t>(_h) * static_cast<std::size_t>(_h);
-  detail::matmul_nt(x.data(), w1, z.data(), _rows, 4 * _h, _h);
+  detail::matmul_nt(x.data(), w1, z.data(), rows, 4 * _h, _h);
   for (std::size_t i = 0; i < wide; ++i) a[i] = detail::gelu(z[i]);
-  _scratch_y.resize(_chunk_values);
-  detail::matmul_nt(a.data(), w2, _scratch_y.data(), _rows, _h, 4 * _h);
+  _scratch_y.resize(values);
+  detail::matmul_nt(a.data(), w2, _scratch_y.data(), rows, _h, 4 * _h);
   std::memcpy(output.data(), _scratch_y.data(), output.size());
   if (keep) {
     st->phase = Phase::forwarded;
     st->has_loss = false;
+    st->rows = rows;
   }
 }
 
 inline double MlpStage::loss(const StageContext& ctx, ConstBytes output, ConstBytes labels) {
-  _check_size(output.size(), output_bytes(), "loss output");
-  _check_size(labels.size(), output_bytes(), "loss labels");
+  const int rows = _rows_of(output.size(), "loss output");
+  const std::size_t values = static_cast<std::size_t>(rows) * static_cast<std::size_t>(_h);
+  _check_size(labels.size(), output.size(), "loss labels");
   std::vector<double>& y = _scratch_y;
-  y.resize(_chunk_values);
+  y.resize(values);
   std::memcpy(y.data(), output.data(), output.size());
   std::vector<double>& t = _scratch_t;
-  t.resize(_chunk_values);
+  t.resize(values);
   std::memcpy(t.data(), labels.data(), labels.size());
   double sum = 0;
-  for (std::size_t i = 0; i < _chunk_values; ++i) {
+  for (std::size_t i = 0; i < values; ++i) {
     const double d = y[i] - t[i];
     sum += d * d;
     y[i] = d;
@@ -307,33 +323,35 @@ inline double MlpStage::loss(const StageContext& ctx, ConstBytes output, ConstBy
     st.dy.swap(y);  // Y - T; scaled into dY by backward_input
     st.has_loss = true;
   }
-  return sum / static_cast<double>(_chunk_values);
+  return sum / static_cast<double>(values);
 }
 
 inline void MlpStage::_backward_input_impl(const StageContext& ctx, ConstBytes output_grad, MutableBytes input_grad) {
   ChunkState& st = _state(ctx, "backward_input");
   if (st.phase != Phase::forwarded)
     _fail("backward_input of chunk " + std::to_string(ctx.chunk) + " without its forward");
+  const int rows = st.rows;
+  const std::size_t values = static_cast<std::size_t>(rows) * static_cast<std::size_t>(_h);
   if (output_grad.empty()) {
     if (!st.has_loss) _fail("backward of chunk " + std::to_string(ctx.chunk) + " at the last stage without its loss");
-    const double f = ctx.loss_scale * 2.0 / static_cast<double>(_chunk_values);  // d mean((Y-T)^2) / dY
+    const double f = ctx.loss_scale * 2.0 / static_cast<double>(values);  // d mean((Y-T)^2) / dY
     for (double& v : st.dy) v *= f;
   } else {
-    _check_size(output_grad.size(), output_bytes(), "backward output_grad");
-    st.dy.resize(_chunk_values);
+    _check_size(output_grad.size(), values * sizeof(double), "backward output_grad");
+    st.dy.resize(values);
     std::memcpy(st.dy.data(), output_grad.data(), output_grad.size());
   }
-  const std::size_t wide = 4 * _chunk_values;
+  const std::size_t wide = 4 * values;
   const double* w1 = _params.data();
   const double* w2 = _params.data() + 4 * static_cast<std::size_t>(_h) * static_cast<std::size_t>(_h);
   _scratch_da.resize(wide);
-  detail::matmul_nn(st.dy.data(), w2, _scratch_da.data(), _rows, 4 * _h, _h);  // dA = dY W2
+  detail::matmul_nn(st.dy.data(), w2, _scratch_da.data(), rows, 4 * _h, _h);  // dA = dY W2
   st.dz.resize(wide);
   for (std::size_t i = 0; i < wide; ++i) st.dz[i] = _scratch_da[i] * detail::gelu_grad(st.z[i]);
   if (!input_grad.empty()) {
-    _check_size(input_grad.size(), input_bytes(), "backward input_grad");
-    _scratch_y.resize(_chunk_values);
-    detail::matmul_nn(st.dz.data(), w1, _scratch_y.data(), _rows, _h, 4 * _h);  // dX = dZ W1
+    _check_size(input_grad.size(), values * sizeof(double), "backward input_grad");
+    _scratch_y.resize(values);
+    detail::matmul_nn(st.dz.data(), w1, _scratch_y.data(), rows, _h, 4 * _h);  // dX = dZ W1
     std::memcpy(input_grad.data(), _scratch_y.data(), input_grad.size());
   }
   st.phase = Phase::input_done;
@@ -345,8 +363,8 @@ inline void MlpStage::_backward_weight_impl(const StageContext& ctx) {
     _fail("backward_weight of chunk " + std::to_string(ctx.chunk) + " before its backward_input");
   double* g1 = _grads.data();
   double* g2 = _grads.data() + 4 * static_cast<std::size_t>(_h) * static_cast<std::size_t>(_h);
-  detail::matmul_tn_acc(st.dz.data(), st.x.data(), g1, 4 * _h, _h, _rows);  // dW1 += dZ^T X
-  detail::matmul_tn_acc(st.dy.data(), st.a.data(), g2, _h, 4 * _h, _rows);  // dW2 += dY^T A
+  detail::matmul_tn_acc(st.dz.data(), st.x.data(), g1, 4 * _h, _h, st.rows);  // dW1 += dZ^T X
+  detail::matmul_tn_acc(st.dy.data(), st.a.data(), g2, _h, 4 * _h, st.rows);  // dW2 += dY^T A
   st.phase = Phase::empty;
   st.has_loss = false;
 }
@@ -395,5 +413,76 @@ inline int MlpStage::chunks_in_flight() const noexcept {
 static_assert(check_stage<MlpStage>());
 static_assert(StageWithFusedBackward<MlpStage>);
 static_assert(StageWithOverlap<MlpStage>);
+
+/// The demo stage of --variable-lengths: two tensors per chunk, both `rows(b)` rows long, b's own count. Tensor 0
+/// is the hidden state X (rows x h), tensor 1 an auxiliary column A (rows doubles, no gradient: like a mask or
+/// positions) that each stage adds to its input row by row and hands on changed:
+///   forward: MlpStage on X + A (A broadcast over the row), A' = A / 2 + 1/4.
+/// The backward is MlpStage's (the gradient of X + A with respect to X is the identity). Models
+/// StageWithTensorLists; everything else (gradients, counters, on_grads_ready) is MlpStage's.
+class AuxMlpStage : public MlpStage {
+public:
+  /// As MlpStage; `rows` is the most rows a chunk may have.
+  AuxMlpStage(int hidden, int rows, std::uint64_t seed, int stage)
+      : MlpStage(hidden, rows, seed, stage), _specs{TensorSpec{static_cast<std::size_t>(hidden) * sizeof(double),
+                                                               static_cast<std::size_t>(rows), true},
+                                                    TensorSpec{sizeof(double), static_cast<std::size_t>(rows), false}},
+        _shifted(static_cast<std::size_t>(rows) * static_cast<std::size_t>(hidden)) {}
+
+  /// X (rows x h doubles, with a gradient) and A (rows doubles, without).
+  [[nodiscard]] std::span<const TensorSpec> input_tensors() const noexcept { return _specs; }
+  [[nodiscard]] std::span<const TensorSpec> output_tensors() const noexcept { return _specs; }
+
+  void forward(const StageContext& ctx, const ConstBytesList& in, const MutableBytesList& out) {
+    MlpStage::forward(ctx, shift(in, out), out[0]);
+  }
+  double loss(const StageContext& ctx, const ConstBytesList& out, ConstBytes labels) {
+    return MlpStage::loss(ctx, out[0], labels);
+  }
+  void backward_input(const StageContext& ctx, const ConstBytesList& grad, const MutableBytesList& in_grad) {
+    MlpStage::backward_input(ctx, first(grad), first(in_grad));
+  }
+  void backward(const StageContext& ctx, const ConstBytesList& grad, const MutableBytesList& in_grad) {
+    MlpStage::backward(ctx, first(grad), first(in_grad));
+  }
+  static void forward_backward(AuxMlpStage& fwd, const StageContext& fctx, const ConstBytesList& in,
+                               const MutableBytesList& out, AuxMlpStage& bwd, const StageContext& bctx,
+                               const ConstBytesList& grad, const MutableBytesList& in_grad) {
+    MlpStage::forward_backward(fwd, fctx, fwd.shift(in, out), out[0], bwd, bctx, first(grad), first(in_grad));
+  }
+
+  /// X + A into the stage's scratch (returned as bytes), and A' into out[1].
+  ConstBytes shift(const ConstBytesList& in, const MutableBytesList& out) {
+    if (in.size() != 2 || out.size() != 2)
+      throw std::logic_error("AuxMlpStage (stage " + std::to_string(stage()) + "): expected 2 tensors, got " +
+                             std::to_string(in.size()) + " and " + std::to_string(out.size()));
+    const std::size_t rows = in[1].size() / sizeof(double);
+    const auto h = static_cast<std::size_t>(hidden());
+    if (in[0].size() != rows * h * sizeof(double) || out[1].size() != in[1].size())
+      throw std::logic_error("AuxMlpStage (stage " + std::to_string(stage()) + "): tensor sizes disagree (" +
+                             std::to_string(in[0].size()) + " hidden bytes for " + std::to_string(rows) + " rows)");
+    const auto* x = reinterpret_cast<const double*>(in[0].data());
+    const auto* a = reinterpret_cast<const double*>(in[1].data());
+    auto* a_out = reinterpret_cast<double*>(out[1].data());
+    for (std::size_t r = 0; r < rows; ++r) {
+      for (std::size_t j = 0; j < h; ++j) _shifted[r * h + j] = x[r * h + j] + a[r];
+      a_out[r] = a[r] / 2 + 0.25;
+    }
+    return std::as_bytes(std::span<const double>(_shifted).first(rows * h));
+  }
+
+private:
+  template <class Bytes>
+  static Bytes first(const BytesList<Bytes>& l) noexcept {
+    return l.empty() ? Bytes{} : l[0];
+  }
+  std::array<TensorSpec, 2> _specs;
+  std::vector<double> _shifted;  // X + A of the chunk being computed (MlpStage keeps its own copy)
+};
+
+static_assert(check_stage<AuxMlpStage>());
+static_assert(StageWithTensorLists<AuxMlpStage>);
+static_assert(StageWithOverlap<AuxMlpStage>);
+static_assert(StageWithFusedBackward<AuxMlpStage>);
 
 }  // namespace dualpipe::cpu_demo

@@ -39,6 +39,7 @@ struct ProgramOptions {
   int inject_failure = -1;
   long timeout_ms = 60'000;
   std::string comm = "inproc";
+  bool variable_lengths = false;  ///< Each chunk its own rows in [1, R], two tensors per boundary.
   bool help = false;
 };
 
@@ -67,6 +68,8 @@ inline constexpr std::string_view default_schedules[] = {"dualpipe", "dualpipev"
          "  --steps N            training steps (updates; default 3)\n"
          "  --hidden H           hidden size h (default 64)\n"
          "  --batch-rows R       rows per chunk (default 32)\n"
+         "  --variable-lengths   each chunk gets its own row count in [1, R] (seeded), and the stages pass two\n"
+         "                       tensors (the hidden state, and an auxiliary column the next stage uses)\n"
          "  --seed S             seed of the weights and the data (default 233)\n"
          "  --lr X               SGD learning rate (default 0.1)\n"
          "  --trace-dir DIR      write the last step's measured timeline as DIR/<schedule>.svg and .json\n"
@@ -98,6 +101,10 @@ using examples::parse_real;
     const std::string_view opt = *next;
     if (opt == "-h" || opt == "--help") {
       o.help = true;
+      continue;
+    }
+    if (opt == "--variable-lengths") {
+      o.variable_lengths = true;
       continue;
     }
     auto value = [&] { return reader.value(); };
@@ -168,6 +175,7 @@ using examples::parse_real;
     c.model.steps = o.steps;
     c.model.seed = o.seed;
     c.model.lr = o.lr;
+    c.model.variable_rows = o.variable_lengths;
     c.timeout = std::chrono::milliseconds(o.timeout_ms);
     c.inject_failure = o.inject_failure;
     c.comm = o.comm;

@@ -25,12 +25,14 @@ namespace dualpipe::cpu_demo {
 
 /// The model and training settings that the pipelined runs and the sequential run share.
 struct ModelSpec {
-  int hidden = 64;           ///< h: a stage is Linear(h,4h) -> GELU -> Linear(4h,h).
-  int rows = 32;             ///< Rows of one batch chunk.
-  int chunks = 8;            ///< Batch chunks per step (C).
-  int steps = 3;             ///< Training steps.
-  std::uint64_t seed = 233;  ///< Seed of the weights and of the batches.
-  double lr = 0.1;           ///< SGD learning rate.
+  int hidden = 64;             ///< h: a stage is Linear(h,4h) -> GELU -> Linear(4h,h).
+  int rows = 32;               ///< Rows of one batch chunk.
+  int chunks = 8;              ///< Batch chunks per step (C).
+  int steps = 3;               ///< Training steps.
+  std::uint64_t seed = 233;    ///< Seed of the weights and of the batches.
+  double lr = 0.1;             ///< SGD learning rate.
+  bool variable_rows = false;  ///< --variable-lengths: chunk b has its own rows in [1, rows] and carries a second
+                               ///< tensor, A (AuxMlpStage).
 
   /// Loss scale of every step: 1/C, so that the summed gradient is the gradient of the mean chunk loss.
   [[nodiscard]] double loss_scale() const noexcept { return 1.0 / static_cast<double>(chunks); }
@@ -44,18 +46,33 @@ struct ModelSpec {
   }
 };
 
-/// One step's batch: `chunks` chunks of `rows` x `hidden` inputs and labels, chunk after chunk.
+/// One step's batch: `chunks` chunks of `rows` x `hidden` inputs and labels, chunk after chunk. With variable
+/// rows, chunk b has rows[b] rows and its inputs are X (rows[b] x hidden) then A (rows[b] values).
 struct Batch {
   std::vector<double> inputs;
   std::vector<double> labels;
+  std::vector<std::size_t> rows;          ///< Rows of each chunk.
+  std::vector<std::size_t> input_offset;  ///< Chunk -> first input value (chunks + 1 entries).
+  std::vector<std::size_t> label_offset;  ///< Chunk -> first label value (chunks + 1 entries).
 };
 
 /// The batch of step `step`: a function of (seed, step) alone, so every rank and every run sees the same data.
 [[nodiscard]] inline Batch make_batch(const ModelSpec& spec, int step) {
-  const std::size_t n = spec.chunk_values() * static_cast<std::size_t>(spec.chunks);
   Batch b;
-  b.inputs.resize(n);
-  b.labels.resize(n);
+  SplitMix64 gr(derive_seed(spec.seed, 0x5EC5u, static_cast<std::uint64_t>(step)));
+  const auto h = static_cast<std::size_t>(spec.hidden);
+  b.input_offset.push_back(0);
+  b.label_offset.push_back(0);
+  for (int c = 0; c < spec.chunks; ++c) {
+    const std::size_t rows = spec.variable_rows
+                                 ? 1 + static_cast<std::size_t>(gr.next() % static_cast<std::uint64_t>(spec.rows))
+                                 : static_cast<std::size_t>(spec.rows);
+    b.rows.push_back(rows);
+    b.input_offset.push_back(b.input_offset.back() + rows * h + (spec.variable_rows ? rows : 0));
+    b.label_offset.push_back(b.label_offset.back() + rows * h);
+  }
+  b.inputs.resize(b.input_offset.back());
+  b.labels.resize(b.label_offset.back());
   SplitMix64 gi(derive_seed(spec.seed, 0xB17Cu, static_cast<std::uint64_t>(step)));
   SplitMix64 gl(derive_seed(spec.seed, 0x1ABE1u, static_cast<std::uint64_t>(step)));
   for (double& v : b.inputs) v = gi.uniform_pm1();
@@ -100,8 +117,9 @@ struct SequentialRun {
 
   SequentialRun run;
   run.stages = stages;
-  const std::size_t n = spec.chunk_values();
-  std::vector<double> act_a(n), act_b(n), grad_a(n), grad_b(n);
+  const std::size_t max_values = spec.chunk_values();
+  std::vector<double> act_a(max_values), act_b(max_values), grad_a(max_values), grad_b(max_values);
+  std::vector<double> aux, shifted(max_values);
   for (int step = 0; step < spec.steps; ++step) {
     const Batch batch = make_batch(spec, step);
     std::vector<double> losses(static_cast<std::size_t>(spec.chunks));
@@ -112,29 +130,43 @@ struct SequentialRun {
       ctx.num_batch_chunks = spec.chunks;
       ctx.num_stages = stages;
       ctx.loss_scale = spec.loss_scale();
-      const std::span<const double> x =
-          std::span<const double>(batch.inputs).subspan(static_cast<std::size_t>(c) * n, n);
-      const std::span<const double> t =
-          std::span<const double>(batch.labels).subspan(static_cast<std::size_t>(c) * n, n);
+      const auto cc = static_cast<std::size_t>(c);
+      const std::size_t n = batch.rows[cc] * static_cast<std::size_t>(spec.hidden);
+      const std::span<const double> x = std::span<const double>(batch.inputs).subspan(batch.input_offset[cc], n);
+      const std::span<const double> t = std::span<const double>(batch.labels).subspan(batch.label_offset[cc], n);
+      if (spec.variable_rows) {
+        const auto a = std::span<const double>(batch.inputs).subspan(batch.input_offset[cc] + n, batch.rows[cc]);
+        aux.assign(a.begin(), a.end());
+      }
       for (int s = 0; s < stages; ++s) {
         ctx.stage = s;
         ctx.is_first_stage = s == 0;
         ctx.is_last_stage = s == stages - 1;
-        const std::span<const double> in = s == 0 ? x : std::span<const double>(act_a);
-        model[static_cast<std::size_t>(s)].forward(ctx, as_bytes(in), std::as_writable_bytes(std::span<double>(act_b)));
+        std::span<const double> in = s == 0 ? x : std::span<const double>(act_a).first(n);
+        if (spec.variable_rows) {  // AuxMlpStage: the MLP of X + A, and A / 2 + 1/4 handed on
+          const auto h = static_cast<std::size_t>(spec.hidden);
+          for (std::size_t r = 0; r < batch.rows[cc]; ++r) {
+            for (std::size_t j = 0; j < h; ++j) shifted[r * h + j] = in[r * h + j] + aux[r];
+            aux[r] = aux[r] / 2 + 0.25;
+          }
+          in = std::span<const double>(shifted).first(n);
+        }
+        model[static_cast<std::size_t>(s)].forward(ctx, as_bytes(in),
+                                                   std::as_writable_bytes(std::span<double>(act_b).first(n)));
         act_a.swap(act_b);
       }
       ctx.stage = stages - 1;
       ctx.is_first_stage = stages == 1;
       ctx.is_last_stage = true;
-      losses[static_cast<std::size_t>(c)] = model.back().loss(ctx, as_bytes(act_a), as_bytes(t));
+      losses[cc] = model.back().loss(ctx, as_bytes(std::span<const double>(act_a).first(n)), as_bytes(t));
       for (int s = stages - 1; s >= 0; --s) {
         ctx.stage = s;
         ctx.is_first_stage = s == 0;
         ctx.is_last_stage = s == stages - 1;
         MlpStage& st = model[static_cast<std::size_t>(s)];
-        const ConstBytes out_grad = s == stages - 1 ? ConstBytes{} : as_bytes(grad_a);
-        const MutableBytes in_grad = s == 0 ? MutableBytes{} : std::as_writable_bytes(std::span<double>(grad_b));
+        const ConstBytes out_grad = s == stages - 1 ? ConstBytes{} : as_bytes(std::span<const double>(grad_a).first(n));
+        const MutableBytes in_grad =
+            s == 0 ? MutableBytes{} : std::as_writable_bytes(std::span<double>(grad_b).first(n));
         st.backward_input(ctx, out_grad, in_grad);
         st.backward_weight(ctx);
         grad_a.swap(grad_b);

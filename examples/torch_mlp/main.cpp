@@ -13,6 +13,7 @@
 
 #include <charconv>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -35,9 +36,13 @@ namespace {
 
 constexpr const char* program = "dualpipe-torch-mlp";
 std::string usage() {
-  return "usage: dualpipe-torch-mlp [--schedule NAME] [--ranks P] [--chunks C] [--hidden H] [--steps N]\n"
+  return "usage: dualpipe-torch-mlp [--schedule NAME] [--ranks P] [--chunks C] [--hidden H] [--steps N] "
+         "[--variable-lengths]\n"
          "  NAME: " +
-         schedule_names() + " (default dualpipe); defaults P=4 C=20 H=32 N=1";
+         schedule_names() +
+         " (default dualpipe); defaults P=4 C=20 H=32 N=1\n"
+         "  --variable-lengths: each chunk its own sequence length in [1, 16] (seeded), and the stages pass two\n"
+         "  tensors (x, and a per-position column the next stage adds), through TorchTensorsStage";
 }
 
 struct Args {
@@ -46,6 +51,7 @@ struct Args {
   int chunks = 20;
   int hidden = 32;
   int steps = 1;
+  bool variable_lengths = false;
 };
 
 int parse_int(std::string_view flag, std::string_view text, int min) {
@@ -65,6 +71,10 @@ Args parse_args(int argc, char** argv) {
     if (flag == "--help" || flag == "-h") {
       std::cout << usage() << "\n";
       std::exit(0);
+    }
+    if (flag == "--variable-lengths") {
+      a.variable_lengths = true;
+      continue;
     }
     if (i + 1 >= argc) throw ConfigError("unknown option or missing value: '" + std::string(flag) + "'");
     std::string_view value = argv[++i];
@@ -125,10 +135,9 @@ std::vector<double> gather_losses(const std::vector<StepResult>& per_rank, int c
 
 /// Checks one training step's gradients: each stage's copies summed (in rank, module order) against the
 /// sequential model's. Returns the sum of squares of the summed gradients (stage order, for grad_norm).
-template <class Schedule>
-double check_grads(std::vector<MlpStage>& model,
-                   const std::vector<std::unique_ptr<torch_mlp::RankStages<Schedule>>>& ranks, int step, Checks& checks,
-                   double& max_diff, double& max_err) {
+template <class Schedule, class Ranks>
+double check_grads(std::vector<MlpStage>& model, const std::vector<std::unique_ptr<Ranks>>& ranks, int step,
+                   Checks& checks, double& max_diff, double& max_err) {
   double norm2 = 0;
   for (int s = 0; s < static_cast<int>(model.size()); ++s) {
     auto ref_params = model[s]->parameters();
@@ -252,6 +261,118 @@ int run(const Args& a) {
   return checks.ok ? 0 : 1;
 }
 
+/// --variable-lengths: the same model over chunks of their own sequence lengths, two tensors per boundary
+/// (TorchTensorsStage), against the sequential run of the same chunks; losses and returned outputs bitwise.
+template <class Schedule>
+int run_variable(const Args& a) {
+  const int P = a.ranks, C = a.chunks;
+  const int stages = Schedule::placement(P, C, 0, 0).num_stages;
+  torch_mlp::Shape shape;
+  shape.hidden = a.hidden;
+  std::vector<MlpStage> model = torch_mlp::make_model(stages, a.hidden, 233);
+  std::vector<std::unique_ptr<torch_mlp::VarRankStages<Schedule>>> ranks;
+  for (int r = 0; r < P; ++r)
+    ranks.push_back(std::make_unique<torch_mlp::VarRankStages<Schedule>>(model, shape, P, C, r));
+  InProcessWorld world(P);
+  using Pipe = Pipeline<Schedule, InProcessCommunicator, TorchTensorsStage>;
+  std::vector<std::unique_ptr<Pipe>> pipes;
+  for (int r = 0; r < P; ++r) pipes.push_back(std::make_unique<Pipe>(world.communicator(r), ranks[r]->pointers()));
+
+  Checks checks;
+  double loss_sum = 0, norm2 = 0, max_diff = 0, max_err = 0;
+  std::uint64_t lcg = 233;
+  std::vector<torch_mlp::VarChunk> batch;
+  std::vector<std::byte> inputs, labels;
+  std::vector<std::size_t> table;
+  torch_mlp::SequentialStep reference;
+  auto append = [](std::vector<std::byte>& to, const torch::Tensor& t) {
+    const dualpipe::ConstBytes b = torch_mlp::bytes_of(t);
+    to.insert(to.end(), b.begin(), b.end());
+  };
+  for (int k = 0; k < a.steps; ++k) {
+    batch.clear();
+    inputs.clear();
+    labels.clear();
+    table.clear();
+    for (int c = 0; c < C; ++c) {
+      lcg = lcg * 6364136223846793005ull + 1442695040888963407ull;
+      torch_mlp::VarChunk ch;
+      ch.seq = 1 + static_cast<std::int64_t>((lcg >> 33) % static_cast<std::uint64_t>(shape.seq_len));
+      ch.x = torch::randn({shape.micro_batch, ch.seq, shape.hidden}, torch::kFloat64);
+      ch.a = torch::randn({shape.micro_batch, ch.seq}, torch::kFloat64);
+      ch.labels = torch::randn({shape.micro_batch, ch.seq, shape.hidden}, torch::kFloat64);
+      append(inputs, ch.x);
+      append(inputs, ch.a);
+      append(labels, ch.labels);
+      table.insert(table.end(), {static_cast<std::size_t>(ch.seq), static_cast<std::size_t>(ch.seq)});
+      batch.push_back(std::move(ch));
+    }
+    for (MlpStage& m : model) m->zero_grad();
+    for (const auto& rank : ranks)
+      for (MlpStage& m : rank->module_copies) m->zero_grad();
+    reference = torch_mlp::sequential_variable_step(model, batch, true);
+    StepOptions o;
+    o.sizes = ChunkSizes{table, 2};
+    std::vector<StepResult> results(P);
+    run_ranks(P, [&](int r) { results[r] = pipes[r]->step(C, inputs, labels, o); });
+    std::vector<double> losses = gather_losses(results, C, checks);
+    loss_sum = 0;
+    for (int c = 0; c < C; ++c) {
+      checks.expect(same_bits(losses[c], reference.losses[c]), "step " + std::to_string(k) + " chunk " +
+                                                                   std::to_string(c) + " loss " + g17(losses[c]) +
+                                                                   " != sequential " + g17(reference.losses[c]));
+      loss_sum += losses[c];
+    }
+    norm2 = check_grads<Schedule>(model, ranks, k, checks, max_diff, max_err);
+  }
+
+  // Forward-only on the last batch: every chunk's returned x equal to the sequential forward's, bitwise.
+  std::vector<StepResult> eval(P);
+  StepOptions o;
+  o.sizes = ChunkSizes{table, 2};
+  o.return_outputs = true;
+  run_ranks(P, [&](int r) { eval[r] = pipes[r]->eval(C, inputs, labels, o); });
+  std::vector<int> seen(C, 0);
+  for (const StepResult& r : eval) {
+    std::size_t at = 0;
+    for (int c : r.output_chunks) {
+      const torch_mlp::VarChunk& ch = batch[c];
+      const std::size_t x_bytes = static_cast<std::size_t>(shape.micro_batch * ch.seq * shape.hidden) * sizeof(double);
+      const std::size_t piece = x_bytes + static_cast<std::size_t>(shape.micro_batch * ch.seq) * sizeof(double);
+      ++seen[c];
+      const bool fits = at + piece <= r.outputs.size();
+      checks.expect(fits, "forward-only outputs are too short");
+      if (fits) {
+        std::vector<torch::Tensor> xa{ch.x, ch.a};
+        {
+          torch::NoGradGuard no_grad;
+          for (MlpStage& stage : model) xa = torch_mlp::aux_forward(*stage, xa);
+        }
+        const torch::Tensor want = xa[0].contiguous();
+        checks.expect(std::memcmp(r.outputs.data() + at, want.data_ptr(), x_bytes) == 0,
+                      "forward-only output of chunk " + std::to_string(c) + " differs from the sequential forward");
+      }
+      at += piece;
+    }
+    checks.expect(at == r.outputs.size(), "forward-only outputs have the wrong size");
+  }
+  for (int c = 0; c < C; ++c)
+    checks.expect(seen[c] == 1, "forward-only output of chunk " + std::to_string(c) + " returned " +
+                                    std::to_string(seen[c]) + " times");
+
+  std::printf(
+      "model: stages=%d hidden=%d micro_batch=%lld seq_len=1..%lld (per chunk) dtype=float64 steps=%d "
+      "tensors=2\n",
+      stages, a.hidden, static_cast<long long>(shape.micro_batch), static_cast<long long>(shape.seq_len), a.steps);
+  std::printf("grads: max 1-2<x,y>/(|x|^2+|y|^2) = %.3g (reference criterion: < 1e-13), max relative error %.3g\n",
+              max_diff, max_err);
+  std::printf(
+      "result: schedule=%s ranks=%d chunks=%d comm=inproc loss_sum=%.17g grad_norm=%.17g max_rel_err=%.3g "
+      "check=%s\n",
+      std::string(Schedule::name).c_str(), P, C, loss_sum, std::sqrt(norm2), max_err, checks.ok ? "pass" : "FAIL");
+  return checks.ok ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -267,7 +388,9 @@ int main(int argc, char** argv) {
   dualpipe::set_blas_threads(1);  // OpenBLAS's own threads: at::set_num_threads does not reach them
   std::printf("%s\n", dualpipe::describe_blas(dualpipe::loaded_blas()).c_str());
   try {
-    return visit_schedule(args.schedule, [&](auto schedule) { return run<decltype(schedule)>(args); });
+    return visit_schedule(args.schedule, [&](auto schedule) {
+      return args.variable_lengths ? run_variable<decltype(schedule)>(args) : run<decltype(schedule)>(args);
+    });
   } catch (const std::exception& e) {
     std::cerr << program << ": error: " << e.what() << "\n";
     return 1;

@@ -119,4 +119,76 @@ struct RankStages {
   }
 };
 
+// ---- --variable-lengths: each chunk its own sequence length, two tensors per boundary ----
+
+/// A stage over (x, a), x of shape micro_batch x seq x hidden and a (no gradient, like a mask or positions)
+/// of micro_batch x seq: the MLP of x + a (a broadcast over hidden), and a / 2 + 1/4 handed on.
+inline std::vector<torch::Tensor> aux_forward(MlpStageImpl& m, const std::vector<torch::Tensor>& in) {
+  return {m.forward(in[0] + in[1].unsqueeze(-1)), in[1] / 2 + 0.25};
+}
+
+/// The tensors of a --variable-lengths stage: x and a, their sequence dimension (1) variable up to seq_len.
+inline dualpipe::TorchTensorsOptions aux_options(const Shape& shape) {
+  dualpipe::TorchTensorsOptions o;
+  const dualpipe::TorchTensor x{shape.chunk(), torch::kFloat64, 1, true};
+  const dualpipe::TorchTensor a{{shape.micro_batch, shape.seq_len}, torch::kFloat64, 1, false};
+  o.inputs = {x, a};
+  o.outputs = {x, a};
+  o.labels = x;
+  return o;
+}
+
+/// One chunk of a --variable-lengths batch: its sequence length, inputs x and a, labels.
+struct VarChunk {
+  std::int64_t seq = 1;
+  torch::Tensor x, a, labels;
+};
+
+/// The sequential run of a --variable-lengths step: chunk after chunk, every stage on (x, a), the loss and
+/// (when `train`) its backward. Returns each chunk's loss and output x.
+inline SequentialStep sequential_variable_step(std::vector<MlpStage>& model, const std::vector<VarChunk>& batch,
+                                               bool train) {
+  torch::AutoGradMode grad_mode(train);
+  SequentialStep out;
+  std::vector<torch::Tensor> ys;
+  for (const VarChunk& c : batch) {
+    std::vector<torch::Tensor> xa{c.x, c.a};
+    for (MlpStage& stage : model) xa = aux_forward(*stage, xa);
+    torch::Tensor loss = criterion(xa[0], c.labels);
+    if (train) loss.backward();
+    out.losses.push_back(loss.item<double>());
+    ys.push_back(xa[0].detach().contiguous());
+  }
+  out.outputs = torch::cat(ys, 1);  // unused as a whole: chunk outputs differ in their sequence length
+  return out;
+}
+
+/// The TorchTensorsStages of one rank under `Schedule` (--variable-lengths).
+template <class Schedule>
+struct VarRankStages {
+  static constexpr int modules = Schedule::modules_per_rank;
+  std::vector<MlpStage> module_copies;
+  std::vector<int> stage_of;
+  std::vector<std::unique_ptr<dualpipe::TorchTensorsStage>> stages;
+
+  VarRankStages(const std::vector<MlpStage>& model, const Shape& shape, int ranks, int chunks, int rank) {
+    for (int m = 0; m < modules; ++m) {
+      stage_of.push_back(Schedule::placement(ranks, chunks, rank, m).stage);
+      module_copies.push_back(copy_of(model[stage_of[m]]));
+      MlpStageImpl* impl = module_copies[m].get();
+      stages.push_back(std::make_unique<dualpipe::TorchTensorsStage>(
+          module_copies[m].ptr(), [impl](const std::vector<torch::Tensor>& in) { return aux_forward(*impl, in); },
+          aux_options(shape),
+          [](const std::vector<torch::Tensor>& out, const torch::Tensor& labels) {
+            return criterion(out[0], labels);
+          }));
+    }
+  }
+  [[nodiscard]] std::array<dualpipe::TorchTensorsStage*, modules> pointers() const {
+    std::array<dualpipe::TorchTensorsStage*, modules> p{};
+    for (int m = 0; m < modules; ++m) p[m] = stages[m].get();
+    return p;
+  }
+};
+
 }  // namespace torch_mlp

@@ -5,3 +5,4 @@
 #include "dualpipe/torch/blas.hpp"
 #include "dualpipe/torch/deferred_linear.hpp"
 #include "dualpipe/torch/stage.hpp"
+#include "dualpipe/torch/tensors_stage.hpp"

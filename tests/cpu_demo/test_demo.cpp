@@ -76,6 +76,55 @@ TEST_CASE("CpuDemo.Core.EveryScheduleMatchesTheSequentialRun" * doctest::timeout
   }
 }
 
+TEST_CASE("CpuDemo.VariableLengths.EveryScheduleMatchesTheSequentialRun" * doctest::timeout(240)) {
+  const GridPoint grid[] = {
+      {"dualpipe", 2, 4}, {"dualpipe", 4, 8}, {"dualpipev", 1, 3}, {"dualpipev", 2, 5}, {"1f1b", 2, 3},
+      {"1f1b", 4, 8},     {"zb1p", 2, 3},     {"zb1p", 4, 8},      {"gpipe", 3, 4},
+  };
+  for (const GridPoint& g : grid) {
+    CAPTURE(g.schedule);
+    CAPTURE(g.ranks);
+    CAPTURE(g.chunks);
+    DemoConfig cfg = small(g.schedule, g.ranks, g.chunks);
+    cfg.model.variable_rows = true;
+    cfg.model.rows = 5;
+    const DemoReport r = run_demo_inproc(cfg);
+    std::string problems;
+    for (const auto& p : r.problems) problems += p + "; ";
+    CAPTURE(problems);
+    CHECK(r.pass());
+    CHECK(r.max_rel_err <= 1e-12);
+    CHECK(r.grad_norm > 0);
+  }
+}
+
+TEST_CASE("CpuDemo.VariableLengths.ChunksHaveTheirOwnRowsAndTheCheckCanFail") {
+  ModelSpec spec;
+  spec.variable_rows = true;
+  spec.rows = 5;
+  spec.chunks = 16;
+  spec.hidden = 4;
+  const Batch b = make_batch(spec, 0);
+  REQUIRE(b.rows.size() == 16);
+  bool differ = false;
+  for (std::size_t r : b.rows) {
+    CHECK(r >= 1);
+    CHECK(r <= 5);
+    differ = differ || r != b.rows[0];
+  }
+  CHECK(differ);
+  CHECK(b.inputs.size() == b.input_offset.back());
+  // Against the fixed-size model's sequential run, the variable-size run must fail its check.
+  DemoConfig cfg = small("1f1b", 2, 4);
+  cfg.model.variable_rows = true;
+  cfg.model.rows = 5;
+  DemoConfig fixed = cfg;
+  fixed.model.variable_rows = false;
+  const SequentialRun other = sequential_for(fixed);
+  const DemoReport r = run_demo_inproc(cfg, &other);
+  CHECK_FALSE(r.pass());
+}
+
 TEST_CASE("CpuDemo.Core.OneStepLossesEqualTheSequentialRunBitForBit") {
   // With one step the weights are the initial ones everywhere, and each chunk's forward is the same
   // arithmetic in the same order as in the sequential run: the loss sum (batch-chunk order) is exact.
@@ -252,6 +301,8 @@ TEST_CASE("CpuDemo.Options") {
   CHECK(configs[0].ranks == 4);
   CHECK(configs[1].ranks == 2);  // dualpipev: the same 4-stage model on 2 ranks
   CHECK(stages_of(configs[1].schedule, configs[1].ranks, configs[1].model.chunks) == 4);
+  CHECK_FALSE(configs[0].model.variable_rows);
+  CHECK(make_configs(parse({"--variable-lengths"}))[0].model.variable_rows);
 
   const ProgramOptions o = parse({"--schedule",
                                   "zb1p,1f1b",

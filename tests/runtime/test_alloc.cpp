@@ -11,6 +11,7 @@
 
 #include "byte_stage.hpp"
 #include "dualpipe/dualpipe.hpp"
+#include "row_stage.hpp"
 #include "test_model.hpp"
 
 namespace {
@@ -92,7 +93,68 @@ long second_step_allocations(int P, int C) {
   return allocations.load();
 }
 
+/// A variable-size step (two tensors, rows per chunk from a size table, runtime/tensors.hpp): allocations made
+/// by the second train + eval of every rank, whose chunks have other sizes than the first's (the largest too).
+template <class Schedule>
+long variable_step_allocations(int P, int C) {
+  constexpr int M = Schedule::modules_per_rank;
+  constexpr int H = 3;
+  constexpr std::size_t R = 6;
+  InProcessWorld world(P);
+  std::vector<std::vector<std::unique_ptr<testmodel::RowStage>>> stages(static_cast<std::size_t>(P));
+  for (int p = 0; p < P; ++p)
+    for (int m = 0; m < M; ++m) {
+      const auto pl = Schedule::placement(P, C, p, m);
+      stages[static_cast<std::size_t>(p)].push_back(
+          std::make_unique<testmodel::RowStage>(pl.stage, pl.num_chunks, H, R));
+    }
+  struct Data {
+    std::vector<std::size_t> table;
+    std::vector<double> inputs, labels;
+  };
+  Data data[2];
+  for (int d = 0; d < 2; ++d)
+    for (int b = 0; b < C; ++b) {
+      const std::size_t rows = d == 0 ? 1 + static_cast<std::size_t>(b) % 2 : R - static_cast<std::size_t>(b) % 3;
+      data[d].table.insert(data[d].table.end(), {rows, rows});
+      data[d].inputs.insert(data[d].inputs.end(), rows * (H + 1), 0.5);
+      data[d].labels.insert(data[d].labels.end(), rows * H, 0.25);
+    }
+  std::barrier sync(P);
+  allocations = 0;
+  run_ranks(P, [&](int r) {
+    std::array<testmodel::RowStage*, M> ptrs{};
+    for (int m = 0; m < M; ++m)
+      ptrs[static_cast<std::size_t>(m)] = stages[static_cast<std::size_t>(r)][static_cast<std::size_t>(m)].get();
+    Pipeline<Schedule, InProcessCommunicator, testmodel::RowStage> pipe(world.communicator(r), ptrs);
+    StepResult train, eval;
+    auto steps = [&](const Data& d) {
+      StepOptions o;
+      o.return_outputs = true;
+      o.sizes = ChunkSizes{d.table, 2};
+      pipe.step_into(train, C, as_bytes(std::span(d.inputs)), as_bytes(std::span(d.labels)), o);
+      pipe.eval_into(eval, C, as_bytes(std::span(d.inputs)), as_bytes(std::span(d.labels)), o);
+    };
+    steps(data[0]);  // small chunks: the buffers are sized at the maxima all the same
+    sync.arrive_and_wait();
+    if (r == 0) counting = true;
+    sync.arrive_and_wait();
+    steps(data[1]);
+    sync.arrive_and_wait();
+    if (r == 0) counting = false;
+    sync.arrive_and_wait();
+  });
+  return allocations.load();
+}
+
 }  // namespace
+
+TEST_CASE("Runtime.ZeroAllocation.VariableSizes" * doctest::timeout(120)) {
+  CHECK(variable_step_allocations<DualPipe>(4, 8) == 0);
+  CHECK(variable_step_allocations<DualPipeV>(2, 5) == 0);
+  CHECK(variable_step_allocations<OneFOneB>(2, 4) == 0);
+  CHECK(variable_step_allocations<ZB1P>(4, 6) == 0);
+}
 
 TEST_CASE("Runtime.ZeroAllocation.CounterWorks") {
   // The control: the counter sees an allocation while counting, and none otherwise.

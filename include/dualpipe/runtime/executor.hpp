@@ -18,20 +18,30 @@
 // Where data comes from and goes to is the schedule's placement (schedule/placement.hpp) and nothing else;
 // the buffers are chunk_buffers.hpp's. A failure anywhere aborts the communicator, so that every rank's
 // step ends with a StepError naming where it started (rank, module, chunk, op token).
+// Chunk sizes (runtime/tensors.hpp): each module's input and output is a TensorLayout (one tensor of
+// input_bytes() for a plain stage); the pools are sized at the layouts' maxima, and each transfer and each
+// span a stage is given has the chunk's actual size, from the step's ChunkSizes table (the maxima when it
+// is empty). For a stage that declares tensors (StageWithTensors), every rank first sends every other rank
+// a small record (its table and what its own stages make of it: one all-to-all group, tag module =
+// Modules, a module no rank has) and then checks the same gathered records in the same order, so that a
+// bad table is the same ConfigError on every rank, before any activation is sent.
 // The Device policy (runtime/device.hpp; HostDevice by default, whose hooks do nothing) is told about every
 // compute op, buffer use, post and commit, so that a GPU device can order them with streams and events
 // instead of host waits; it also says where buffers live and which stream a stage computes on.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <exception>
 #include <limits>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -48,17 +58,24 @@
 #include "dualpipe/runtime/recorder.hpp"
 #include "dualpipe/runtime/stage.hpp"
 #include "dualpipe/runtime/step_result.hpp"
+#include "dualpipe/runtime/tensors.hpp"
 #include "dualpipe/runtime/weight_fifo.hpp"
 
 namespace dualpipe {
 
 /// A RankPlan with everything sized for it: the buffers, the weight FIFO and where outputs go.
 struct StepProgram {
-  RankPlan plan;                           ///< The op list and placements.
-  ChunkBuffers buffers;                    ///< Every chunk buffer, sized from the plan's dry run.
-  WeightFifo fifo;                         ///< Deferred weight groups, sized from the dry run.
-  std::vector<std::size_t> output_offset;  ///< Batch chunk -> byte offset in StepResult::outputs.
-  std::size_t output_bytes = 0;            ///< Bytes of StepResult::outputs when outputs are returned.
+  RankPlan plan;                            ///< The op list and placements.
+  ChunkBuffers buffers;                     ///< Every chunk buffer, sized from the plan's dry run.
+  WeightFifo fifo;                          ///< Deferred weight groups, sized from the dry run.
+  std::vector<std::size_t> output_offset;   ///< Batch chunk -> byte offset in StepResult::outputs (this step's).
+  std::size_t output_bytes = 0;             ///< Most bytes of StepResult::outputs (every chunk at its maxima).
+  std::vector<TensorLayout> input_layout;   ///< Module -> its input tensors.
+  std::vector<TensorLayout> output_layout;  ///< Module -> its output tensors.
+  std::vector<std::vector<std::size_t>> input_offset;  ///< Module -> batch chunk -> byte offset in the step's
+                                                       ///< inputs (first stages; recomputed each step).
+  std::vector<std::size_t> label_offset;    ///< Batch chunk -> byte offset in the step's labels (chunks + 1).
+  std::vector<std::uint64_t> size_records;  ///< Every rank's size record (StageWithTensors only).
 };
 
 namespace detail {
@@ -100,34 +117,43 @@ public:
     StepProgram prog;
     std::vector<ModuleBuffersSpec> specs;
     for (std::size_t m = 0; m < Modules; ++m) {
+      prog.input_layout.push_back(input_layout(*_stages[m]));
+      prog.output_layout.push_back(output_layout(*_stages[m]));
+    }
+    for (std::size_t m = 0; m < Modules; ++m) {
       ModuleBuffersSpec s;
       s.placement = plan.placements[m];
-      s.input_bytes = _stages[m]->input_bytes();
-      s.output_bytes = _stages[m]->output_bytes();
+      s.input_bytes = prog.input_layout[m].max_bytes();
+      s.output_bytes = prog.output_layout[m].max_bytes();
       s.capacity = plan.capacity[m];
       if (s.placement.local_prev_module >= 0) {
-        const std::size_t prev_out = _stages[static_cast<std::size_t>(s.placement.local_prev_module)]->output_bytes();
-        if (prev_out != s.input_bytes)
+        const auto prev = static_cast<std::size_t>(s.placement.local_prev_module);
+        const std::size_t prev_out = prog.output_layout[prev].max_bytes();
+        if (prev_out != s.input_bytes || !(prog.output_layout[prev] == prog.input_layout[m]))
           throw ConfigError("rank " + std::to_string(_rank) + ": module " + std::to_string(m) + " takes " +
                             std::to_string(s.input_bytes) + " input bytes per chunk but module " +
-                            std::to_string(s.placement.local_prev_module) + " hands it " + std::to_string(prev_out));
+                            std::to_string(s.placement.local_prev_module) + " hands it " + std::to_string(prev_out) +
+                            (prev_out == s.input_bytes ? " (in other tensors)" : ""));
       }
       specs.push_back(s);
     }
     prog.buffers = ChunkBuffers(plan.mode, specs, plan.pending_capacity, _device.slot_memory());
     prog.fifo.set_capacity(plan.weight_fifo_capacity);
     prog.output_offset.assign(static_cast<std::size_t>(plan.chunks), 0);
-    for (int b : plan.output_chunks) {
-      prog.output_offset[static_cast<std::size_t>(b)] = prog.output_bytes;
-      prog.output_bytes += _stages[last_module_of(plan, b)]->output_bytes();
-    }
+    for (int b : plan.output_chunks) prog.output_bytes += prog.output_layout[last_module_of(plan, b)].max_bytes();
+    prog.input_offset.assign(Modules, std::vector<std::size_t>(static_cast<std::size_t>(plan.chunks) + 1, 0));
+    prog.label_offset.assign(static_cast<std::size_t>(plan.chunks) + 1, 0);
+    if constexpr (detail::stage_has_tensors<S>)
+      prog.size_records.assign(static_cast<std::size_t>(plan.ranks) * size_record_words(plan.chunks), 0);
     prog.plan = std::move(plan);
     return prog;
   }
 
   /// Runs the program's ops once. `result` must have losses sized C (NaN) and, when outputs are returned,
-  /// outputs sized prog.output_bytes; spans, step_seconds and peak_buffers_in_use are filled here.
-  /// Throws StepError (with the original exception nested) when this rank or any other fails.
+  /// outputs with a capacity of prog.output_bytes (resized here to this step's chunk sizes); spans,
+  /// step_seconds and peak_buffers_in_use are filled here. Throws ConfigError on every rank for a size
+  /// table that does not fit (see size_error), StepError (with the original exception nested) when this
+  /// rank or any other fails.
   void run(StepProgram& prog, const ExecutorStep& step, StepResult& result) {
     const std::vector<Op>& ops = prog.plan.ops;
     _prog = &prog;
@@ -152,13 +178,24 @@ public:
       ctx.accumulation_steps = step.accumulation_steps;
       _weights_done[m] = 0;
       _offset[m] = p.chunk_offset;
-      _input_bytes[m] = _stages[m]->input_bytes();
     }
-    _label_bytes = step.labels.size() / static_cast<std::size_t>(prog.plan.chunks);
+    _sizes = step.sizes;
     result.phase_spans.clear();
     _phase = nullptr;
     _recorder.begin(result.spans, prog.plan.compute_ops + prog.plan.commit_ops, step.record_timeline);
     result.clock_start = _recorder.origin_seconds();  // a device with its own clock may change it at the end
+    if constexpr (detail::stage_has_tensors<S>) {
+      try {
+        agree_sizes(prog, step);
+      } catch (const ConfigError&) {
+        throw;  // the same on every rank (they checked the same records): nobody is left waiting
+      } catch (...) {
+        fail(prog.plan.ops.size(), "size exchange");
+      }
+    } else {
+      _sizes = ChunkSizes{};  // a plain stage has fixed sizes
+    }
+    size_step(prog, step, result);
     std::size_t i = 0;
     try {
       if (_device.begin_step(prog.plan, step)) {
@@ -197,6 +234,10 @@ public:
     prog.buffers = ChunkBuffers(plan.mode, specs, plan.ops.size());
     prog.fifo.set_capacity(chunks_total);
     prog.output_offset.assign(static_cast<std::size_t>(plan.chunks), 0);
+    prog.input_layout.assign(Modules, TensorLayout{});  // no tensors: every buffer is empty
+    prog.output_layout.assign(Modules, TensorLayout{});
+    prog.input_offset.assign(Modules, std::vector<std::size_t>(static_cast<std::size_t>(plan.chunks) + 1, 0));
+    prog.label_offset.assign(static_cast<std::size_t>(plan.chunks) + 1, 0);
     prog.plan = std::move(plan);
     StepResult result;
     result.losses.assign(static_cast<std::size_t>(prog.plan.chunks), 0.0);
@@ -233,6 +274,182 @@ private:
     return ctx;
   }
 
+  // ---- Chunk sizes --------------------------------------------------------------------------------------
+  static std::size_t size_record_words(int chunks) noexcept {
+    return record_header + static_cast<std::size_t>(chunks) * max_boundary_tensors;
+  }
+  static constexpr std::size_t record_header = 11;
+  // A record's header: whether the rank gave a table, its tensors and length, then the first problem its
+  // own stages found in it (none, a wrong length, a wrong tensor count, a chunk over a maximum) and where.
+  enum Word : std::size_t {
+    has_table,
+    tensors,
+    length,
+    problem,
+    p_chunk,
+    p_tensor,
+    p_got,
+    p_limit,
+    p_module,
+    p_stage,
+    p_side
+  };
+  enum Problem : std::uint64_t { none, wrong_length, wrong_tensors, too_large };
+
+  // This rank's record: its table and what its stages make of it.
+  void fill_record(std::uint64_t* r, const StepProgram& prog, const ChunkSizes& sizes) const {
+    const auto chunks = static_cast<std::size_t>(prog.plan.chunks);
+    for (std::size_t i = 0; i < size_record_words(prog.plan.chunks); ++i) r[i] = 0;
+    r[has_table] = sizes.empty() ? 0 : 1;
+    r[tensors] = sizes.tensors;
+    r[length] = sizes.rows.size();
+    if (sizes.empty()) return;
+    auto problem_at = [&](Problem p, std::size_t b, std::size_t t, std::size_t got, std::size_t limit, std::size_t m,
+                          std::size_t side) {
+      r[problem] = p;
+      r[p_chunk] = b;
+      r[p_tensor] = t;
+      r[p_got] = got;
+      r[p_limit] = limit;
+      r[p_module] = m;
+      r[p_stage] = static_cast<std::uint64_t>(prog.plan.placements[m].stage);
+      r[p_side] = side;
+    };
+    if (sizes.tensors == 0 || sizes.tensors > max_boundary_tensors || sizes.rows.size() != chunks * sizes.tensors) {
+      problem_at(wrong_length, 0, 0, sizes.rows.size(), chunks * sizes.tensors, 0, 0);
+      return;
+    }
+    for (std::size_t i = 0; i < sizes.rows.size(); ++i) r[record_header + i] = sizes.rows[i];
+    for (std::size_t m = 0; m < Modules; ++m)
+      for (std::size_t side = 0; side < 2; ++side) {
+        const TensorLayout& l = side == 0 ? prog.input_layout[m] : prog.output_layout[m];
+        if (l.size() != sizes.tensors) {
+          problem_at(wrong_tensors, 0, 0, sizes.tensors, l.size(), m, side);
+          return;
+        }
+        for (std::size_t b = 0; b < chunks; ++b)
+          for (std::size_t t = 0; t < l.size(); ++t)
+            if (sizes.at(b, t) > l[t].max_rows) {
+              problem_at(too_large, b, t, sizes.at(b, t), l[t].max_rows, m, side);
+              return;
+            }
+      }
+  }
+
+  // Every rank's record to every rank (one group), then the same checks in the same order everywhere.
+  void agree_sizes(StepProgram& prog, const ExecutorStep& step) {
+    const RankPlan& plan = prog.plan;
+    const std::size_t words = size_record_words(plan.chunks);
+    std::uint64_t* all = prog.size_records.data();
+    fill_record(all + static_cast<std::size_t>(_rank) * words, prog, step.sizes);
+    if (plan.ranks > 1 && std::is_same_v<Comm, NullCommunicator>) {
+      // No other rank to hear from (every post is done at once, without data): only this rank's checks.
+      for (int p = 0; p < plan.ranks; ++p)
+        if (p != _rank)
+          std::copy_n(all + static_cast<std::size_t>(_rank) * words, words, all + static_cast<std::size_t>(p) * words);
+    } else if (plan.ranks > 1) {
+      const MessageTag tag{static_cast<int>(Modules), 0, Payload::activation};
+      const ConstBytes mine = std::as_bytes(std::span(all + static_cast<std::size_t>(_rank) * words, words));
+      for (int p = 0; p < plan.ranks; ++p) {
+        if (p == _rank) continue;
+        _comm.post_send(peer(p), tag, mine);
+        _comm.post_recv(peer(p), tag,
+                        std::as_writable_bytes(std::span(all + static_cast<std::size_t>(p) * words, words)));
+      }
+      auto group = _comm.commit();
+      group.wait(step.timeout);
+    }
+    check_records(prog, all, words);
+    _sizes = step.sizes;
+  }
+
+  // The gathered records' first problem, as a ConfigError naming the rank, the chunk, the tensor and sizes.
+  void check_records(const StepProgram& prog, const std::uint64_t* all, std::size_t words) const {
+    const RankPlan& plan = prog.plan;
+    auto rec = [&](int p) { return all + static_cast<std::size_t>(p) * words; };
+    auto where = [&](int p, const std::uint64_t* r) {
+      return "rank " + std::to_string(p) + " module " + std::to_string(r[p_module]) + " (stage " +
+             std::to_string(r[p_stage]) + ")'s " + (r[p_side] == 0 ? "input" : "output");
+    };
+    auto head = [&] {  // built only on failure: a step that passes allocates nothing
+      return "chunk sizes (" + std::string(plan.schedule) + ", " + std::to_string(plan.chunks) + " chunks): ";
+    };
+    for (int p = 0; p < plan.ranks; ++p) {
+      const std::uint64_t* r = rec(p);
+      if (r[problem] == wrong_length)
+        throw ConfigError(head() + "rank " + std::to_string(p) + "'s table has " + std::to_string(r[length]) +
+                          " entries, expected chunks x tensors = " + std::to_string(plan.chunks) + " x " +
+                          std::to_string(r[tensors]) + " = " + std::to_string(r[p_limit]) +
+                          (r[tensors] > max_boundary_tensors
+                               ? " (and at most " + std::to_string(max_boundary_tensors) + " tensors)"
+                               : ""));
+      if (r[problem] == wrong_tensors)
+        throw ConfigError(head() + "the table lists " + std::to_string(r[p_got]) + " tensors per chunk but " +
+                          where(p, r) + " has " + std::to_string(r[p_limit]) + " tensors");
+    }
+    const std::uint64_t* r0 = rec(0);
+    for (int p = 1; p < plan.ranks; ++p) {
+      const std::uint64_t* r = rec(p);
+      if (r[has_table] != r0[has_table] || r[tensors] != r0[tensors] || r[length] != r0[length])
+        throw ConfigError(
+            head() + "the ranks' tables differ: rank 0 gave " +
+            (r0[has_table] ? std::to_string(r0[length]) + " entries of " + std::to_string(r0[tensors]) + " tensors"
+                           : std::string("none")) +
+            ", rank " + std::to_string(p) + " " +
+            (r[has_table] ? std::to_string(r[length]) + " entries of " + std::to_string(r[tensors]) + " tensors"
+                          : std::string("none")));
+      for (std::size_t i = 0; i < r0[length]; ++i)
+        if (r[record_header + i] != r0[record_header + i])
+          throw ConfigError(head() + "the ranks' tables differ at chunk " + std::to_string(i / r0[tensors]) +
+                            ", tensor " + std::to_string(i % r0[tensors]) + ": " +
+                            std::to_string(r0[record_header + i]) + " rows on rank 0, " +
+                            std::to_string(r[record_header + i]) + " rows on rank " + std::to_string(p));
+    }
+    for (int p = 0; p < plan.ranks; ++p) {
+      const std::uint64_t* r = rec(p);
+      if (r[problem] == too_large)
+        throw ConfigError(head() + "chunk " + std::to_string(r[p_chunk]) + ", tensor " + std::to_string(r[p_tensor]) +
+                          " has " + std::to_string(r[p_got]) + " rows, more than the " + std::to_string(r[p_limit]) +
+                          " rows (the declared maximum) of " + where(p, r));
+    }
+  }
+
+  // This step's offsets: each first stage's chunks in the inputs, the labels' chunks, the outputs' chunks.
+  void size_step(StepProgram& prog, const ExecutorStep& step, StepResult& result) {
+    const RankPlan& plan = prog.plan;
+    const auto chunks = static_cast<std::size_t>(plan.chunks);
+    for (std::size_t m = 0; m < Modules; ++m) {
+      std::vector<std::size_t>& off = prog.input_offset[m];
+      off[0] = 0;
+      for (std::size_t b = 0; b < chunks; ++b) off[b + 1] = off[b] + prog.input_layout[m].bytes(_sizes, b);
+    }
+    // Labels: equal parts, or (with a table) in proportion to each chunk's rows of tensor 0.
+    std::size_t total_rows = 0;
+    if (!_sizes.empty())
+      for (std::size_t b = 0; b < chunks; ++b) total_rows += _sizes.at(b, 0);
+    const std::size_t per =
+        _sizes.empty() || total_rows == 0 ? step.labels.size() / chunks : step.labels.size() / total_rows;
+    prog.label_offset[0] = 0;
+    for (std::size_t b = 0; b < chunks; ++b)
+      prog.label_offset[b + 1] = prog.label_offset[b] + (_sizes.empty() ? per : per * _sizes.at(b, 0));
+    std::size_t out = 0;
+    for (int b : plan.output_chunks) {
+      prog.output_offset[static_cast<std::size_t>(b)] = out;
+      out += prog.output_layout[last_module_of(plan, b)].bytes(_sizes, static_cast<std::size_t>(b));
+    }
+    if (step.return_outputs) result.outputs.resize(out);  // within the capacity of prog.output_bytes
+  }
+
+  [[nodiscard]] std::size_t batch_chunk(int m, int c) const noexcept {
+    return static_cast<std::size_t>(_offset[static_cast<std::size_t>(m)] + c);
+  }
+  [[nodiscard]] const TensorLayout& in_layout(int m) const noexcept {
+    return _prog->input_layout[static_cast<std::size_t>(m)];
+  }
+  [[nodiscard]] const TensorLayout& out_layout(int m) const noexcept {
+    return _prog->output_layout[static_cast<std::size_t>(m)];
+  }
+
   // The chunk buffer a backward may still read besides its gradients: its forward input (held until the
   // backward input part is done). Looked up only for a device that orders buffer uses.
   [[nodiscard]] ConstBytes saved_input(int m, int c) {
@@ -240,30 +457,52 @@ private:
     else return {};
   }
 
-  [[nodiscard]] ConstBytes forward_input(int m, int c, const StageContext& ctx) {
+  [[nodiscard]] ConstBytesList forward_input(int m, int c, const StageContext& ctx) {
+    const auto b = static_cast<std::size_t>(ctx.batch_chunk);
     if (ctx.is_first_stage) {
-      const std::size_t n = _input_bytes[static_cast<std::size_t>(m)];
-      return _step->inputs.subspan(static_cast<std::size_t>(ctx.batch_chunk) * n, n);
+      const std::vector<std::size_t>& off = _prog->input_offset[static_cast<std::size_t>(m)];
+      return in_layout(m).split(_step->inputs.subspan(off[b], off[b + 1] - off[b]), _sizes, b);
     }
-    return _prog->buffers.forward_input(m, c);
+    return in_layout(m).split(_prog->buffers.forward_input(m, c), _sizes, b);
+  }
+  [[nodiscard]] MutableBytesList forward_output(int m, int c) {
+    return out_layout(m).split(_prog->buffers.forward_output(m, c), _sizes, batch_chunk(m, c));
+  }
+  [[nodiscard]] ConstBytesList backward_output_grad(int m, int c) {
+    return out_layout(m).split(_prog->buffers.backward_output_grad(m, c), _sizes, batch_chunk(m, c), true);
+  }
+  [[nodiscard]] MutableBytesList backward_input_grad(int m, int c) {
+    return in_layout(m).split(_prog->buffers.backward_input_grad(m, c), _sizes, batch_chunk(m, c), true);
   }
 
   // The last stage's loss and returned output, right after its forward.
-  void last_stage(S& stage, const StageContext& ctx, ConstBytes out) {
+  void last_stage(S& stage, const StageContext& ctx, const ConstBytesList& out) {
     const auto b = static_cast<std::size_t>(ctx.batch_chunk);
-    if (_label_bytes > 0) {
-      const ConstBytes labels = _step->labels.subspan(b * _label_bytes, _label_bytes);
-      if constexpr (StageWithAsyncLoss<S>) stage.loss_to(ctx, out, labels, _device.loss_slot(*_result, b));
-      else _result->losses[b] = static_cast<double>(stage.loss(ctx, out, labels));
+    const std::size_t l0 = _prog->label_offset[b], l1 = _prog->label_offset[b + 1];
+    if (l1 > l0) {
+      const ConstBytes labels = _step->labels.subspan(l0, l1 - l0);
+      if constexpr (StageWithAsyncLoss<S>)
+        detail::call_loss_to(stage, ctx, out, labels, _device.loss_slot(*_result, b));
+      else _result->losses[b] = detail::call_loss(stage, ctx, out, labels);
     }
-    if (_step->return_outputs && !out.empty()) _device.copy_output(*_result, _prog->output_offset[b], out);
+    if (_step->return_outputs && !out.packed().empty())
+      _device.copy_output(*_result, _prog->output_offset[b], out.packed());
+  }
+
+  static ConstBytesList as_const(const MutableBytesList& l) noexcept {
+    ConstBytesList c;
+    for (MutableBytes b : l) c.push_back(b);
+    c.set_packed(l.packed());
+    return c;
   }
 
   void forward(int m, int c, ComputeLane lane = ComputeLane::main) {
     S& stage = *_stages[static_cast<std::size_t>(m)];
     const StageContext ctx = context(m, c, lane);
-    const ConstBytes in = forward_input(m, c, ctx);
-    const MutableBytes out = _prog->buffers.forward_output(m, c);
+    const ConstBytesList in_list = forward_input(m, c, ctx);
+    const MutableBytesList out_list = forward_output(m, c);
+    const ConstBytes in = in_list.packed();
+    const MutableBytes out = out_list.packed();
     _module = m;
     _chunk = c;
     _device.use(lane, in);
@@ -271,9 +510,9 @@ private:
     if constexpr (StageWithPhases<S>) {
       run_in_order(stage, ctx, Pass::forward, PhaseIo{in, out}, lane);
     } else {
-      stage.forward(ctx, in, out);
+      detail::call_forward(stage, ctx, in_list, out_list);
     }
-    if (ctx.is_last_stage) last_stage(stage, ctx, out);
+    if (ctx.is_last_stage) last_stage(stage, ctx, as_const(out_list));
     _device.used(lane, in);
     _device.used(lane, out);
     _prog->buffers.after_forward(m, c);
@@ -282,8 +521,10 @@ private:
   void backward(int m, int c, bool deferred, const Op& op, ComputeLane lane = ComputeLane::main) {
     S& stage = *_stages[static_cast<std::size_t>(m)];
     const StageContext ctx = context(m, c, lane);
-    const ConstBytes grad = _prog->buffers.backward_output_grad(m, c);
-    const MutableBytes in_grad = _prog->buffers.backward_input_grad(m, c);
+    const ConstBytesList grad_list = backward_output_grad(m, c);
+    const MutableBytesList in_grad_list = backward_input_grad(m, c);
+    const ConstBytes grad = grad_list.packed();
+    const MutableBytes in_grad = in_grad_list.packed();
     const ConstBytes saved = saved_input(m, c);
     _module = m;
     _chunk = c;
@@ -299,13 +540,13 @@ private:
         weight_done(ctx);
       }
     } else if (deferred) {
-      stage.backward_input(ctx, grad, in_grad);
+      detail::call_backward_input(stage, ctx, grad_list, in_grad_list);
       _prog->fifo.push(WeightGroup{m, c}, op);
     } else if constexpr (StageWithFusedBackward<S>) {
-      stage.backward(ctx, grad, in_grad);
+      detail::call_backward(stage, ctx, grad_list, in_grad_list);
       weight_done(ctx);
     } else {
-      stage.backward_input(ctx, grad, in_grad);
+      detail::call_backward_input(stage, ctx, grad_list, in_grad_list);
       stage.backward_weight(ctx);
       weight_done(ctx);
     }
@@ -324,10 +565,14 @@ private:
       S& bstage = *_stages[static_cast<std::size_t>(m1)];
       const StageContext fctx = context(m0, c0);
       const StageContext bctx = context(m1, c1, ComputeLane::second);
-      const ConstBytes in = forward_input(m0, c0, fctx);
-      const MutableBytes out = _prog->buffers.forward_output(m0, c0);
-      const ConstBytes grad = _prog->buffers.backward_output_grad(m1, c1);
-      const MutableBytes in_grad = _prog->buffers.backward_input_grad(m1, c1);
+      const ConstBytesList in_list = forward_input(m0, c0, fctx);
+      const MutableBytesList out_list = forward_output(m0, c0);
+      const ConstBytesList grad_list = backward_output_grad(m1, c1);
+      const MutableBytesList in_grad_list = backward_input_grad(m1, c1);
+      const ConstBytes in = in_list.packed();
+      const MutableBytes out = out_list.packed();
+      const ConstBytes grad = grad_list.packed();
+      const MutableBytes in_grad = in_grad_list.packed();
       const ConstBytes saved = saved_input(m1, c1);
       _module = m0;
       _chunk = c0;
@@ -339,8 +584,8 @@ private:
       _device.use(ComputeLane::second, grad);
       _device.use(ComputeLane::second, in_grad);
       _device.use(ComputeLane::second, saved);
-      S::forward_backward(fstage, fctx, in, out, bstage, bctx, grad, in_grad);
-      if (fctx.is_last_stage) last_stage(fstage, fctx, out);
+      detail::call_forward_backward(fstage, fctx, in_list, out_list, bstage, bctx, grad_list, in_grad_list);
+      if (fctx.is_last_stage) last_stage(fstage, fctx, as_const(out_list));
       weight_done(bctx);
       _device.join();
       for (const ConstBytes b : {ConstBytes(in), ConstBytes(out), grad, ConstBytes(in_grad), saved})
@@ -421,10 +666,11 @@ private:
     S& bstage = *_stages[static_cast<std::size_t>(m1)];
     const StageContext fctx = context(m0, c0);
     const StageContext bctx = context(m1, c1, ComputeLane::second);
-    const ConstBytes in = forward_input(m0, c0, fctx);
-    const MutableBytes out = _prog->buffers.forward_output(m0, c0);
-    const ConstBytes grad = _prog->buffers.backward_output_grad(m1, c1);
-    const MutableBytes in_grad = _prog->buffers.backward_input_grad(m1, c1);
+    const MutableBytesList out_list = forward_output(m0, c0);
+    const ConstBytes in = forward_input(m0, c0, fctx).packed();
+    const MutableBytes out = out_list.packed();
+    const ConstBytes grad = backward_output_grad(m1, c1).packed();
+    const MutableBytes in_grad = backward_input_grad(m1, c1).packed();
     const ConstBytes saved = saved_input(m1, c1);
     _device.fork();
     _device.use(ComputeLane::main, in);
@@ -472,7 +718,7 @@ private:
     }
     _module = m0;
     _chunk = c0;
-    if (fctx.is_last_stage) last_stage(fstage, fctx, out);
+    if (fctx.is_last_stage) last_stage(fstage, fctx, as_const(out_list));
     weight_done(bctx);
     _device.join();
     for (const ConstBytes buf : {ConstBytes(in), ConstBytes(out), grad, ConstBytes(in_grad), saved})
@@ -525,28 +771,32 @@ private:
       case OpKind::forward_backward: compute(op, index, [&] { forward_backward(op); }); break;
       case OpKind::weight: compute(op, index, [&] { weight(op, index); }); break;
       case OpKind::send_activation: {
-        const ConstBytes b = _prog->buffers.send_output(op.module, op.chunk);
+        const ConstBytes b = _prog->buffers.send_output(op.module, op.chunk)
+                                 .first(out_layout(op.module).bytes(_sizes, batch_chunk(op.module, op.chunk)));
         post(b);
         _comm.post_send(peer(_prog->plan.placements[m].next_rank), MessageTag{op.module, op.chunk, Payload::activation},
                         b);
         break;
       }
       case OpKind::recv_activation: {
-        const MutableBytes b = _prog->buffers.recv_input(op.module, op.chunk);
+        const MutableBytes b = _prog->buffers.recv_input(op.module, op.chunk)
+                                   .first(in_layout(op.module).bytes(_sizes, batch_chunk(op.module, op.chunk)));
         post(b);
         _comm.post_recv(peer(_prog->plan.placements[m].prev_rank), MessageTag{op.module, op.chunk, Payload::activation},
                         b);
         break;
       }
       case OpKind::send_gradient: {
-        const ConstBytes b = _prog->buffers.send_input_grad(op.module, op.chunk);
+        const ConstBytes b = _prog->buffers.send_input_grad(op.module, op.chunk)
+                                 .first(in_layout(op.module).bytes(_sizes, batch_chunk(op.module, op.chunk), true));
         post(b);
         _comm.post_send(peer(_prog->plan.placements[m].prev_rank), MessageTag{op.module, op.chunk, Payload::gradient},
                         b);
         break;
       }
       case OpKind::recv_gradient: {
-        const MutableBytes b = _prog->buffers.recv_output_grad(op.module, op.chunk);
+        const MutableBytes b = _prog->buffers.recv_output_grad(op.module, op.chunk)
+                                   .first(out_layout(op.module).bytes(_sizes, batch_chunk(op.module, op.chunk), true));
         post(b);
         _comm.post_recv(peer(_prog->plan.placements[m].next_rank), MessageTag{op.module, op.chunk, Payload::gradient},
                         b);
@@ -587,7 +837,7 @@ private:
 
   // Turns whatever was thrown into a StepError naming where the failure started; aborts the communicator
   // when it started here, so that every other rank's waits end too.
-  [[noreturn]] void fail(std::size_t index) {
+  [[noreturn]] void fail(std::size_t index, const char* outside_ops = "end of step") {
     // Runs last, after the communicator was aborted (which may be what lets the device's work finish).
     struct Quiet {
       Device& device;
@@ -600,7 +850,7 @@ private:
       o.rank = _rank;
       o.module = _module;
       o.chunk = _chunk;
-      o.op = in_ops ? to_token(ops[index]) : std::string("end of step");
+      o.op = in_ops ? to_token(ops[index]) : std::string(outside_ops);
       if (_phase != nullptr) o.op += ", " + describe_phase(_phase_pass, _phase_index, *_phase);
       o.what = std::move(what);
       return o;
@@ -661,9 +911,8 @@ private:
   StepResult* _result = nullptr;
   std::array<StageContext, Modules> _ctx{};
   std::array<int, Modules> _offset{};
-  std::array<std::size_t, Modules> _input_bytes{};
   std::array<int, Modules> _weights_done{};  // weight gradients of each module so far this step
-  std::size_t _label_bytes = 0;
+  ChunkSizes _sizes;                         // this step's agreed table (empty: every chunk at its maxima)
   int _module = -1;
   int _chunk = -1;
   int _op_index = -1;             // the compute op running (for phase spans)

@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "dualpipe/core/bytes.hpp"
+#include "dualpipe/runtime/tensors.hpp"
 
 namespace dualpipe {
 
@@ -20,6 +21,8 @@ struct ExecutorStep {
   int accumulation_step = 0;                  ///< StageContext::accumulation_step.
   int accumulation_steps = 1;                 ///< StageContext::accumulation_steps.
   bool overlap_phases = true;                 ///< An FB interleaves its chunks' phases (runtime/phases.hpp).
+  ChunkSizes sizes{};                         ///< Rows of each chunk's tensors (empty: the maxima); the same on
+                                              ///< every rank (checked: runtime/tensors.hpp, executor.hpp).
 };
 
 }  // namespace dualpipe

@@ -192,22 +192,47 @@ private:
     return *_programs.back();
   }
 
-  void check_sizes(const StepProgram& prog, ConstBytes inputs, ConstBytes labels) const {
+  void check_sizes(const StepProgram& prog, ConstBytes inputs, ConstBytes labels, const ChunkSizes& sizes) const {
     const RankPlan& plan = prog.plan;
     const auto chunks = static_cast<std::size_t>(plan.chunks);
     // Built only on failure: a step that passes its checks allocates nothing.
     auto where = [&] {
       return "Pipeline (" + std::string(Schedule::name) + ", rank " + std::to_string(plan.rank) + ")";
     };
+    if (!sizes.empty()) {
+      if constexpr (!StageWithTensors<S>)
+        throw ConfigError(where() +
+                          ": the step gives chunk sizes, but the stage has fixed sizes (it declares no "
+                          "input_tensors() and output_tensors())");
+      // A table of the wrong shape is left to the executor's exchange, which names it on every rank.
+      if (sizes.tensors == 0 || sizes.rows.size() != chunks * sizes.tensors) return;
+      for (std::size_t m = 0; m < modules; ++m) {
+        const TensorLayout& in = prog.input_layout[m];
+        const TensorLayout& out = prog.output_layout[m];
+        if (in.size() != sizes.tensors || out.size() != sizes.tensors) return;
+        for (std::size_t b = 0; b < chunks; ++b)
+          for (std::size_t t = 0; t < sizes.tensors; ++t)
+            if (sizes.at(b, t) > in[t].max_rows || sizes.at(b, t) > out[t].max_rows) return;  // likewise
+      }
+    }
     for (std::size_t m = 0; m < modules; ++m) {
       const ModulePlacement& p = plan.placements[m];
-      if (p.is_first_stage()) {
-        const std::size_t expected = chunks * _stages[m]->input_bytes();
+      if (p.is_first_stage() && !sizes.empty()) {
+        std::size_t expected = 0;
+        for (std::size_t b = 0; b < chunks; ++b) expected += prog.input_layout[m].bytes(sizes, b);
+        if (inputs.size() != expected)
+          throw ConfigError(where() + ": module " + std::to_string(m) +
+                            " is the first stage, so inputs must hold the whole batch, every chunk's tensors at "
+                            "the rows of the size table: " +
+                            std::to_string(expected) + " bytes, got " + std::to_string(inputs.size()) + " bytes");
+      } else if (p.is_first_stage()) {
+        const std::size_t per_chunk = prog.input_layout[m].max_bytes();
+        const std::size_t expected = chunks * per_chunk;
         if (inputs.size() != expected)
           throw ConfigError(where() + ": module " + std::to_string(m) +
                             " is the first stage, so inputs must hold the "
                             "whole batch: chunks x input_bytes = " +
-                            std::to_string(chunks) + " x " + std::to_string(_stages[m]->input_bytes()) + " = " +
+                            std::to_string(chunks) + " x " + std::to_string(per_chunk) + " = " +
                             std::to_string(expected) + " bytes, got " + std::to_string(inputs.size()) + " bytes");
       }
       if (p.is_last_stage()) {
@@ -215,7 +240,15 @@ private:
           throw ConfigError(where() + ": module " + std::to_string(m) +
                             " is the last stage, so a training step needs "
                             "labels for the whole batch (got 0 bytes)");
-        if (!labels.empty()) {
+        if (!labels.empty() && !sizes.empty()) {
+          std::size_t rows = 0;
+          for (std::size_t b = 0; b < chunks; ++b) rows += sizes.at(b, 0);
+          if (rows == 0 || labels.size() % rows != 0)
+            throw ConfigError(where() +
+                              ": with a size table, labels split in proportion to tensor 0's rows, so "
+                              "their size must be a multiple of those rows' total " +
+                              std::to_string(rows) + "; got " + std::to_string(labels.size()) + " bytes");
+        } else if (!labels.empty()) {
           if constexpr (StageWithLabelBytes<S>) {
             const std::size_t expected = chunks * _stages[m]->label_bytes();
             if (labels.size() != expected)
@@ -235,10 +268,10 @@ private:
   // step may already be waiting for this one: the communicator is aborted (with the real message) so that
   // their steps end at once with a StepError naming this rank, instead of after the whole timeout. This
   // rank rethrows the original error (a ConfigError).
-  StepProgram& checked_program(int chunks, Mode mode, ConstBytes inputs, ConstBytes labels) {
+  StepProgram& checked_program(int chunks, Mode mode, ConstBytes inputs, ConstBytes labels, const ChunkSizes& sizes) {
     try {
       StepProgram& prog = program(chunks, mode);
-      check_sizes(prog, inputs, labels);
+      check_sizes(prog, inputs, labels, sizes);
       return prog;
     } catch (const std::exception& e) {
       if (ranks() > 1) abort_quietly(FailureOrigin{rank(), -1, -1, "config", e.what()});
@@ -256,11 +289,12 @@ private:
 
   void run(StepResult& result, int chunks, ConstBytes inputs, ConstBytes labels, const StepOptions& options,
            Mode mode) {
-    StepProgram& prog = checked_program(chunks, mode, inputs, labels);
+    StepProgram& prog = checked_program(chunks, mode, inputs, labels, options.sizes);
     result.rank = rank();
     result.chunks = chunks;
     result.losses.assign(static_cast<std::size_t>(chunks), std::numeric_limits<double>::quiet_NaN());
     if (options.return_outputs) {
+      result.outputs.reserve(prog.output_bytes);  // the most; the executor sizes it to this step's chunks
       result.outputs.resize(prog.output_bytes);
       result.output_chunks.assign(prog.plan.output_chunks.begin(), prog.plan.output_chunks.end());
     } else {
@@ -278,6 +312,7 @@ private:
     step.timeout = _options.timeout;
     step.return_outputs = options.return_outputs;
     step.record_timeline = _options.record_timeline;
+    step.sizes = options.sizes;
     step.overlap_phases = _options.overlap_phases;
     _executor.run(prog, step, result);
     if (mode == Mode::train) _accumulation_step = (_accumulation_step + 1) % _options.accumulation_steps;

@@ -46,6 +46,19 @@
 //                                            gradients are final for this step, so a reduction of them can
 //                                            start during the pipeline's cool-down. ctx.accumulation_step
 //                                            and ctx.last_accumulation_step() say whether an update follows.
+// Several tensors per chunk, sizes per chunk (runtime/tensors.hpp):
+//   input_tensors(), output_tensors() -> std::span<const TensorSpec>
+//                                            instead of (or besides) input_bytes() and output_bytes(): the
+//                                            boundary's tensors (bytes per row, most rows, whether a
+//                                            gradient flows back). The buffers are sized at the maxima; a step
+//                                            may then give every chunk its own rows (StepOptions::sizes).
+//   Every compute member may then take lists instead of spans: forward(ctx, const ConstBytesList& input,
+//   const MutableBytesList& output), loss(ctx, const ConstBytesList& output, ConstBytes labels),
+//   backward_input / backward(ctx, const ConstBytesList& output_grad, const MutableBytesList& input_grad),
+//   forward_backward and loss_to likewise (StageWithTensorLists). A stage with one tensor may keep the
+//   span signatures: it is given the chunk's bytes (the actual size of that chunk, which may be below the
+//   maximum). In a gradient list, a tensor that needs no gradient is an empty span; at the first stage
+//   input_grad is an empty list, at the last stage output_grad is.
 // Each optional member is a named refinement below (StageWithFusedBackward, StageWithOverlap,
 // StageWithAsyncLoss, StageWithReset, StageWithLabelBytes, StageWithGradsReady); each requirement is written once, as a
 // detail:: concept that both the concepts and check_stage() use.
@@ -53,9 +66,11 @@
 
 #include <concepts>
 #include <cstddef>
+#include <span>
 
 #include "dualpipe/core/bytes.hpp"
 #include "dualpipe/core/op.hpp"
+#include "dualpipe/runtime/tensors.hpp"
 
 namespace dualpipe {
 
@@ -84,38 +99,90 @@ struct StageContext {
 
 namespace detail {
 template <class S>
-concept stage_has_forward = requires(S& s, const StageContext& ctx, ConstBytes in, MutableBytes out) {
+concept stage_has_span_forward = requires(S& s, const StageContext& ctx, ConstBytes in, MutableBytes out) {
   s.forward(ctx, in, out);
 };
 template <class S>
-concept stage_has_loss = requires(S& s, const StageContext& ctx, ConstBytes out, ConstBytes labels) {
+concept stage_has_list_forward = requires(S& s, const StageContext& ctx, const ConstBytesList& in,
+                                          const MutableBytesList& out) {
+  s.forward(ctx, in, out);
+};
+template <class S>
+concept stage_has_forward = stage_has_span_forward<S> || stage_has_list_forward<S>;
+template <class S>
+concept stage_has_span_loss = requires(S& s, const StageContext& ctx, ConstBytes out, ConstBytes labels) {
   { s.loss(ctx, out, labels) } -> std::convertible_to<double>;
 };
 template <class S>
-concept stage_has_backward_input = requires(S& s, const StageContext& ctx, ConstBytes grad, MutableBytes in_grad) {
+concept stage_has_list_loss = requires(S& s, const StageContext& ctx, const ConstBytesList& out, ConstBytes labels) {
+  { s.loss(ctx, out, labels) } -> std::convertible_to<double>;
+};
+template <class S>
+concept stage_has_loss = stage_has_span_loss<S> || stage_has_list_loss<S>;
+template <class S>
+concept stage_has_span_backward_input = requires(S& s, const StageContext& ctx, ConstBytes grad, MutableBytes in_grad) {
   s.backward_input(ctx, grad, in_grad);
 };
+template <class S>
+concept stage_has_list_backward_input = requires(S& s, const StageContext& ctx, const ConstBytesList& grad,
+                                                 const MutableBytesList& in_grad) {
+  s.backward_input(ctx, grad, in_grad);
+};
+template <class S>
+concept stage_has_backward_input = stage_has_span_backward_input<S> || stage_has_list_backward_input<S>;
 template <class S>
 concept stage_has_backward_weight = requires(S& s, const StageContext& ctx) {
   s.backward_weight(ctx);
 };
 template <class S>
-concept stage_has_sizes = requires(const S& s) {
+concept stage_has_byte_sizes = requires(const S& s) {
   { s.input_bytes() } -> std::convertible_to<std::size_t>;
   { s.output_bytes() } -> std::convertible_to<std::size_t>;
 };
 template <class S>
-concept stage_has_fused_backward = requires(S& s, const StageContext& ctx, ConstBytes grad, MutableBytes in_grad) {
+concept stage_has_tensors = requires(const S& s) {
+  { s.input_tensors() } -> std::convertible_to<std::span<const TensorSpec>>;
+  { s.output_tensors() } -> std::convertible_to<std::span<const TensorSpec>>;
+};
+template <class S>
+concept stage_has_sizes = stage_has_byte_sizes<S> || stage_has_tensors<S>;
+template <class S>
+concept stage_has_lists = stage_has_list_forward<S> || stage_has_list_loss<S> || stage_has_list_backward_input<S>;
+template <class S>
+concept stage_has_span_fused_backward = requires(S& s, const StageContext& ctx, ConstBytes grad, MutableBytes in_grad) {
   s.backward(ctx, grad, in_grad);
 };
 template <class S>
-concept stage_has_forward_backward = requires(S& f, S& b, const StageContext& ctx, ConstBytes in, MutableBytes out) {
+concept stage_has_list_fused_backward = requires(S& s, const StageContext& ctx, const ConstBytesList& grad,
+                                                 const MutableBytesList& in_grad) {
+  s.backward(ctx, grad, in_grad);
+};
+template <class S>
+concept stage_has_fused_backward = stage_has_span_fused_backward<S> || stage_has_list_fused_backward<S>;
+template <class S>
+concept stage_has_span_forward_backward = requires(S& f, S& b, const StageContext& ctx, ConstBytes in,
+                                                   MutableBytes out) {
   S::forward_backward(f, ctx, in, out, b, ctx, in, out);
 };
 template <class S>
-concept stage_has_loss_to = requires(S& s, const StageContext& ctx, ConstBytes out, ConstBytes labels, double* loss) {
+concept stage_has_list_forward_backward = requires(S& f, S& b, const StageContext& ctx, const ConstBytesList& in,
+                                                   const MutableBytesList& out) {
+  S::forward_backward(f, ctx, in, out, b, ctx, in, out);
+};
+template <class S>
+concept stage_has_forward_backward = stage_has_span_forward_backward<S> || stage_has_list_forward_backward<S>;
+template <class S>
+concept stage_has_span_loss_to = requires(S& s, const StageContext& ctx, ConstBytes out, ConstBytes labels,
+                                          double* loss) {
   s.loss_to(ctx, out, labels, loss);
 };
+template <class S>
+concept stage_has_list_loss_to = requires(S& s, const StageContext& ctx, const ConstBytesList& out, ConstBytes labels,
+                                          double* loss) {
+  s.loss_to(ctx, out, labels, loss);
+};
+template <class S>
+concept stage_has_loss_to = stage_has_span_loss_to<S> || stage_has_list_loss_to<S>;
 template <class S>
 concept stage_has_reset = requires(S& s) {
   s.reset();
@@ -149,6 +216,15 @@ concept StageWithOverlap = Stage<S> && detail::stage_has_forward_backward<S>;
 template <class S>
 concept StageWithAsyncLoss = Stage<S> && detail::stage_has_loss_to<S>;
 
+/// A Stage that declares its boundary as tensors (input_tensors(), output_tensors(); runtime/tensors.hpp):
+/// its chunks may change size from chunk to chunk (StepOptions::sizes).
+template <class S>
+concept StageWithTensors = Stage<S> && detail::stage_has_tensors<S>;
+
+/// A StageWithTensors whose compute members take tensor lists (ConstBytesList, MutableBytesList).
+template <class S>
+concept StageWithTensorLists = StageWithTensors<S> && detail::stage_has_lists<S>;
+
 /// A Stage with reset(), called by Pipeline::reset() after a failed step.
 template <class S>
 concept StageWithReset = Stage<S> && detail::stage_has_reset<S>;
@@ -176,8 +252,61 @@ consteval bool check_stage() {
   static_assert(detail::stage_has_backward_weight<S>,
                 "Stage needs: void backward_weight(const dualpipe::StageContext&) (the deferred weight gradient)");
   static_assert(detail::stage_has_sizes<S>,
-                "Stage needs: std::size_t input_bytes() const and std::size_t output_bytes() const (one chunk)");
+                "Stage needs: std::size_t input_bytes() const and std::size_t output_bytes() const (one chunk), or "
+                "input_tensors() const and output_tensors() const returning std::span<const dualpipe::TensorSpec>");
+  static_assert(!detail::stage_has_lists<S> || detail::stage_has_tensors<S>,
+                "A stage whose members take tensor lists (dualpipe::ConstBytesList) needs: input_tensors() const and "
+                "output_tensors() const returning std::span<const dualpipe::TensorSpec>");
   return Stage<S>;
 }
+
+/// The input layout of a stage: its tensors, or one tensor of input_bytes() bytes (one row).
+template <class S>
+[[nodiscard]] TensorLayout input_layout(const S& s) {
+  if constexpr (detail::stage_has_tensors<S>) return TensorLayout(std::span<const TensorSpec>(s.input_tensors()));
+  else return TensorLayout(std::span<const TensorSpec>({TensorSpec{s.input_bytes(), 1, true}}));
+}
+
+/// The output layout of a stage: its tensors, or one tensor of output_bytes() bytes (one row).
+template <class S>
+[[nodiscard]] TensorLayout output_layout(const S& s) {
+  if constexpr (detail::stage_has_tensors<S>) return TensorLayout(std::span<const TensorSpec>(s.output_tensors()));
+  else return TensorLayout(std::span<const TensorSpec>({TensorSpec{s.output_bytes(), 1, true}}));
+}
+
+namespace detail {
+// The executor's calls of a stage: lists to a stage that takes lists, the packed span to one that takes spans.
+template <class S>
+void call_forward(S& s, const StageContext& ctx, const ConstBytesList& in, const MutableBytesList& out) {
+  if constexpr (stage_has_list_forward<S>) s.forward(ctx, in, out);
+  else s.forward(ctx, in.packed(), out.packed());
+}
+template <class S>
+double call_loss(S& s, const StageContext& ctx, const ConstBytesList& out, ConstBytes labels) {
+  if constexpr (stage_has_list_loss<S>) return static_cast<double>(s.loss(ctx, out, labels));
+  else return static_cast<double>(s.loss(ctx, out.packed(), labels));
+}
+template <class S>
+void call_loss_to(S& s, const StageContext& ctx, const ConstBytesList& out, ConstBytes labels, double* loss) {
+  if constexpr (stage_has_list_loss_to<S>) s.loss_to(ctx, out, labels, loss);
+  else s.loss_to(ctx, out.packed(), labels, loss);
+}
+template <class S>
+void call_backward_input(S& s, const StageContext& ctx, const ConstBytesList& grad, const MutableBytesList& in_grad) {
+  if constexpr (stage_has_list_backward_input<S>) s.backward_input(ctx, grad, in_grad);
+  else s.backward_input(ctx, grad.packed(), in_grad.packed());
+}
+template <class S>
+void call_backward(S& s, const StageContext& ctx, const ConstBytesList& grad, const MutableBytesList& in_grad) {
+  if constexpr (stage_has_list_fused_backward<S>) s.backward(ctx, grad, in_grad);
+  else s.backward(ctx, grad.packed(), in_grad.packed());
+}
+template <class S>
+void call_forward_backward(S& f, const StageContext& fctx, const ConstBytesList& in, const MutableBytesList& out, S& b,
+                           const StageContext& bctx, const ConstBytesList& grad, const MutableBytesList& in_grad) {
+  if constexpr (stage_has_list_forward_backward<S>) S::forward_backward(f, fctx, in, out, b, bctx, grad, in_grad);
+  else S::forward_backward(f, fctx, in.packed(), out.packed(), b, bctx, grad.packed(), in_grad.packed());
+}
+}  // namespace detail
 
 }  // namespace dualpipe

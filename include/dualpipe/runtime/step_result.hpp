@@ -7,12 +7,19 @@
 
 #include "dualpipe/core/timeline.hpp"
 #include "dualpipe/runtime/phase_span.hpp"
+#include "dualpipe/runtime/tensors.hpp"
 
 namespace dualpipe {
 
 /// Options of one step.
 struct StepOptions {
   bool return_outputs = false;  ///< Copy the last stage's outputs into StepResult::outputs.
+  ChunkSizes sizes{};           ///< Rows of each chunk's tensors, batch chunk x tensor (a StageWithTensors
+                                ///< only; empty: every chunk at the declared maxima). Every rank gives the
+                                ///< same table: the step checks that they agree and that no chunk exceeds a
+                                ///< maximum, with one small exchange, and throws the same ConfigError on every
+                                ///< rank otherwise. Inputs and outputs are then packed chunk after chunk at
+                                ///< their actual sizes; labels split in proportion to tensor 0's rows.
 };
 
 /// One rank's result of one step.

@@ -190,6 +190,11 @@ struct CudaDeviceState final : SlotMemory {
     p.timed.clear();
     timing_on = false;
     timed_op = -1;
+    if (options.graph == GraphMode::capture && !step.sizes.empty())
+      // A captured graph replays one step's transfer sizes; a size table may change them every step.
+      throw ConfigError(
+          "CudaDevice: graph capture needs fixed chunk sizes, but the step gives a size table "
+          "(use GraphMode::off for chunks whose sizes change)");
     if (options.graph == GraphMode::capture) {
       const StepSignature sig{step.inputs.data(), step.inputs.size(), step.labels.data(),
                               step.labels.size(), step.loss_scale,    step.return_outputs};
