@@ -58,15 +58,21 @@ namespace dualpipe::moe_demo {
   return visit_schedule(c.schedule, [&](auto schedule) -> std::optional<MoeReport> {
     using Schedule = decltype(schedule);
     const RankRun run = run_rank<Schedule>(pipeline, linked, c, grid.rank());
+    const std::vector<double> timeline = flatten_timeline(run.checked);
     const auto gathered = all.gather(std::as_bytes(std::span(run.summary)));
+    const auto timelines = all.gather(std::as_bytes(std::span(timeline)));
     if (grid.rank() != 0) return std::nullopt;
-    std::vector<std::vector<double>> summaries;
-    for (const auto& bytes : gathered) {
+    auto doubles = [](const std::vector<std::byte>& bytes) {
       std::vector<double> v(bytes.size() / sizeof(double));
       std::memcpy(v.data(), bytes.data(), v.size() * sizeof(double));
-      summaries.push_back(std::move(v));
-    }
-    return make_report(c, Schedule::modules_per_rank, summaries, run_sequential(c.spec));
+      return v;
+    };
+    std::vector<std::vector<double>> summaries;
+    for (const auto& bytes : gathered) summaries.push_back(doubles(bytes));
+    MoeReport r = make_report(c, Schedule::modules_per_rank, summaries, run_sequential(c.spec));
+    for (const auto& bytes : timelines)
+      r.checked.push_back(unflatten_timeline(doubles(bytes), &MoeStage<LinkedExpertComm<MpiExpertComm>>::phase_name));
+    return r;
   });
 }
 

@@ -17,6 +17,7 @@
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <memory>
 #include <optional>
@@ -223,7 +224,7 @@ struct MoeReport {
   double a2a_hidden = 0;  ///< Fraction of the FBs' exchange time the other chunk computed through (overlap on).
   double a2a_ms = 0;      ///< Mean exchange time per FB (overlap on).
   std::vector<std::string> problems;
-  std::vector<StepResult> checked;  ///< The checked step of every grid rank (in-process; empty under MPI).
+  std::vector<StepResult> checked;  ///< The checked step of every grid rank (gathered to rank 0 under MPI).
   [[nodiscard]] bool pass() const noexcept { return problems.empty() && max_rel_err <= tolerance; }
   [[nodiscard]] double fb_speedup() const noexcept { return fb_on_ms > 0 ? fb_off_ms / fb_on_ms : 0.0; }
 };
@@ -337,6 +338,62 @@ struct MoeReport {
   r.fb_compute_ms = mean_ms(t.fb_compute, t.fb_on_n);
   r.a2a_ms = mean_ms(t.exchange, t.fb_on_n);
   r.a2a_hidden = t.exchange > 0 ? std::min(1.0, t.hidden / t.exchange) : 0.0;
+  return r;
+}
+
+/// The checked step's timeline as doubles (for a gather to the printing rank): [rank, chunks, clock_start,
+/// spans, phase spans], then 9 values per span and 10 per phase span.
+[[nodiscard]] inline std::vector<double> flatten_timeline(const StepResult& r) {
+  std::vector<double> v{double(r.rank), double(r.chunks), r.clock_start, double(r.spans.size()),
+                        double(r.phase_spans.size())};
+  for (const Span& s : r.spans)
+    v.insert(v.end(), {double(s.op.kind), double(s.op.module), double(s.op.module1), double(s.op.chunk),
+                       double(s.op.chunk1), s.start, s.end, double(s.lane), double(s.index)});
+  for (const PhaseSpan& p : r.phase_spans)
+    v.insert(v.end(), {double(p.index), double(p.module), double(p.chunk), double(p.layer), double(p.phase),
+                       double(p.pass), double(p.what), p.second_lane ? 1.0 : 0.0, p.start, p.end});
+  return v;
+}
+
+/// The inverse of flatten_timeline; `name(pass, phase)` gives a phase's name back.
+template <class Name>
+[[nodiscard]] StepResult unflatten_timeline(const std::vector<double>& v, Name name) {
+  StepResult r;
+  if (v.size() < 5) return r;
+  r.rank = static_cast<int>(v[0]);
+  r.chunks = static_cast<int>(v[1]);
+  r.clock_start = v[2];
+  const auto spans = static_cast<std::size_t>(v[3]), phases = static_cast<std::size_t>(v[4]);
+  if (v.size() != 5 + 9 * spans + 10 * phases) return r;
+  const double* x = v.data() + 5;
+  for (std::size_t i = 0; i < spans; ++i, x += 9) {
+    Span s;
+    s.op.kind = static_cast<OpKind>(x[0]);
+    s.op.module = static_cast<std::int16_t>(x[1]);
+    s.op.module1 = static_cast<std::int16_t>(x[2]);
+    s.op.chunk = static_cast<std::int32_t>(x[3]);
+    s.op.chunk1 = static_cast<std::int32_t>(x[4]);
+    s.start = x[5];
+    s.end = x[6];
+    s.lane = static_cast<Span::Lane>(x[7]);
+    s.index = static_cast<int>(x[8]);
+    r.spans.push_back(s);
+  }
+  for (std::size_t i = 0; i < phases; ++i, x += 10) {
+    PhaseSpan p;
+    p.index = static_cast<int>(x[0]);
+    p.module = static_cast<int>(x[1]);
+    p.chunk = static_cast<int>(x[2]);
+    p.layer = static_cast<int>(x[3]);
+    p.phase = static_cast<int>(x[4]);
+    p.pass = static_cast<Pass>(x[5]);
+    p.what = static_cast<PhaseSpan::What>(x[6]);
+    p.second_lane = x[7] != 0;
+    p.name = name(p.pass, p.phase);
+    p.start = x[8];
+    p.end = x[9];
+    r.phase_spans.push_back(p);
+  }
   return r;
 }
 

@@ -38,18 +38,12 @@ public:
       LayerParams g = _params.back();
       zero(g);
       _grads.push_back(std::move(g));
-      _fwd.push_back({PhaseKind::compute, l, "router"});
-      _fwd.push_back({PhaseKind::exchange, l, "dispatch"});
-      _fwd.push_back({PhaseKind::compute, l, "experts"});
-      _fwd.push_back({PhaseKind::exchange, l, "combine"});
-      _fwd.push_back({PhaseKind::compute, l, "output"});
+      for (int k = 0; k < 5; ++k)
+        _fwd.push_back({k % 2 ? PhaseKind::exchange : PhaseKind::compute, l, phase_name(Pass::forward, k)});
     }
     for (int l = _s.layers - 1; l >= 0; --l) {
-      _bwd.push_back({PhaseKind::compute, l, "combine-bwd"});
-      _bwd.push_back({PhaseKind::exchange, l, "combine-grad"});
-      _bwd.push_back({PhaseKind::compute, l, "experts-bwd"});
-      _bwd.push_back({PhaseKind::exchange, l, "dispatch-grad"});
-      _bwd.push_back({PhaseKind::compute, l, "router-bwd"});
+      for (int k = 0; k < 5; ++k)
+        _bwd.push_back({k % 2 ? PhaseKind::exchange : PhaseKind::compute, l, phase_name(Pass::backward, k)});
     }
   }
 
@@ -83,6 +77,15 @@ public:
   void compute_phase(const StageContext& ctx, Pass pass, int i, PhaseIo io);
   AllToAllBuffers exchange_phase(const StageContext& ctx, Pass pass, int i, PhaseIo io);
   EC& expert_comm() noexcept { return *_ec; }
+
+  /// The name of phase i of a pass (every layer has the same five); "weight" for the FB's weight gradient (-1).
+  [[nodiscard]] static const char* phase_name(Pass pass, int i) noexcept {
+    static constexpr const char* forward[] = {"router", "dispatch", "experts", "combine", "output"};
+    static constexpr const char* backward[] = {"combine-bwd", "combine-grad", "experts-bwd", "dispatch-grad",
+                                               "router-bwd"};
+    if (i < 0) return "weight";
+    return pass == Pass::forward ? forward[i % 5] : backward[i % 5];
+  }
 
   // ---- for the demo ----
   [[nodiscard]] int stage() const noexcept { return _stage; }

@@ -80,6 +80,10 @@ MUTATIONS = [
      "    if (_options.pipeline_stream) wait_on(_options.pipeline_stream);\n",
      "",
      "the ordering rule: an all-to-all runs after the pipeline's NCCL work issued before it"),
+    ("expert-aborts-pipeline", EXPERT,
+     "    if (_options.pipeline) _options.pipeline->abort(origin);\n",
+     "",
+     "a failed all-to-all aborts the pipeline's communicator, so that the step fails at its barrier"),
 ]
 
 

@@ -221,6 +221,9 @@ void run_p2p(ncclComm* self, const std::vector<Pending>& ops) {
   Clique& q = *self->clique;
   std::vector<std::unique_ptr<Message>> mine;
   std::unique_lock lk(q.m);
+  // An aborted communicator's kernels still queued on the stream send nothing (as on a GPU, where the abort
+  // ends them): a send published, then taken back, would let a peer receive a later message in its place.
+  if (self->aborted.load()) return;
   for (const Pending& p : ops)
     if (p.send) {
       mine.push_back(std::make_unique<Message>(Message{static_cast<const std::byte*>(p.sendbuf), p.bytes}));

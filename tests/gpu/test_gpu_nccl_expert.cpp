@@ -415,3 +415,39 @@ TEST_CASE("Gpu.NcclExpert.OrderingRuleKeepsPipelineAndExpertNcclFromDeadlocking"
   CHECK(timed_out >= 1);
 #endif
 }
+
+TEST_CASE("Gpu.NcclExpert.AFailedExchangeAbortsThePipelineCommunicatorToo" * doctest::timeout(300)) {
+  if (cuda_device_count() < 2) return;
+  const ncclUniqueId pp_id = make_unique_id(), ep_id = make_unique_id();
+  std::string barrier_error;
+  bool pipeline_aborted = false;
+  run_ranks(2, [&](int r) {
+    DUALPIPE_CUDA_CHECK(cudaSetDevice(r));
+    NcclComm pp_c(join(r, 2, pp_id)), ep_c(join(r, 2, ep_id));
+    if (r == 1) return;  // never starts the exchange
+    {
+      NcclCommunicator pipe(NcclBorrow{pp_c.get(), nullptr});  // NcclFailurePolicy::abort, as the expert one
+      NcclExpertOptions o;
+      o.pipeline = &pipe;
+      o.timeout = 300ms;  // the watchdog's bound
+      NcclExpertComm ep(NcclBorrow{ep_c.get()}, o);
+      Buffers b(r, 2, 0);
+      Stream compute;
+      auto x = ep.start_all_to_all(tag_of(3, 1), b.view(compute.get()));
+      x.wait(30s);  // on the device: the host learns nothing here
+      try {
+        pipe.barrier(30s);  // what the executor does at the end of a step
+      } catch (const CommAborted& e) {
+        barrier_error = e.what();
+      }
+      pipeline_aborted = pipe.aborted();
+    }
+    // Both were aborted (and freed by NCCL): the owner must not finalise them.
+    (void)pp_c.release();
+    (void)ep_c.release();
+  });
+  CHECK(pipeline_aborted);
+  INFO(barrier_error);
+  CHECK(barrier_error.find("the all-to-all (module 1, chunk 3, layer 2, forward phase 1) was not done") !=
+        std::string::npos);
+}

@@ -9,10 +9,10 @@
 //   FB..         a stage with phases (StageWithPhases, runtime/phases.hpp): the two chunks' phases
 //                interleaved, so that one's all-to-all runs while the other computes; else
 //                S::forward_backward if the stage type offers it (StageWithOverlap), else forward then backward
-// A stage with phases runs its phases in order for F, B and B..w (the executor never calls its forward or
-// backward_input), and every failure aborts its expert communicator too and names the phase.
 //   sF rF sB rB  comm.post_send / post_recv with tag (module, chunk, payload), to the placement's neighbour
 //   |            comm.commit() then wait on the group with the step's timeout
+// A stage with phases runs its phases in order for F, B and B..w (the executor never calls its forward or
+// backward_input), and every failure aborts its expert communicator too and names the phase.
 // A stage with on_grads_ready (StageWithGradsReady) is called once per module per training step, right
 // after that module's last weight gradient (its num_chunks-th: in a B, the backward half of an FB, or a W).
 // Where data comes from and goes to is the schedule's placement (schedule/placement.hpp) and nothing else;
