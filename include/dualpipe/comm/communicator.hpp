@@ -17,6 +17,9 @@
 //   barrier(timeout)                CommunicatorWithBarrier: meet every rank at the end of a step.
 //   reset(timeout)                  CommunicatorWithCollectiveReset: after a failed step, every rank calls it.
 //   reset()                         CommunicatorWithReset: after a failed step, this rank alone.
+//   all_gather(mine, all, timeout)  CommunicatorWithAllGather: every rank's small host buffer to every rank
+//                                   (the executor's size exchange, runtime/tensors.hpp; without it, the
+//                                   exchange is point-to-point messages from host memory).
 // Each requirement is written once, as a detail:: concept that both the concepts and check_communicator()
 // use.
 #pragma once
@@ -70,6 +73,10 @@ template <class C>
 concept comm_has_reset = requires(C& c) {
   c.reset();
 };
+template <class C>
+concept comm_has_all_gather = requires(C& c, ConstBytes mine, MutableBytes all, std::chrono::milliseconds timeout) {
+  c.all_gather(mine, all, timeout);
+};
 }  // namespace detail
 
 /// A type that can carry pipeline messages between ranks.
@@ -92,6 +99,13 @@ concept CommunicatorWithCollectiveReset = Communicator<C> && detail::comm_has_co
 /// where the communicator recovers from one); called by Pipeline::reset() when there is no collective reset.
 template <class C>
 concept CommunicatorWithReset = Communicator<C> && detail::comm_has_reset<C>;
+
+/// A communicator with a collective of its own for small host buffers: every rank calls
+/// `all_gather(mine, all, timeout)` with `mine` of the same size (a multiple of 8 bytes), and gets every
+/// rank's in `all` (rank r's at r * mine.size(), by communicator rank). Throws as a group's wait does. A
+/// device communicator that sends only from device memory (NCCL) stages the bytes itself.
+template <class C>
+concept CommunicatorWithAllGather = Communicator<C> && detail::comm_has_all_gather<C>;
 
 /// Compile-time check with messages in plain words: `static_assert(check_communicator<MyComm>())`.
 template <class C>

@@ -71,6 +71,10 @@ public:
 
   /// Records the launch event on the stream and matches everything queued since the last commit.
   [[nodiscard]] Group commit();
+  /// Every rank's `mine` (host memory, the same size everywhere) into `all`, by rank: a host meeting of the
+  /// world's threads (the executor's size exchange: the transfers themselves copy device memory only).
+  /// Throws CommAborted, TimeoutError.
+  void all_gather(ConstBytes mine, MutableBytes all, std::chrono::milliseconds timeout);
 
 private:
   friend class CudaLocalWorld;
@@ -227,6 +231,22 @@ private:
                        std::to_string(_barrier.waiting() + 1) + " of " + std::to_string(size()) + " ranks arrived)");
   }
 
+  void all_gather(int rank, ConstBytes mine, MutableBytes all, std::chrono::milliseconds timeout) {
+    if (all.size() != mine.size() * static_cast<std::size_t>(size()))
+      throw Error("CUDA local communicator: all_gather of " + std::to_string(mine.size()) + " bytes per rank into " +
+                  std::to_string(all.size()));
+    const auto deadline = deadline_after(timeout);
+    std::unique_lock lk(_mutex);
+    if (aborted()) throw CommAborted(_origin);
+    const auto r = _gather.run(
+        lk, _barrier_cv, size(), rank, deadline, [&] { return aborted(); }, mine, all);
+    if (r == detail::Meeting::Result::met) return;
+    if (r == detail::Meeting::Result::stopped) throw CommAborted(_origin);
+    throw TimeoutError("CUDA local communicator: rank " + std::to_string(rank) + " timed out after " +
+                       std::to_string(timeout.count()) + " ms in an all-gather (" +
+                       std::to_string(_gather.waiting() + 1) + " of " + std::to_string(size()) + " ranks arrived)");
+  }
+
   void reset_collective(int rank, std::chrono::milliseconds timeout) {
     const auto deadline = deadline_after(timeout);
     std::unique_lock lk(_mutex);
@@ -237,6 +257,7 @@ private:
           _aborted.store(false, std::memory_order_release);
           _origin = FailureOrigin{};
           _barrier.clear();
+          _gather.clear();
         });
     if (r == detail::Meeting::Result::met) return;
     throw TimeoutError("CUDA local communicator: rank " + std::to_string(rank) + " timed out after " +
@@ -253,10 +274,15 @@ private:
   std::condition_variable _barrier_cv;  // barrier and reset
   detail::Meeting _barrier;             // the end-of-step barrier
   detail::Meeting _reset;               // the collective reset
+  detail::HostGather _gather;           // all_gather
   std::atomic<long> _copies{0};
 };
 
 // ---- CudaLocalCommunicator, defined after the world ----------------------------------------------------
+
+inline void CudaLocalCommunicator::all_gather(ConstBytes mine, MutableBytes all, std::chrono::milliseconds timeout) {
+  _world->all_gather(rank(), mine, all, timeout);
+}
 
 inline CudaLocalCommunicator::CudaLocalCommunicator(CudaLocalWorld* world, int rank, int device)
     : MailboxRank(world, rank, "CUDA local communicator"), _device(device), _stream(cudaStreamNonBlocking),

@@ -268,6 +268,45 @@ public:
     poll_until_launched("the end-of-step barrier", timeout);
     synchronize(timeout);
   }
+  /// Every rank's `mine` (same size everywhere, a multiple of 8 bytes; host memory) into `all` (size() x
+  /// mine.size()), by rank: every rank calls it. One ncclAllReduce (a sum of int64 words over a zeroed
+  /// device buffer in which each rank wrote its own part: exact), staged through device memory that is
+  /// allocated on the first call (and again only when a larger one comes). Blocks until the bytes are on the
+  /// host, bounded by `timeout`. Throws CommAborted, TimeoutError (the communicator aborted), NcclError.
+  void all_gather(ConstBytes mine, MutableBytes all, std::chrono::milliseconds timeout) {
+    if (all.size() != mine.size() * static_cast<std::size_t>(_size) || mine.size() % 8 != 0)
+      throw Error("NCCL communicator: all_gather of " + std::to_string(mine.size()) + " bytes per rank into " +
+                  std::to_string(all.size()) + " (needs size() x them, a multiple of 8)");
+    DeviceGuard on(_device);
+    {
+      std::unique_lock lk(_nccl_mutex);
+      if (aborted() || !_comm) {
+        lk.unlock();
+        throw_aborted();
+      }
+      if (_gather_bytes < all.size()) {
+        if (_gather) ignore_cuda_error(cudaFree(_gather));
+        _gather = nullptr;
+        _gather_bytes = 0;
+        DUALPIPE_CUDA_CHECK(cudaMalloc(&_gather, all.size()));
+        _gather_bytes = all.size();
+      }
+      auto* dev = static_cast<std::byte*>(_gather);
+      DUALPIPE_CUDA_CHECK(cudaMemsetAsync(dev, 0, all.size(), stream()));
+      DUALPIPE_CUDA_CHECK(cudaMemcpyAsync(dev + static_cast<std::size_t>(_rank) * mine.size(), mine.data(), mine.size(),
+                                          cudaMemcpyHostToDevice, stream()));
+      const ncclResult_t r = ncclAllReduce(dev, dev, all.size() / 8, ncclInt64, ncclSum, _comm, stream());
+      if (r != ncclSuccess && r != ncclInProgress) {
+        const std::string what = format_nccl_error(r, "ncclAllReduce (all_gather)", __FILE__, __LINE__, _comm);
+        lk.unlock();
+        abort_with("all_gather", what);
+        throw NcclError(what, static_cast<int>(r));
+      }
+    }
+    poll_until_launched("an all-gather", timeout);
+    DUALPIPE_CUDA_CHECK(cudaMemcpyAsync(all.data(), _gather, all.size(), cudaMemcpyDeviceToHost, stream()));
+    synchronize(timeout);
+  }
   /// Blocks until everything issued to stream() so far is done; throws CommAborted when the communicator
   /// is (or gets) aborted, TimeoutError after `timeout` (the communicator is then aborted).
   void synchronize(std::chrono::milliseconds timeout) {
@@ -362,9 +401,12 @@ private:
             std::this_thread::sleep_for(std::chrono::microseconds(200));
           if (!_done->ready()) {
             _barrier_value = nullptr;
+            _gather = nullptr;  // left behind with the integer, for the same reason
             return;
           }
         }
+        if (_gather) ignore_cuda_error(cudaFree(_gather));
+        _gather = nullptr;
         ignore_cuda_error(cudaFree(_barrier_value));
       } catch (...) {}
       _barrier_value = nullptr;
@@ -463,8 +505,10 @@ private:
   cudaStream_t _stream_used = nullptr;  // the transfers' stream (borrowed or _stream)
   std::unique_ptr<Event> _done;         // synchronize()'s event (owner thread)
   int* _barrier_value = nullptr;        // device int for the barrier allreduce
-  ncclComm_t _comm = nullptr;           // null after an abort; under _nccl_mutex
-  mutable std::mutex _nccl_mutex;       // every NCCL call on _comm (all are short: non-blocking mode)
+  void* _gather = nullptr;              // all_gather's device buffer (grown on demand)
+  std::size_t _gather_bytes = 0;
+  ncclComm_t _comm = nullptr;      // null after an abort; under _nccl_mutex
+  mutable std::mutex _nccl_mutex;  // every NCCL call on _comm (all are short: non-blocking mode)
   std::atomic<bool> _aborted{false};
   mutable std::mutex _origin_mutex;
   FailureOrigin _origin;

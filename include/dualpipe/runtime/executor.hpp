@@ -143,8 +143,10 @@ public:
     for (int b : plan.output_chunks) prog.output_bytes += prog.output_layout[last_module_of(plan, b)].max_bytes();
     prog.input_offset.assign(Modules, std::vector<std::size_t>(static_cast<std::size_t>(plan.chunks) + 1, 0));
     prog.label_offset.assign(static_cast<std::size_t>(plan.chunks) + 1, 0);
-    if constexpr (detail::stage_has_tensors<S>)
-      prog.size_records.assign(static_cast<std::size_t>(plan.ranks) * size_record_words(plan.chunks), 0);
+    if constexpr (detail::stage_has_tensors<S>)  // twice over with an all-gather: gathered, then reordered
+      prog.size_records.assign((CommunicatorWithAllGather<Comm> ? 2 : 1) * static_cast<std::size_t>(plan.ranks) *
+                                   size_record_words(plan.chunks),
+                               0);
     prog.plan = std::move(plan);
     return prog;
   }
@@ -347,6 +349,17 @@ private:
       for (int p = 0; p < plan.ranks; ++p)
         if (p != _rank)
           std::copy_n(all + static_cast<std::size_t>(_rank) * words, words, all + static_cast<std::size_t>(p) * words);
+    } else if constexpr (CommunicatorWithAllGather<Comm>) {
+      if (plan.ranks > 1) {
+        // The communicator's own collective, by communicator rank; then in pipeline-rank order.
+        const std::size_t n = static_cast<std::size_t>(plan.ranks) * words;
+        std::uint64_t* gathered = all + n;
+        _comm.all_gather(std::as_bytes(std::span(all + static_cast<std::size_t>(_rank) * words, words)),
+                         std::as_writable_bytes(std::span(gathered, n)), step.timeout);
+        for (int p = 0; p < plan.ranks; ++p)
+          std::copy_n(gathered + static_cast<std::size_t>(peer(p)) * words, words,
+                      all + static_cast<std::size_t>(p) * words);
+      }
     } else if (plan.ranks > 1) {
       const MessageTag tag{static_cast<int>(Modules), 0, Payload::activation};
       const ConstBytes mine = std::as_bytes(std::span(all + static_cast<std::size_t>(_rank) * words, words));
