@@ -14,7 +14,8 @@
 
 #include "dualpipe/dualpipe.hpp"
 #include "dualpipe/mpi.hpp"
-#include "harness.hpp"  // tests/runtime: the test model, the in-process harness, the sequential run
+#include "harness.hpp"    // tests/runtime: the test model, the in-process harness, the sequential run
+#include "row_stage.hpp"  // tests/runtime: a two-tensor stage with rows per chunk
 
 using namespace dualpipe;
 using namespace testmodel;
@@ -234,4 +235,46 @@ TEST_CASE("Mpi.Pipeline.RankMapping") {
   PipelineOptions o;
   for (int c = 0; c < comm.size(); ++c) o.rank_mapping.push_back(comm.size() - 1 - c);
   check_under_mpi<DualPipe, OverlapStage>(comm, 2 * comm.size(), o, Mode::train, 1);
+}
+
+TEST_CASE("Mpi.Pipeline.BadSizeTablesAreTheSameConfigErrorOnEveryRank") {
+  // Chunks of their own sizes (runtime/tensors.hpp): a table that disagrees between ranks, then one with a
+  // chunk over the stages' maximum, each seen as the same ConfigError on every process, none left waiting;
+  // then a good table runs.
+  MpiCommunicator comm;
+  const int P = comm.size(), C = 2 * P;
+  constexpr std::size_t R = 4;
+  const ModulePlacement pl = OneFOneB::placement(P, C, comm.rank(), 0);
+  RowStage stage(pl.stage, pl.num_chunks, 3, R);
+  PipelineOptions o;
+  o.timeout = std::chrono::milliseconds(20'000);
+  Pipeline<OneFOneB, MpiCommunicator, RowStage> pipe(comm, {&stage}, o);
+  std::vector<std::size_t> table;
+  std::vector<double> inputs, labels;
+  for (int b = 0; b < C; ++b) {
+    const std::size_t rows = 1 + static_cast<std::size_t>(b) % R;
+    table.insert(table.end(), {rows, rows});
+    inputs.insert(inputs.end(), rows * 4, 0.5);
+    labels.insert(labels.end(), rows * 3, 0.25);
+  }
+  auto step_with = [&](std::vector<std::size_t> t) -> std::string {
+    StepOptions so;
+    so.sizes = ChunkSizes{t, 2};
+    try {
+      (void)pipe.step(C, std::as_bytes(std::span(inputs)), std::as_bytes(std::span(labels)), so);
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+    return {};
+  };
+  std::vector<std::size_t> other = table;
+  if (comm.rank() == P - 1) std::swap(other[0], other[2]), std::swap(other[1], other[3]);  // chunks 0 and 1
+  const std::string disagree = step_with(other);
+  CHECK(disagree.find("the ranks' tables differ at chunk 0, tensor 0: 1 rows on rank 0, 2 rows on rank " +
+                      std::to_string(P - 1)) != std::string::npos);
+  std::vector<std::size_t> big = table;
+  big[2 * 1 + 1] = R + 2;  // chunk 1, tensor 1: 6 rows, the maximum is 4
+  const std::string too_large = step_with(big);
+  CHECK(too_large.find("chunk 1, tensor 1 has 6 rows, more than the 4 rows") != std::string::npos);
+  CHECK(step_with(table).empty());
 }
