@@ -1,6 +1,6 @@
-// common/example_cli.hpp: what the example programs (cpu_demo, moe_demo) share: option values parsed into
-// numbers with a ConfigError naming the option and the value, files written or a clear Error, a directory
-// made for --trace-dir, and the normwise relative error their checks use.
+// common/example_cli.hpp: what the example programs (cpu_demo, moe_demo, torch_mlp) share: option values
+// parsed into numbers with a ConfigError naming the option and the value, files written or a clear Error, a
+// directory made for --trace-dir, and the normwise relative error their checks use.
 #pragma once
 
 #include <algorithm>

@@ -1,6 +1,7 @@
 // dualpipe-torch-mlp: the reference's example in libtorch. The model (per stage Linear(h,4h) -> GELU ->
-// Linear(4h,h), no bias, MSE loss) runs on P rank threads (InProcessWorld) under DualPipe or DualPipeV (or
-// any schedule of the registry: the baselines too), through TorchStage, and is checked against a sequential libtorch run of the same model on the same data:
+// Linear(4h,h), no bias, MSE loss) runs on P rank threads (InProcessWorld) or P MPI processes under DualPipe or
+// DualPipeV (or any schedule of the registry: the baselines too), through TorchStage, and is checked against a
+// sequential libtorch run of the same model on the same data:
 //   - every chunk's loss equal, bitwise (the same ops on the same numbers in the same order);
 //   - every parameter's gradient (summed over the copies of its stage, as the reference does) within the
 //     reference's criterion 1 - 2<x,y>/(|x|^2+|y|^2) < 1e-13, in float64, and (stricter: that criterion is
@@ -9,40 +10,47 @@
 // Each of the --steps steps takes a new batch, with gradients zeroed before it in both runs (no optimizer).
 // As in the CPU demo's result line: loss_sum adds the last step's chunk losses in batch-chunk order, and
 // grad_norm is the norm of the last step's gradient (every stage's copies summed, stage order).
+// --comm mpi (mpirun -np P ... --ranks P): one rank per process (mpi_team.hpp), rank 0 checking and printing
+// the same result line (comm=mpi); the checks see every rank's results, gathered (team.hpp).
 #include <torch/utils.h>
 
-#include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
 #include <limits>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
-#include "dualpipe/comm/inprocess.hpp"
 #include "dualpipe/dualpipe.hpp"
-#include "dualpipe/runtime/pipeline.hpp"
-#include "dualpipe/runtime/run_ranks.hpp"
 #include "dualpipe/torch.hpp"
+#include "example_cli.hpp"
+#include "team.hpp"
 #include "torch_mlp.hpp"
+#ifdef DUALPIPE_HAS_MPI
+#include "mpi_team.hpp"  // --comm mpi: one rank per process
+#endif
 
 using namespace dualpipe;
 using torch_mlp::MlpStage;
+using torch_mlp::RankGrads;
 
 namespace {
 
 constexpr const char* program = "dualpipe-torch-mlp";
 std::string usage() {
   return "usage: dualpipe-torch-mlp [--schedule NAME] [--ranks P] [--chunks C] [--hidden H] [--steps N] "
-         "[--variable-lengths]\n"
+         "[--variable-lengths] [--comm inproc|mpi]\n"
          "  NAME: " +
          schedule_names() +
          " (default dualpipe); defaults P=4 C=20 H=32 N=1\n"
          "  --variable-lengths: each chunk its own sequence length in [1, 16] (seeded), and the stages pass two\n"
-         "  tensors (x, and a per-position column the next stage adds), through TorchTensorsStage";
+         "  tensors (x, and a per-position column the next stage adds), through TorchTensorsStage\n"
+         "  --comm: inproc (default: P rank threads) or mpi (one rank per process: mpirun -np P ... --ranks P;\n"
+         "  rank 0 checks and prints)";
 }
 
 struct Args {
@@ -52,17 +60,8 @@ struct Args {
   int hidden = 32;
   int steps = 1;
   bool variable_lengths = false;
+  std::string comm = "inproc";
 };
-
-int parse_int(std::string_view flag, std::string_view text, int min) {
-  int v = 0;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  if (ec != std::errc{} || end != text.data() + text.size())
-    throw ConfigError(std::string(flag) + " needs an integer, got '" + std::string(text) + "'");
-  if (v < min)
-    throw ConfigError(std::string(flag) + " must be at least " + std::to_string(min) + ", got " + std::to_string(v));
-  return v;
-}
 
 Args parse_args(int argc, char** argv) {
   Args a;
@@ -79,11 +78,15 @@ Args parse_args(int argc, char** argv) {
     if (i + 1 >= argc) throw ConfigError("unknown option or missing value: '" + std::string(flag) + "'");
     std::string_view value = argv[++i];
     if (flag == "--schedule") a.schedule = parse_schedule_kind(value);
-    else if (flag == "--ranks") a.ranks = parse_int(flag, value, 1);
-    else if (flag == "--chunks") a.chunks = parse_int(flag, value, 1);
-    else if (flag == "--hidden") a.hidden = parse_int(flag, value, 1);
-    else if (flag == "--steps") a.steps = parse_int(flag, value, 1);
-    else throw ConfigError("unknown option '" + std::string(flag) + "'");
+    else if (flag == "--ranks") a.ranks = examples::parse_integer(flag, value, 1, std::numeric_limits<int>::max());
+    else if (flag == "--chunks") a.chunks = examples::parse_integer(flag, value, 1, std::numeric_limits<int>::max());
+    else if (flag == "--hidden") a.hidden = examples::parse_integer(flag, value, 1, std::numeric_limits<int>::max());
+    else if (flag == "--steps") a.steps = examples::parse_integer(flag, value, 1, std::numeric_limits<int>::max());
+    else if (flag == "--comm") {
+      if (value != "inproc" && value != "mpi")
+        throw ConfigError("--comm must be inproc or mpi, got '" + std::string(value) + "'");
+      a.comm = value;
+    } else throw ConfigError("unknown option '" + std::string(flag) + "'");
   }
   check_config(a.schedule, a.ranks, a.chunks);  // the schedule's rules, before anything starts
   return a;
@@ -135,21 +138,19 @@ std::vector<double> gather_losses(const std::vector<StepResult>& per_rank, int c
 
 /// Checks one training step's gradients: each stage's copies summed (in rank, module order) against the
 /// sequential model's. Returns the sum of squares of the summed gradients (stage order, for grad_norm).
-template <class Schedule, class Ranks>
-double check_grads(std::vector<MlpStage>& model, const std::vector<std::unique_ptr<Ranks>>& ranks, int step,
-                   Checks& checks, double& max_diff, double& max_err) {
+double check_grads(std::vector<MlpStage>& model, const std::vector<RankGrads>& ranks, int step, Checks& checks,
+                   double& max_diff, double& max_err) {
   double norm2 = 0;
   for (int s = 0; s < static_cast<int>(model.size()); ++s) {
     auto ref_params = model[s]->parameters();
     for (std::size_t i = 0; i < ref_params.size(); ++i) {
       torch::Tensor sum = torch::zeros_like(ref_params[i]);
       int copies = 0;
-      for (const auto& rank : ranks)
-        for (int m = 0; m < Schedule::modules_per_rank; ++m)
-          if (rank->stage_of[m] == s) {
+      for (const RankGrads& rank : ranks)
+        for (std::size_t m = 0; m < rank.stage_of.size(); ++m)
+          if (rank.stage_of[m] == s) {
             ++copies;
-            torch::Tensor g = rank->module_copies[m]->parameters()[i].grad();
-            if (g.defined()) sum += g;
+            sum += rank.grads[m][i];
           }
       checks.expect(copies >= 1, "stage " + std::to_string(s) + " is on no rank");
       // The reference's criterion; and, stricter, the relative error: in float64 with only the order of the
@@ -164,9 +165,8 @@ double check_grads(std::vector<MlpStage>& model, const std::vector<std::unique_p
       norm2 += (sum * sum).sum().item<double>();
     }
   }
-  for (const auto& rank : ranks)
-    for (const auto& stage : rank->stages)
-      checks.expect(stage->chunks_in_flight() == 0, "a stage still keeps a chunk's graph after the step");
+  for (const RankGrads& rank : ranks)
+    checks.expect(rank.released, "a stage still keeps a chunk's graph after the step");
   return norm2;
 }
 
@@ -196,7 +196,16 @@ void check_forward(const std::vector<StepResult>& eval, const torch_mlp::Sequent
                                     std::to_string(seen[c]) + " times");
 }
 
-template <class Schedule>
+/// The result line, the same in-process and under MPI but for comm=.
+void print_result(std::string_view schedule, const Args& a, double loss_sum, double norm2, double max_err, bool ok) {
+  std::printf(
+      "result: schedule=%s ranks=%d chunks=%d comm=%s loss_sum=%.17g grad_norm=%.17g max_rel_err=%.3g check=%s\n",
+      std::string(schedule).c_str(), a.ranks, a.chunks, a.comm.c_str(), loss_sum, std::sqrt(norm2), max_err,
+      ok ? "pass" : "FAIL");
+}
+
+/// `Team` (team.hpp) runs the ranks: InProcessTeam or MpiTeam. Only the process that checks prints.
+template <class Schedule, template <class, class, class> class Team>
 int run(const Args& a) {
   const int P = a.ranks, C = a.chunks;
   const int stages = Schedule::placement(P, C, 0, 0).num_stages;
@@ -205,12 +214,10 @@ int run(const Args& a) {
 
   // The model, seeded as the reference's example is, and each rank's copies of its stages.
   std::vector<MlpStage> model = torch_mlp::make_model(stages, a.hidden, 233);
-  std::vector<std::unique_ptr<torch_mlp::RankStages<Schedule>>> ranks;
-  for (int r = 0; r < P; ++r) ranks.push_back(std::make_unique<torch_mlp::RankStages<Schedule>>(model, shape, P, C, r));
-  InProcessWorld world(P);
-  using Pipe = Pipeline<Schedule, InProcessCommunicator, TorchStage>;
-  std::vector<std::unique_ptr<Pipe>> pipes;
-  for (int r = 0; r < P; ++r) pipes.push_back(std::make_unique<Pipe>(world.communicator(r), ranks[r]->pointers()));
+  Team<Schedule, torch_mlp::RankStages<Schedule>, TorchStage> team(model, shape, P, C);
+  // The batches' draws start here, from their own seed: building a stage copy draws initial weights (then
+  // overwritten), and an MPI process builds only its own rank's copies.
+  torch::manual_seed(234);
 
   Checks checks;
   double loss_sum = 0, norm2 = 0, max_diff = 0, max_err = 0;
@@ -221,13 +228,13 @@ int run(const Args& a) {
     x = torch::randn(shape.batch(C), torch::kFloat64);
     l = torch::randn(shape.batch(C), torch::kFloat64);
     for (MlpStage& m : model) m->zero_grad();
-    for (const auto& rank : ranks)
-      for (MlpStage& m : rank->module_copies) m->zero_grad();
+    team.zero_grad();
+    // The pipeline, the whole batch given to every rank.
+    std::vector<StepResult> results = team.run(true, C, torch_mlp::bytes_of(x), torch_mlp::bytes_of(l), {});
+    std::vector<RankGrads> grads = team.grads();
+    if (!team.checks()) continue;
     // The sequential run: the whole model, chunk after chunk.
     reference = torch_mlp::sequential_step(model, x, l, C, true);
-    // The pipeline: one thread per rank, the whole batch given to every rank.
-    std::vector<StepResult> results(P);
-    run_ranks(P, [&](int r) { results[r] = pipes[r]->step(C, torch_mlp::bytes_of(x), torch_mlp::bytes_of(l)); });
 
     // Losses bitwise; loss_sum is the last step's, in batch-chunk order.
     std::vector<double> losses = gather_losses(results, C, checks);
@@ -238,45 +245,38 @@ int run(const Args& a) {
                                                                    " != sequential " + g17(reference.losses[c]));
       loss_sum += losses[c];
     }
-    norm2 = check_grads<Schedule>(model, ranks, k, checks, max_diff, max_err);
+    norm2 = check_grads(model, grads, k, checks, max_diff, max_err);
   }
 
   // Forward-only, on the last step's batch.
-  std::vector<StepResult> eval(P);
   StepOptions with_outputs;
   with_outputs.return_outputs = true;
-  run_ranks(P,
-            [&](int r) { eval[r] = pipes[r]->eval(C, torch_mlp::bytes_of(x), torch_mlp::bytes_of(l), with_outputs); });
-  check_forward(eval, reference, C, ranks[0]->stages[0]->output_bytes(), checks);
+  std::vector<StepResult> eval = team.run(false, C, torch_mlp::bytes_of(x), torch_mlp::bytes_of(l), with_outputs);
+  if (!team.checks()) return 0;
+  check_forward(eval, reference, C, team.output_bytes(), checks);
 
   std::printf("model: stages=%d hidden=%d micro_batch=%lld seq_len=%lld dtype=float64 steps=%d torch_threads=%d\n",
               stages, a.hidden, static_cast<long long>(shape.micro_batch), static_cast<long long>(shape.seq_len),
               a.steps, torch::get_num_threads());
   std::printf("grads: max 1-2<x,y>/(|x|^2+|y|^2) = %.3g (reference criterion: < 1e-13), max relative error %.3g\n",
               max_diff, max_err);
-  std::printf(
-      "result: schedule=%s ranks=%d chunks=%d comm=inproc loss_sum=%.17g grad_norm=%.17g max_rel_err=%.3g "
-      "check=%s\n",
-      std::string(Schedule::name).c_str(), P, C, loss_sum, std::sqrt(norm2), max_err, checks.ok ? "pass" : "FAIL");
+  print_result(Schedule::name, a, loss_sum, norm2, max_err, checks.ok);
   return checks.ok ? 0 : 1;
 }
 
 /// --variable-lengths: the same model over chunks of their own sequence lengths, two tensors per boundary
 /// (TorchTensorsStage), against the sequential run of the same chunks; losses and returned outputs bitwise.
-template <class Schedule>
+template <class Schedule, template <class, class, class> class Team>
 int run_variable(const Args& a) {
   const int P = a.ranks, C = a.chunks;
   const int stages = Schedule::placement(P, C, 0, 0).num_stages;
   torch_mlp::Shape shape;
   shape.hidden = a.hidden;
   std::vector<MlpStage> model = torch_mlp::make_model(stages, a.hidden, 233);
-  std::vector<std::unique_ptr<torch_mlp::VarRankStages<Schedule>>> ranks;
-  for (int r = 0; r < P; ++r)
-    ranks.push_back(std::make_unique<torch_mlp::VarRankStages<Schedule>>(model, shape, P, C, r));
-  InProcessWorld world(P);
-  using Pipe = Pipeline<Schedule, InProcessCommunicator, TorchTensorsStage>;
-  std::vector<std::unique_ptr<Pipe>> pipes;
-  for (int r = 0; r < P; ++r) pipes.push_back(std::make_unique<Pipe>(world.communicator(r), ranks[r]->pointers()));
+  Team<Schedule, torch_mlp::VarRankStages<Schedule>, TorchTensorsStage> team(model, shape, P, C);
+  // The batches' draws start here, from their own seed: building a stage copy draws initial weights (then
+  // overwritten), and an MPI process builds only its own rank's copies.
+  torch::manual_seed(234);
 
   Checks checks;
   double loss_sum = 0, norm2 = 0, max_diff = 0, max_err = 0;
@@ -308,13 +308,13 @@ int run_variable(const Args& a) {
       batch.push_back(std::move(ch));
     }
     for (MlpStage& m : model) m->zero_grad();
-    for (const auto& rank : ranks)
-      for (MlpStage& m : rank->module_copies) m->zero_grad();
-    reference = torch_mlp::sequential_variable_step(model, batch, true);
+    team.zero_grad();
     StepOptions o;
     o.sizes = ChunkSizes{table, 2};
-    std::vector<StepResult> results(P);
-    run_ranks(P, [&](int r) { results[r] = pipes[r]->step(C, inputs, labels, o); });
+    std::vector<StepResult> results = team.run(true, C, inputs, labels, o);
+    std::vector<RankGrads> grads = team.grads();
+    if (!team.checks()) continue;
+    reference = torch_mlp::sequential_variable_step(model, batch, true);
     std::vector<double> losses = gather_losses(results, C, checks);
     loss_sum = 0;
     for (int c = 0; c < C; ++c) {
@@ -323,15 +323,15 @@ int run_variable(const Args& a) {
                                                                    " != sequential " + g17(reference.losses[c]));
       loss_sum += losses[c];
     }
-    norm2 = check_grads<Schedule>(model, ranks, k, checks, max_diff, max_err);
+    norm2 = check_grads(model, grads, k, checks, max_diff, max_err);
   }
 
   // Forward-only on the last batch: every chunk's returned x equal to the sequential forward's, bitwise.
-  std::vector<StepResult> eval(P);
   StepOptions o;
   o.sizes = ChunkSizes{table, 2};
   o.return_outputs = true;
-  run_ranks(P, [&](int r) { eval[r] = pipes[r]->eval(C, inputs, labels, o); });
+  std::vector<StepResult> eval = team.run(false, C, inputs, labels, o);
+  if (!team.checks()) return 0;
   std::vector<int> seen(C, 0);
   for (const StepResult& r : eval) {
     std::size_t at = 0;
@@ -366,11 +366,21 @@ int run_variable(const Args& a) {
       stages, a.hidden, static_cast<long long>(shape.micro_batch), static_cast<long long>(shape.seq_len), a.steps);
   std::printf("grads: max 1-2<x,y>/(|x|^2+|y|^2) = %.3g (reference criterion: < 1e-13), max relative error %.3g\n",
               max_diff, max_err);
-  std::printf(
-      "result: schedule=%s ranks=%d chunks=%d comm=inproc loss_sum=%.17g grad_norm=%.17g max_rel_err=%.3g "
-      "check=%s\n",
-      std::string(Schedule::name).c_str(), P, C, loss_sum, std::sqrt(norm2), max_err, checks.ok ? "pass" : "FAIL");
+  print_result(Schedule::name, a, loss_sum, norm2, max_err, checks.ok);
   return checks.ok ? 0 : 1;
+}
+
+/// Runs the schedule with the team --comm names.
+template <class Schedule>
+int run_with(const Args& a) {
+  if (a.comm == "inproc")
+    return a.variable_lengths ? run_variable<Schedule, torch_mlp::InProcessTeam>(a)
+                              : run<Schedule, torch_mlp::InProcessTeam>(a);
+#ifdef DUALPIPE_HAS_MPI
+  return a.variable_lengths ? run_variable<Schedule, torch_mlp::MpiTeam>(a) : run<Schedule, torch_mlp::MpiTeam>(a);
+#else
+  throw ConfigError("--comm mpi: this dualpipe-torch-mlp was built without MPI");
+#endif
 }
 
 }  // namespace
@@ -379,18 +389,38 @@ int main(int argc, char** argv) {
   Args args;
   try {
     args = parse_args(argc, argv);
+#ifndef DUALPIPE_HAS_MPI
+    if (args.comm == "mpi")
+      throw ConfigError(
+          "--comm mpi: this dualpipe-torch-mlp was built without MPI (configure with an MPI installed and "
+          "DUALPIPE_ENABLE_MPI=ON)");
+#endif
   } catch (const std::exception& e) {
     std::cerr << program << ": " << e.what() << "\n";
     return 2;
   }
+#ifdef DUALPIPE_HAS_MPI
+  // With --comm mpi: MPI lives for the rest of main (finalized at return); only rank 0 prints.
+  std::optional<MpiSession> mpi_session;
+  int world_rank = 0;
+  if (args.comm == "mpi") {
+    mpi_session.emplace();
+    MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+  }
+  const bool prints = world_rank == 0;
+#else
+  const bool prints = true;
+#endif
   // One intra-op thread: the P rank threads are the parallelism (and one thread keeps reductions in one order).
   torch::set_num_threads(1);
   dualpipe::set_blas_threads(1);  // OpenBLAS's own threads: at::set_num_threads does not reach them
-  std::printf("%s\n", dualpipe::describe_blas(dualpipe::loaded_blas()).c_str());
+  if (prints) std::printf("%s\n", dualpipe::describe_blas(dualpipe::loaded_blas()).c_str());
   try {
-    return visit_schedule(args.schedule, [&](auto schedule) {
-      return args.variable_lengths ? run_variable<decltype(schedule)>(args) : run<decltype(schedule)>(args);
-    });
+    return visit_schedule(args.schedule, [&](auto schedule) { return run_with<decltype(schedule)>(args); });
+  } catch (const ConfigError& e) {
+    // Found before anything was sent (on every process under MPI: the job's size, the MPI tag bound).
+    if (prints) std::cerr << program << ": " << e.what() << "\n";
+    return 2;
   } catch (const std::exception& e) {
     std::cerr << program << ": error: " << e.what() << "\n";
     return 1;

@@ -1,6 +1,7 @@
 # Runs an MPI job that must fail, and checks that it ends (no rank left hanging), non-zero, with its
 # output matching EXPECT. Usage:
-#   cmake -DCOMMAND="mpiexec;-n;4;...;prog;args" -DEXPECT=<regex> -DLIMIT=<seconds> -P expect_failure.cmake
+#   cmake -DCOMMAND="mpiexec;-n;4;...;prog;args" -DEXPECT=<regex> -DLIMIT=<seconds> [-DEXPECT_RC=<status>]
+#         -P expect_failure.cmake
 if(NOT DEFINED LIMIT)
   set(LIMIT 60)
 endif()
@@ -14,6 +15,9 @@ if(rc MATCHES "timeout")
 endif()
 if(rc STREQUAL "0")
   message(FATAL_ERROR "the job exited 0, but a rank failed: it must exit non-zero")
+endif()
+if(DEFINED EXPECT_RC AND NOT rc STREQUAL "${EXPECT_RC}")
+  message(FATAL_ERROR "the job exited ${rc}, not ${EXPECT_RC}")
 endif()
 if(DEFINED EXPECT AND NOT "${out}${err}" MATCHES "${EXPECT}")
   message(FATAL_ERROR "the job's output does not match '${EXPECT}'")
