@@ -19,6 +19,9 @@
 #include "dualpipe/nccl.hpp"
 #endif
 #include "gpu_affine_stage.hpp"
+#ifdef DUALPIPE_TEST_NCCL
+#include "nccl_ranks.hpp"
+#endif
 
 using namespace dualpipe;
 using namespace gputest;
@@ -117,25 +120,6 @@ struct LocalRanks {
   }
   CudaLocalWorld world;
 };
-
-#ifdef DUALPIPE_TEST_NCCL
-/// The ranks of a run on NcclCommunicator: rank r on device r (NCCL puts one rank on a GPU).
-struct NcclRanks {
-  using Comm = NcclCommunicator;
-  static constexpr bool resettable = false;  // an aborted NCCL communicator is dead
-  explicit NcclRanks(int P) : size(P), id(make_unique_id()) {}
-  [[nodiscard]] static int device(int rank) { return rank; }
-  template <class F>
-  void run(int rank, F&& f) {
-    NcclOptions o;
-    o.watchdog_period = std::chrono::milliseconds(10);
-    NcclCommunicator comm(rank, size, id, rank, o);
-    f(comm);
-  }
-  int size;
-  ncclUniqueId id;
-};
-#endif
 
 template <class Schedule, bool Hook, class Ranks = LocalRanks>
 RunResult run_gpu(int P, int C, std::size_t n, GpuRunOptions o = {}) {

@@ -20,6 +20,9 @@
 #include "dualpipe/nccl.hpp"
 #endif
 #include "gpu_affine_stage.hpp"
+#ifdef DUALPIPE_TEST_NCCL
+#include "nccl_ranks.hpp"
+#endif
 #include "gpu_test_kernels.hpp"
 
 using namespace dualpipe;
@@ -337,24 +340,6 @@ struct LocalRowsRanks {
   CudaLocalWorld world;
 };
 
-#ifdef DUALPIPE_TEST_NCCL
-/// The NCCL ranks: rank r on device r.
-struct NcclRowsRanks {
-  using Comm = NcclCommunicator;
-  explicit NcclRowsRanks(int P) : size(P), id(make_unique_id()) {}
-  [[nodiscard]] static int device(int rank) { return rank; }
-  template <class F>
-  void run(int rank, F&& f) {
-    NcclOptions o;
-    o.watchdog_period = std::chrono::milliseconds(10);
-    NcclCommunicator comm(rank, size, id, rank, o);
-    f(comm);
-  }
-  int size;
-  ncclUniqueId id;
-};
-#endif
-
 }  // namespace
 
 TEST_CASE("Gpu.Sizes.CudaLocalEqualsInProcess" * doctest::timeout(600)) {
@@ -372,8 +357,8 @@ TEST_CASE("Gpu.Sizes.NcclEqualsInProcess" * doctest::timeout(600)) {
       MESSAGE("skipped: " << P << " NCCL ranks need " << P << " GPUs, this machine has " << cuda_device_count());
       continue;
     }
-    check_same_rows(run_gpu_rows<DualPipe, NcclRowsRanks>(P, 2 * P), run_cpu_rows<DualPipe>(P, 2 * P));
-    check_same_rows(run_gpu_rows<ZB1P, NcclRowsRanks>(P, 2 * P + 1), run_cpu_rows<ZB1P>(P, 2 * P + 1));
+    check_same_rows(run_gpu_rows<DualPipe, NcclRanks>(P, 2 * P), run_cpu_rows<DualPipe>(P, 2 * P));
+    check_same_rows(run_gpu_rows<ZB1P, NcclRanks>(P, 2 * P + 1), run_cpu_rows<ZB1P>(P, 2 * P + 1));
   }
 }
 #endif
