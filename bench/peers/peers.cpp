@@ -14,13 +14,18 @@
 //       one stage's F, fused backward, input part (B) and weight part (W) through TorchStage, and our
 //       simulator's bound (1 - bubble ratio) for each schedule at P ranks with those costs.
 //   dualpipe-peers pipeline --dir D --schedule dualpipe|dualpipev|1f1b|zb1p --ranks P [--mpi]
-//                           [--steps 10] [--warmup 3] [--linear deferred|plain]
-//       the pipeline: P rank threads (InProcessWorld), or with --mpi one rank per process under mpirun -np P.
-//       Each step starts together on every rank; its time is the slowest rank's; the median of the timed
-//       steps is reported, with the first step's losses.
+//                           [--steps 10] [--warmup 3] [--linear deferred|plain] [--progress auto|wait|thread]
+//                           [--progress-interval-us 100] [--spin-us 1000] [--sleep-us 50]
+//       the pipeline: P rank threads (InProcessWorld), or with --mpi one rank per process under mpirun -np P
+//       (--progress, --progress-interval-us, --spin-us, --sleep-us: those MpiOptions). Each step starts
+//       together on every rank; its time is the slowest rank's; the median of the timed steps is reported,
+//       with the first step's losses, the time the ranks spent waiting for data (from the measured timeline's
+//       wait spans: the median over the timed steps of the ranks' mean) and, under MPI, the CPU time of the
+//       progress thread per step.
 //
 // Every subcommand prints its result as one line `result: {json}` (rank 0 only under MPI). One intra-op
 // thread per rank for libtorch and for the BLAS.
+#include <sys/resource.h>
 #include <torch/nn/functional/loss.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/linear.h>
@@ -169,6 +174,16 @@ ConstBytes bytes_of(const torch::Tensor& t) { return {static_cast<const std::byt
 
 double seconds_now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+/// CPU seconds (user + system) this process has used so far, all its threads together.
+double process_cpu_seconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  const auto seconds = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) + 1e-6 * static_cast<double>(t.tv_usec);
+  };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
 double median(std::vector<double> v) {
@@ -328,7 +343,7 @@ struct Rank {
       ptrs[k] = stages.back().get();
     }
     PipelineOptions po;
-    po.record_timeline = false;
+    po.record_timeline = true;  // the wait spans say where a step's time goes (a clock read per op)
     pipe = std::make_unique<Pipeline<Schedule, Comm, TorchStage>>(comm, ptrs, po);
   }
   void zero_grad() {
@@ -336,8 +351,39 @@ struct Rank {
   }
 };
 
+/// Seconds of a rank's step spent in wait spans (waiting for data or for a transfer to finish).
+double wait_time(const StepResult& res) {
+  double total = 0;
+  for (const Span& span : res.spans)
+    if (span.lane == Span::Lane::wait) total += span.duration();
+  return total;
+}
+
+#if DUALPIPE_PEERS_MPI
+/// --progress auto|wait|thread: MpiOptions::progress.
+MpiOptions mpi_options(const Args& a) {
+  const std::string progress = a.text("progress", "auto");
+  MpiOptions options;
+  if (progress == "auto") options.progress = MpiProgress::automatic;
+  else if (progress == "wait") options.progress = MpiProgress::on_wait;
+  else if (progress == "thread") options.progress = MpiProgress::thread;
+  else throw ConfigError("--progress must be auto, wait or thread (got '" + progress + "')");
+  const auto knob = [&a](const char* key, std::chrono::microseconds fallback) {
+    return std::chrono::microseconds(a.number(key, static_cast<int>(fallback.count())));
+  };
+  options.progress_interval = knob("progress-interval-us", options.progress_interval);
+  options.spin = knob("spin-us", options.spin);
+  options.sleep = knob("sleep-us", options.sleep);
+  return options;
+}
+#endif
+
 struct PipelineRun {
   std::vector<double> step_seconds;  // per step: the slowest rank's time
+  std::vector<double> wait_seconds;  // per step: the ranks' mean time in wait spans
+  double progress_cpu_per_step = 0;  // MPI: the progress threads' CPU seconds per step, mean over ranks
+  double cpu_per_step = 0;           // CPU seconds per step and rank (the process's, over the timed steps)
+  std::string progress = "none";     // MPI: "thread" or "wait" (what MpiOptions::progress gave)
   std::vector<double> losses;        // first step, per chunk
   int stages = 0;
 };
@@ -355,7 +401,9 @@ PipelineRun run_inprocess(const std::string& dir, const Meta& m, int ranks, int 
   out.losses.assign(m.chunks, 0.0);
   std::vector<double> rank_time(ranks);
   std::vector<StepResult> results(ranks);
+  double cpu_start = 0;
   for (int step = 0; step < warmup + steps; ++step) {
+    if (step == warmup) cpu_start = process_cpu_seconds();
     for (auto& r : rs) r->zero_grad();
     // run_ranks starts the rank threads together; each times its own step.
     run_ranks(ranks, [&](int r) {
@@ -367,16 +415,22 @@ PipelineRun run_inprocess(const std::string& dir, const Meta& m, int ranks, int 
       for (const StepResult& res : results)
         for (int c = 0; c < m.chunks; ++c)
           if (!std::isnan(res.losses[c])) out.losses[c] = res.losses[c];
-    if (step >= warmup) out.step_seconds.push_back(*std::max_element(rank_time.begin(), rank_time.end()));
+    if (step >= warmup) {
+      out.step_seconds.push_back(*std::max_element(rank_time.begin(), rank_time.end()));
+      double waits = 0;
+      for (const StepResult& res : results) waits += wait_time(res);
+      out.wait_seconds.push_back(waits / ranks);
+    }
   }
+  out.cpu_per_step = (process_cpu_seconds() - cpu_start) / steps / ranks;
   return out;
 }
 
 #if DUALPIPE_PEERS_MPI
 template <class Schedule, class Linear>
 PipelineRun run_mpi(const std::string& dir, const Meta& m, int ranks, int warmup, int steps, const torch::Tensor& x,
-                    const torch::Tensor& l) {
-  MpiCommunicator comm(MPI_COMM_WORLD);
+                    const torch::Tensor& l, const MpiOptions& options) {
+  MpiCommunicator comm(MPI_COMM_WORLD, options);
   if (comm.size() != ranks)
     throw ConfigError("--ranks " + std::to_string(ranks) + " but mpirun started " + std::to_string(comm.size()) +
                       " processes");
@@ -384,8 +438,13 @@ PipelineRun run_mpi(const std::string& dir, const Meta& m, int ranks, int warmup
   PipelineRun out;
   out.stages = Schedule::placement(ranks, m.chunks, 0, 0).num_stages;
   out.losses.assign(m.chunks, 0.0);
+  double progress_cpu_start = 0, cpu_start = 0;
   for (int step = 0; step < warmup + steps; ++step) {
     rank.zero_grad();
+    if (step == warmup) {
+      progress_cpu_start = comm.progress_cpu_seconds();
+      cpu_start = process_cpu_seconds();
+    }
     dualpipe::detail::mpi_check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");  // every rank starts the step together
     const double t0 = seconds_now();
     StepResult res = rank.pipe->step(m.chunks, bytes_of(x), bytes_of(l));
@@ -400,8 +459,23 @@ PipelineRun run_mpi(const std::string& dir, const Meta& m, int ranks, int warmup
           MPI_Allreduce(local.data(), out.losses.data(), m.chunks, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
           "MPI_Allreduce");  // each chunk's loss comes from one rank, zeros from the others
     }
-    if (step >= warmup) out.step_seconds.push_back(slowest);
+    double waits = 0;
+    const double my_wait = wait_time(res);
+    dualpipe::detail::mpi_check(MPI_Allreduce(&my_wait, &waits, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
+                                "MPI_Allreduce");
+    if (step >= warmup) {
+      out.step_seconds.push_back(slowest);
+      out.wait_seconds.push_back(waits / ranks);
+    }
   }
+  const double mine_cpu[2] = {(comm.progress_cpu_seconds() - progress_cpu_start) / steps,
+                              (process_cpu_seconds() - cpu_start) / steps};
+  double all_cpu[2] = {0, 0};
+  dualpipe::detail::mpi_check(MPI_Allreduce(mine_cpu, all_cpu, 2, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
+                              "MPI_Allreduce");
+  out.progress_cpu_per_step = all_cpu[0] / ranks;
+  out.cpu_per_step = all_cpu[1] / ranks;
+  out.progress = comm.has_progress_thread() ? "thread" : "wait";
   return out;
 }
 #endif
@@ -414,6 +488,9 @@ int pipeline(const Args& a) {
   const std::string linear = a.text("linear", "deferred");
   if (linear != "deferred" && linear != "plain")
     throw ConfigError("--linear must be deferred or plain (got '" + linear + "')");
+  for (const char* key : {"progress", "progress-interval-us", "spin-us", "sleep-us"})
+    if (!a.mpi && a.values.count(key))
+      throw ConfigError(std::string("--") + key + " is an MpiOptions knob: it needs --mpi");
   const torch::Tensor x = read_tensor(dir + "/x.bin", m.batch_shape());
   const torch::Tensor l = read_tensor(dir + "/labels.bin", m.batch_shape());
   int world_rank = 0;
@@ -428,7 +505,7 @@ int pipeline(const Args& a) {
 #if DUALPIPE_PEERS_MPI
       if (a.mpi) {
         MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
-        return run_mpi<Schedule, Linear>(dir, m, ranks, warmup, steps, x, l);
+        return run_mpi<Schedule, Linear>(dir, m, ranks, warmup, steps, x, l, mpi_options(a));
       }
 #endif
       if (a.mpi) throw ConfigError("--mpi: this dualpipe-peers was built without MPI");
@@ -441,9 +518,11 @@ int pipeline(const Args& a) {
     std::printf(
         "result: {\"command\": \"pipeline\", \"schedule\": \"%s\", \"comm\": \"%s\", \"linear\": \"%s\", "
         "\"ranks\": %d, \"stages\": %d, \"chunks\": %d, \"step_ms\": %.4f, \"step_ms_all\": %s, "
-        "\"losses\": %s, %s}\n",
+        "\"wait_ms\": %.4f, \"cpu_ms\": %.4f, \"progress_cpu_ms\": %.4f, \"progress\": \"%s\", \"losses\": %s, "
+        "%s}\n",
         std::string(schedule_name(kind)).c_str(), a.mpi ? "mpi" : "threads", linear.c_str(), ranks, run.stages,
         m.chunks, 1e3 * median(run.step_seconds), json_numbers(milliseconds(run.step_seconds)).c_str(),
+        1e3 * median(run.wait_seconds), 1e3 * run.cpu_per_step, 1e3 * run.progress_cpu_per_step, run.progress.c_str(),
         json_numbers(run.losses).c_str(), context_json().c_str());
   return 0;
 }

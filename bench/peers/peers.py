@@ -50,6 +50,26 @@ TORCH_TO_OURS = {"1F1B": "1f1b", "DualPipeV": "dualpipev"}
 LOSS_TOLERANCE = 1e-4  # float32, different BLAS libraries and summation orders
 
 
+def merge_rounds(runs: list[dict]) -> list[dict]:
+    """One row per (P, system, schedule, comm) from its runs in every round: medians over the rounds, the
+    efficiency being each round's own (its sequential baseline timed in the same round)."""
+    merged: dict[tuple, dict] = {}
+    for run in runs:
+        key = (run["P"], run["system"], run["schedule"], run["comm"])
+        row = merged.setdefault(key, dict(run, runs=[]))
+        row["runs"].append({k: run[k] for k in ("round", "step_ms", "sequential_ms", "efficiency", "wait_ms",
+                                                "cpu_ms", "progress_cpu_ms") if k in run})
+        row["loss_rel_diff"] = max(row["loss_rel_diff"], run["loss_rel_diff"])
+    for row in merged.values():
+        for k in ("step_ms", "sequential_ms", "efficiency", "wait_ms", "cpu_ms", "progress_cpu_ms"):
+            if k not in row["runs"][0]:
+                continue
+            values = [r[k] for r in row["runs"]]
+            row[k] = statistics.median(values)
+            row[k + "_range"] = (min(values), max(values))
+    return list(merged.values())
+
+
 def read_meta(data_dir: str) -> dict[str, int]:
     with open(os.path.join(data_dir, "meta.txt")) as f:
         return {k: int(v) for k, v in (item.split("=") for item in f.read().split())}
@@ -293,11 +313,17 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--mpiexec", default="", help="mpirun for our MPI rows (none: no MPI rows)")
     ap.add_argument("--mpiexec-flags", default="", help="flags after 'mpirun -np P'")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every row (and the sequential baselines) this many times, round after round; a row "
+                         "shows the medians over rounds, its efficiency taken against its own round's baseline")
     ap.add_argument("--force", action="store_true", help="time even when the load average exceeds the cores")
     ap.add_argument("--out", default="", help="also write the table (markdown) here")
     ap.add_argument("--timeout", type=float, default=600, help="seconds for one run")
     a = ap.parse_args()
     ranks_list = [int(p) for p in a.ranks.split(",") if p]
+    if a.rounds < 1:
+        print(f"peers: --rounds must be at least 1, got {a.rounds}", file=sys.stderr)
+        return 2
 
     try:
         import torch  # noqa: F401
@@ -325,10 +351,11 @@ def main() -> int:
                    "--chunks", str(a.chunks), "--micro-batch", str(a.micro_batch), "--seq-len", str(a.seq_len),
                    "--seed", str(a.seed)], a.timeout)
         steps = ["--steps", str(a.steps), "--warmup", str(a.warmup)]
-        ours_seq: dict[int, dict] = {}
-        torch_seq: dict[int, dict] = {}
         context: dict[str, str] = {}
-        for P in ranks_list:
+        costs_of: dict[int, dict] = {}
+        for round_index, P in ((r, P) for r in range(a.rounds) for P in ranks_list):
+            ours_seq: dict[int, dict] = {}  # each round times its own baselines
+            torch_seq: dict[int, dict] = {}
             for S in (P, 2 * P):
                 if S not in ours_seq:
                     ours_seq[S] = result_of([a.peers_bin, "sequential", "--dir", data, "--stages", str(S)] + steps,
@@ -339,7 +366,9 @@ def main() -> int:
                                               data, "--stages", str(S)] + steps, a.timeout,
                                              env=dict(os.environ, OMP_NUM_THREADS="1"))
                     context["torch"] = f"PyTorch {torch_seq[S]['torch']}, BLAS: {torch_seq[S]['blas']}"
-            costs = result_of([a.peers_bin, "costs", "--dir", data, "--ranks", str(P)], a.timeout)
+            if P not in costs_of:
+                costs_of[P] = result_of([a.peers_bin, "costs", "--dir", data, "--ranks", str(P)], a.timeout)
+            costs = costs_of[P]
             bound = costs["bound"]
             context[f"costs{P}"] = (f"P={P}: one stage per chunk F {costs['forward_ms']:.2f} ms, fused backward "
                                     f"{costs['fused_backward_ms']:.2f} ms, input part {costs['input_ms']:.2f} ms + "
@@ -348,6 +377,7 @@ def main() -> int:
             def add(system, schedule, comm, res, seq, bound_value):
                 res["system"], res["schedule"], res["comm"] = system, schedule, comm
                 res["P"], res["sequential_ms"], res["bound"] = P, seq["step_ms"], bound_value
+                res["round"] = round_index
                 res["efficiency"] = seq["step_ms"] / (P * res["step_ms"])
                 ref = ours_seq[res["stages"]]["losses"]
                 res["loss_sum"] = sum(res["losses"])
@@ -375,17 +405,21 @@ def main() -> int:
                     except RunError as e:
                         problems.append(str(e))
     load_after = load_line()
+    rows = merge_rounds(rows)
 
     lines = [f"# Peer benchmark: dualpipe (TorchStage) and PyTorch's torch.distributed.pipelining",
              "",
              f"Date {started:%Y-%m-%d %H:%M} UTC. Machine: {machine_line()}. Load average (1, 5, 15 min) "
-             f"{load_before} before, {load_after} after"
-             + (" -- above the core count: timed with --force, figures are noisy." if
-                max(float(load_before.split()[0]), float(load_after.split()[0])) > cores else "."),
+             f"{load_before} before, {load_after} after (the runs' own processes count in the second)"
+             + (" -- above the core count before: timed with --force, figures are noisy." if
+                float(load_before.split()[0]) > cores else "."),
              f"Model: stages of Linear({a.hidden},{4 * a.hidden}) -> GELU -> Linear({4 * a.hidden},{a.hidden}) "
              f"without bias, float32, MSE loss; {a.chunks} chunks of {a.micro_batch} x {a.seq_len} rows; the same "
              f"weights and data in both systems (seed {a.seed}). One thread per rank. {a.warmup} warm-up steps, "
-             f"median of {a.steps} timed steps (each step's slowest rank).",
+             f"median of {a.steps} timed steps (each step's slowest rank)"
+             + (f"; {a.rounds} rounds: every row and baseline ran once per round, a row shows the medians over the "
+                f"rounds and its efficiency's range (min-max), each round's efficiency taken against the baseline "
+                f"timed in that round." if a.rounds > 1 else "."),
              f"dualpipe: {context.get('ours', '?')}; modules of DeferredLinear (one-pass zero-bubble split). "
              f"PyTorch: {context.get('torch', '?')}, gloo over loopback, one process per rank.",
              ""]
@@ -396,14 +430,23 @@ def main() -> int:
               "efficiency = sequential / (P x step), the sequential time being the same system's own single-process run "
               "of the same model (S stages). bound = 1 - bubble ratio of our simulator with the measured stage costs "
               "(for PyTorch's rows: our schedule of the same name). loss: the first step's total; Δ: the largest "
-              "per-chunk relative difference from our sequential run.",
+              "per-chunk relative difference from our sequential run. wait ms (ours): the time a rank spent waiting for data "
+              "or transfers in the measured timeline (mean over ranks, median over steps); progress CPU ms (our MPI rows): "
+              "CPU time per step of each rank's MPI progress thread (mpi/progress.hpp).",
               "",
-              "| P | system | schedule | comm | S | step ms | sequential ms | efficiency | bound | loss | Δ loss |",
-              "|--:|--------|----------|------|--:|--------:|--------------:|-----------:|------:|-----:|-------:|"]
+              "| P | system | schedule | comm | S | step ms | sequential ms | efficiency | bound | wait ms | progress CPU ms "
+              "| loss | Δ loss |",
+              "|--:|--------|----------|------|--:|--------:|--------------:|-----------:|------:|--------:|----------------:"
+              "|-----:|-------:|"]
     for r in rows:
         b = f"{r['bound']:.3f}" if r.get("bound") is not None else "-"
+        wait = f"{r['wait_ms']:.2f}" if "wait_ms" in r else "-"
+        cpu = f"{r['progress_cpu_ms']:.2f}" if r.get("progress") == "thread" else "-"
+        eff = f"{r['efficiency']:.3f}"
+        if len(r["runs"]) > 1:
+            eff += " ({:.3f}-{:.3f})".format(*r["efficiency_range"])
         lines.append(f"| {r['P']} | {r['system']} | {r['schedule']} | {r['comm']} | {r['stages']} | {r['step_ms']:.2f} | "
-                     f"{r['sequential_ms']:.2f} | {r['efficiency']:.3f} | {b} | {r['loss_sum']:.6f} | "
+                     f"{r['sequential_ms']:.2f} | {eff} | {b} | {wait} | {cpu} | {r['loss_sum']:.6f} | "
                      f"{r['loss_rel_diff']:.1e} |")
     if problems:
         lines += ["", "Problems:", ""] + [f"- {p}" for p in problems]

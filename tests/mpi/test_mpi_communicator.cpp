@@ -1,15 +1,18 @@
 // MpiCommunicator on its own (no pipeline): posts, commits and waits between real MPI processes.
-// Run by CTest under mpirun with 2 and 4 ranks; every test case runs on every rank.
+// Run by CTest under mpirun with 2 and 4 ranks; every test case runs on every rank. The communicators of the
+// cases take their MpiOptions::progress from DUALPIPE_TEST_MPI_PROGRESS (on_wait or thread; CTest runs both).
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <initializer_list>
 #include <set>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "dualpipe/mpi.hpp"
@@ -20,6 +23,28 @@ using namespace std::chrono_literals;
 namespace {
 
 constexpr auto wait_limit = 20s;  // a correct exchange finishes far sooner; this only bounds a broken one
+
+/// The options of the cases' communicators: MpiOptions::progress from DUALPIPE_TEST_MPI_PROGRESS.
+MpiOptions test_options() {
+  MpiOptions options;
+  const char* mode = std::getenv("DUALPIPE_TEST_MPI_PROGRESS");
+  const std::string name = mode ? mode : "thread";
+  REQUIRE_MESSAGE((name == "thread" || name == "on_wait"), "DUALPIPE_TEST_MPI_PROGRESS must be thread or on_wait");
+  options.progress = name == "thread" ? MpiProgress::thread : MpiProgress::on_wait;
+  return options;
+}
+
+/// Polls `done` without calling MPI on this thread, for at most wait_limit: whatever moves the messages
+/// meanwhile is the progress thread.
+template <class Done>
+bool done_without_mpi_calls(Done done) {
+  const auto deadline = std::chrono::steady_clock::now() + wait_limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
 
 static_assert(check_communicator<MpiCommunicator>());
 static_assert(CommitGroup<MpiCommitGroup>);
@@ -74,7 +99,7 @@ void expect_size_mismatch(MpiCommunicator& comm, const char* must, std::initiali
 }  // namespace
 
 TEST_CASE("Mpi.Communicator.RankAndSize") {
-  MpiCommunicator comm;
+  MpiCommunicator comm(MPI_COMM_WORLD, test_options());
   int world_rank = -1, world_size = -1;
   MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world_size);
@@ -88,7 +113,7 @@ TEST_CASE("Mpi.Communicator.RankAndSize") {
 }
 
 TEST_CASE("Mpi.Communicator.AllPairs.TagsKeepMessagesApart") {
-  MpiCommunicator comm;
+  MpiCommunicator comm(MPI_COMM_WORLD, test_options());
   const int me = comm.rank();
   const auto tags = all_tags();
   std::vector<std::vector<std::byte>> sends, recvs;
@@ -124,7 +149,7 @@ TEST_CASE("Mpi.Communicator.AllPairs.TagsKeepMessagesApart") {
 
 TEST_CASE("Mpi.Communicator.PingPong") {
   // Pairs (0,1), (2,3), ...: a counter goes back and forth, one message per commit.
-  MpiCommunicator comm;
+  MpiCommunicator comm(MPI_COMM_WORLD, test_options());
   const int me = comm.rank();
   const int partner = me ^ 1;
   if (partner < comm.size()) {
@@ -150,7 +175,7 @@ TEST_CASE("Mpi.Communicator.PingPong") {
 
 TEST_CASE("Mpi.Communicator.SameTagKeepsPostOrder") {
   // Ring: three messages with one tag in one group, then three more in the next: they arrive in order.
-  MpiCommunicator comm;
+  MpiCommunicator comm(MPI_COMM_WORLD, test_options());
   const int next = (comm.rank() + 1) % comm.size();
   const int prev = (comm.rank() + comm.size() - 1) % comm.size();
   const MessageTag tag{0, 4, Payload::activation};
@@ -166,7 +191,7 @@ TEST_CASE("Mpi.Communicator.SameTagKeepsPostOrder") {
 }
 
 TEST_CASE("Mpi.Communicator.EmptyCommitAndSelfMessage") {
-  MpiCommunicator comm;
+  MpiCommunicator comm(MPI_COMM_WORLD, test_options());
   auto empty = comm.commit();
   CHECK(empty.size() == 0);
   CHECK(empty.done());
@@ -180,7 +205,7 @@ TEST_CASE("Mpi.Communicator.EmptyCommitAndSelfMessage") {
 }
 
 TEST_CASE("Mpi.Communicator.SizeMismatchNamesBothSizes") {
-  MpiCommunicator comm;
+  MpiCommunicator comm(MPI_COMM_WORLD, test_options());
   const int me = comm.rank();
   const MessageTag tag{0, 5, Payload::activation};
   if (me == 0) {
@@ -216,7 +241,7 @@ TEST_CASE("Mpi.Communicator.SizeMismatchNamesBothSizes") {
 
 TEST_CASE("Mpi.Communicator.TimeoutNamesWhatIsPending") {
   // Rank 1 waits for two messages from rank 0, which sends only one: the wait gives up and names the other.
-  MpiCommunicator comm;
+  MpiCommunicator comm(MPI_COMM_WORLD, test_options());
   const MessageTag sent{1, 6, Payload::gradient};
   const MessageTag never{1, 7, Payload::gradient};
   if (comm.rank() == 0) {
@@ -252,7 +277,7 @@ TEST_CASE("Mpi.Communicator.TimeoutNamesWhatIsPending") {
 }
 
 TEST_CASE("Mpi.Communicator.TagsWithinTheBound") {
-  MpiCommunicator comm;
+  MpiCommunicator comm(MPI_COMM_WORLD, test_options());
   int* ub = nullptr;
   int flag = 0;
   MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &ub, &flag);
@@ -287,7 +312,7 @@ TEST_CASE("Mpi.Communicator.TagsWithinTheBound") {
 }
 
 TEST_CASE("Mpi.Communicator.GatherInRankOrder") {
-  MpiCommunicator comm;
+  MpiCommunicator comm(MPI_COMM_WORLD, test_options());
   for (int root : {0, comm.size() - 1}) {
     const std::vector<std::byte> mine(static_cast<std::size_t>(comm.rank()) + 1,
                                       static_cast<std::byte>(comm.rank() + 10));
@@ -300,5 +325,51 @@ TEST_CASE("Mpi.Communicator.GatherInRankOrder") {
     } else {
       CHECK(all.empty());
     }
+  }
+}
+
+TEST_CASE("Mpi.Communicator.ProgressThreadMovesMessagesWhileTheRankComputes") {
+  // Ranks 0 and 1 each post their side of a large exchange (MPI's rendezvous: the payload moves only when
+  // both processes call MPI after the receiver answered), then "compute": they never call MPI again until
+  // the groups are done. Only the progress threads can finish them; without them this would never end.
+  MpiOptions options;
+  options.progress = MpiProgress::thread;
+  MpiCommunicator comm(MPI_COMM_WORLD, options);
+  REQUIRE(comm.has_progress_thread());
+  const int me = comm.rank();
+  if (me <= 1) {
+    const MessageTag there{0, 8, Payload::activation}, back{0, 8, Payload::gradient};
+    const std::size_t size = 1 << 20;
+    const auto out = message(me, 1 - me, me == 0 ? there : back, size);
+    std::vector<std::byte> in(size);
+    comm.post_send(1 - me, me == 0 ? there : back, out);
+    comm.post_recv(1 - me, me == 0 ? back : there, in);
+    auto group = comm.commit();
+    CHECK(done_without_mpi_calls([&] { return group.done(); }));
+    CHECK(in == message(1 - me, me, me == 0 ? back : there, size));
+    CHECK(comm.progress_polls() > 0);
+    group.wait(wait_limit);  // already done: returns at once
+  }
+  comm.barrier();
+}
+
+TEST_CASE("Mpi.Communicator.ProgressOptions") {
+  int level = 0;
+  MPI_Query_thread(&level);
+  REQUIRE(level == MPI_THREAD_MULTIPLE);                         // MpiSession asks for it; Open MPI provides it
+  CHECK(MpiCommunicator(MPI_COMM_WORLD).has_progress_thread());  // automatic, with MPI_THREAD_MULTIPLE
+  MpiOptions on_wait;
+  on_wait.progress = MpiProgress::on_wait;
+  MpiCommunicator quiet(MPI_COMM_WORLD, on_wait);
+  CHECK_FALSE(quiet.has_progress_thread());
+  CHECK(quiet.progress_polls() == 0);
+  CHECK(quiet.progress_cpu_seconds() == 0.0);
+  MpiOptions zero;
+  zero.progress_interval = 0us;
+  try {
+    MpiCommunicator bad(MPI_COMM_WORLD, zero);
+    FAIL("a progress interval of 0 us must be refused");
+  } catch (const ConfigError& e) {
+    CHECK(std::string(e.what()).find("progress_interval must be at least 1 us, got 0") != std::string::npos);
   }
 }

@@ -178,10 +178,20 @@ public:
   /// and the coordinates are the named dimensions' (all four when the order named them all).
   [[nodiscard]] std::string describe(int rank) const {
     check_rank(rank);
+    // Appends one piece at a time: GCC 12 warns falsely (-Wrestrict) on some inlined `"literal" + string&&`.
     std::string s = "grid:";
-    for (GridDim d : all_grid_dims) s += " " + std::string(grid_dim_name(d)) + "=" + std::to_string(_sizes[d]);
+    for (GridDim d : all_grid_dims) {
+      s += ' ';
+      s += grid_dim_name(d);
+      s += '=';
+      s += std::to_string(_sizes[d]);
+    }
     const std::vector<GridDim> named(_order.begin(), _order.begin() + static_cast<std::ptrdiff_t>(_named));
-    s += " order=" + join(named) + " rank " + std::to_string(rank) + " = (";
+    s += " order=";
+    s += join(named);
+    s += " rank ";
+    s += std::to_string(rank);
+    s += " = (";
     for (std::size_t i = 0; i < named.size(); ++i) {
       if (i) s += ", ";
       s += grid_dim_name(named[i]);

@@ -6,7 +6,8 @@
 // both sizes: receiving a larger message straight into the buffer relies on MPI_ERR_TRUNCATE, and Open MPI
 // 4.1 writes past the end of the buffer before it reports that. The wait polls (MPI_Testall, yield, short
 // sleeps) instead of blocking in MPI_Waitall, so that it can give up with a TimeoutError naming the
-// messages still pending.
+// messages still pending. Between the rank's own calls, a progress thread (mpi/progress.hpp; on by default
+// where MPI provides MPI_THREAD_MULTIPLE) keeps the rank's sends moving while it computes.
 //
 // abort(origin) prints where the failure started on stderr and ends the whole job (MPI_Abort): every
 // process exits non-zero. Tags keep messages of different modules, chunks and payloads apart:
@@ -23,21 +24,31 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "dualpipe/comm/communicator.hpp"
+#include "dualpipe/mpi/detail/group_state.hpp"
+#include "dualpipe/mpi/progress.hpp"
 #include "dualpipe/mpi/session.hpp"
 
 namespace dualpipe {
 
 /// Knobs of an MpiCommunicator.
 struct MpiOptions {
-  int max_modules = 4;                  ///< Modules per rank the tags tell apart (DualPipe uses 2).
-  std::chrono::microseconds spin{200};  ///< A wait polls and yields this long before it starts to sleep.
+  int max_modules = 4;  ///< Modules per rank the tags tell apart (DualPipe uses 2).
+  /// A wait polls and yields this long before it starts to sleep. Long enough to catch a neighbour that
+  /// finishes its op within a millisecond (a sleep costs a wake-up of 50 to 100 us); a rank spins only
+  /// while it has nothing to do but wait.
+  std::chrono::microseconds spin{1000};
   std::chrono::microseconds sleep{50};  ///< Sleep between polls after the spin (keeps idle ranks off the CPU).
+  MpiProgress progress = MpiProgress::automatic;     ///< Who moves sends between the rank's own MPI calls.
+  std::chrono::microseconds progress_interval{100};  ///< The progress thread's poll period while sends are in flight.
 };
 
 /// What a commit of an MpiCommunicator returns: the messages posted since the previous commit.
@@ -54,40 +65,28 @@ public:
 
   /// Blocks until every message of the group is done. Throws TimeoutError after `timeout` naming the peers
   /// and tags still pending; Error when a message's size differs from its receive buffer's (both named) or
-  /// an MPI call fails.
+  /// an MPI call fails (also when the progress thread found it).
   void wait(std::chrono::milliseconds timeout);
 
   /// Messages in the group.
-  [[nodiscard]] std::size_t size() const noexcept { return _messages.size(); }
-  /// Whether every message of the group is done.
-  [[nodiscard]] bool done() const noexcept { return _pending == 0; }
+  [[nodiscard]] std::size_t size() const;
+  /// Whether every message of the group is known to be done (by a wait, or by the progress thread).
+  [[nodiscard]] bool done() const;
 
 private:
   friend class MpiCommunicator;
 
-  struct Message {
-    bool send = false;
-    int peer = 0;
-    MessageTag tag;
-    int mpi_tag = 0;
-    std::byte* data = nullptr;  // receive buffer (null for sends)
-    std::size_t bytes = 0;
-    bool matched = false;  // a send, or a receive whose message was probed and is being received
-  };
-
-  /// Probes the receives not matched yet and tests the requests in flight; true when all are done.
-  bool progress();
-  // The timeout's message; `missing` / `peer`: the first pending receive (else send), for TimeoutError.
-  [[nodiscard]] std::string describe_pending(std::chrono::milliseconds timeout, MessageTag& missing, int& peer) const;
+  // The progress thread's lock when there is one (nothing to lock otherwise).
+  [[nodiscard]] std::unique_lock<std::mutex> lock() const {
+    return _progress ? std::unique_lock<std::mutex>(_progress->mutex()) : std::unique_lock<std::mutex>();
+  }
+  // The state, made at the first post: `comm` and `rank` are the communicator's.
+  detail::MpiGroupState& state(MPI_Comm comm, int rank);
   void release() noexcept;
 
-  MPI_Comm _comm = MPI_COMM_NULL;
-  int _rank = -1;
   MpiOptions _options;
-  std::vector<Message> _messages;
-  std::vector<MPI_Request> _requests;  // one per message; MPI_REQUEST_NULL until a receive is matched
-  std::size_t _pending = 0;            // messages not done yet
-  std::size_t _unmatched = 0;          // receives not matched yet
+  std::shared_ptr<detail::MpiProgressThread> _progress;  // null: MpiProgress::on_wait
+  std::unique_ptr<detail::MpiGroupState> _state;         // null until something is posted
 };
 
 /// A Communicator over MPI: pipeline ranks are the ranks of a duplicate of MPI_COMM_WORLD (or of the
@@ -95,7 +94,9 @@ private:
 class MpiCommunicator {
 public:
   /// Duplicates `parent` (collective over it); its errors are returned to the library, which throws them.
-  /// Throws ConfigError when MPI is not initialized or the options are out of range.
+  /// Starts the progress thread that `options.progress` asks for. Throws ConfigError when MPI is not
+  /// initialized, the options are out of range, or MpiProgress::thread is asked for and MPI does not provide
+  /// MPI_THREAD_MULTIPLE.
   explicit MpiCommunicator(MPI_Comm parent = MPI_COMM_WORLD, MpiOptions options = {});
   /// Frees the duplicate.
   ~MpiCommunicator();
@@ -110,6 +111,12 @@ public:
   [[nodiscard]] MPI_Comm native() const noexcept { return _comm; }
   /// The knobs it was made with.
   [[nodiscard]] const MpiOptions& options() const noexcept { return _options; }
+  /// Whether a progress thread moves this rank's sends between its own MPI calls (MpiOptions::progress).
+  [[nodiscard]] bool has_progress_thread() const noexcept { return _progress != nullptr; }
+  /// CPU seconds the progress thread has used so far (0 without one): what it took from the rank's cores.
+  [[nodiscard]] double progress_cpu_seconds() const noexcept { return _progress ? _progress->cpu_seconds() : 0.0; }
+  /// Times the progress thread has called MPI so far (0 without one).
+  [[nodiscard]] std::uint64_t progress_polls() const noexcept { return _progress ? _progress->polls() : 0; }
 
   /// The MPI tag of a message tag. Throws ConfigError when the module or chunk does not fit the tag bound.
   [[nodiscard]] int mpi_tag(MessageTag tag) const;
@@ -140,6 +147,7 @@ public:
 
 private:
   void check_post(int peer, std::size_t bytes, const char* what) const;
+  void add_posted(const detail::MpiGroupState::Message& m, MPI_Request request);
   void release_posted() noexcept;
 
   MPI_Comm _comm = MPI_COMM_NULL;
@@ -147,97 +155,66 @@ private:
   int _size = 1;
   std::int64_t _tag_ub = 32767;
   MpiOptions _options;
-  MpiCommitGroup _posted;  // messages posted since the previous commit
+  std::shared_ptr<detail::MpiProgressThread> _progress;  // shared with the commit groups that count on it
+  MpiCommitGroup _posted;                                // messages posted since the previous commit
 };
 
 static_assert(check_communicator<MpiCommunicator>());
 
 // ---- Definitions --------------------------------------------------------------------------------------
 
-namespace detail {
-[[nodiscard]] inline const char* payload_name(Payload p) noexcept {
-  return p == Payload::activation ? "activation" : "gradient";
-}
-[[nodiscard]] inline std::string describe_tag(MessageTag tag) {
-  return "module " + std::to_string(tag.module) + ", chunk " + std::to_string(tag.chunk) + ", " +
-         payload_name(tag.payload);
-}
-}  // namespace detail
-
 inline MpiCommitGroup& MpiCommitGroup::operator=(MpiCommitGroup&& other) noexcept {
   if (this != &other) {
     release();
-    _comm = other._comm;
-    _rank = other._rank;
     _options = other._options;
-    _messages = std::move(other._messages);
-    _requests = std::move(other._requests);
-    _pending = std::exchange(other._pending, 0);
-    _unmatched = std::exchange(other._unmatched, 0);
-    other._messages.clear();
-    other._requests.clear();
+    _progress = other._progress;
+    _state = std::move(other._state);  // the state keeps its address: the progress thread may hold it
   }
   return *this;
 }
 
-inline bool MpiCommitGroup::progress() {
-  if (_unmatched > 0) {
-    // Receives with the same peer and tag must take the messages in post order (MPI keeps the messages of
-    // one sender and tag in order): a receive probes only when no earlier one of its peer and tag is waiting.
-    for (std::size_t i = 0; i < _messages.size(); ++i) {
-      Message& m = _messages[i];
-      if (m.send || m.matched) continue;
-      const auto same_and_waiting = [&m](const Message& e) {
-        return !e.send && !e.matched && e.peer == m.peer && e.mpi_tag == m.mpi_tag;
-      };
-      const bool earlier_waits =
-          std::any_of(_messages.begin(), _messages.begin() + static_cast<std::ptrdiff_t>(i), same_and_waiting);
-      if (earlier_waits) continue;
-      int found = 0;
-      MPI_Message handle = MPI_MESSAGE_NULL;
-      MPI_Status status;
-      detail::mpi_check(MPI_Improbe(m.peer, m.mpi_tag, _comm, &found, &handle, &status), "MPI_Improbe");
-      if (!found) continue;
-      int count = 0;
-      detail::mpi_check(MPI_Get_count(&status, MPI_BYTE, &count), "MPI_Get_count");
-      if (static_cast<std::size_t>(count) != m.bytes) {
-        // Take the message off the queue so that it cannot be matched by a later receive, then report.
-        std::vector<std::byte> scratch(static_cast<std::size_t>(count));
-        detail::mpi_check(MPI_Mrecv(scratch.data(), count, MPI_BYTE, &handle, MPI_STATUS_IGNORE), "MPI_Mrecv");
-        m.matched = true;
-        --_unmatched;
-        --_pending;
-        throw Error("message size mismatch on rank " + std::to_string(_rank) + ": the message from rank " +
-                    std::to_string(m.peer) + " (" + detail::describe_tag(m.tag) + "; MPI tag " +
-                    std::to_string(m.mpi_tag) + ") has " + std::to_string(count) +
-                    " bytes but the receive buffer has " + std::to_string(m.bytes) + " bytes");
-      }
-      detail::mpi_check(MPI_Imrecv(m.data, count, MPI_BYTE, &handle, &_requests[i]), "MPI_Imrecv");
-      m.matched = true;
-      --_unmatched;
-    }
+inline detail::MpiGroupState& MpiCommitGroup::state(MPI_Comm comm, int rank) {
+  if (!_state) {
+    _state = std::make_unique<detail::MpiGroupState>();
+    _state->comm = comm;
+    _state->rank = rank;
   }
-  int all_done = 0;
-  detail::mpi_check(MPI_Testall(static_cast<int>(_requests.size()), _requests.data(), &all_done, MPI_STATUSES_IGNORE),
-                    "MPI_Testall");
-  if (all_done && _unmatched == 0) {
-    _pending = 0;
-    return true;
-  }
-  return false;
+  return *_state;
+}
+
+inline std::size_t MpiCommitGroup::size() const {
+  const auto guard = lock();
+  return _state ? _state->messages.size() : 0;
+}
+
+inline bool MpiCommitGroup::done() const {
+  const auto guard = lock();
+  return !_state || _state->pending == 0;
 }
 
 inline void MpiCommitGroup::wait(std::chrono::milliseconds timeout) {
   using clock = std::chrono::steady_clock;
-  if (_pending == 0) return;
+  if (!_state) return;
   const auto start = clock::now();
   const auto deadline = deadline_after(timeout);
-  while (!progress()) {
+  for (;;) {
+    {
+      const auto guard = lock();
+      if (_state->failure) std::rethrow_exception(_state->failure);
+      if (_state->pending == 0 || _state->progress()) {
+        if (_progress) _progress->forget(_state.get());
+        return;
+      }
+    }
     const auto now = clock::now();
     if (now >= deadline) {
       MessageTag missing{-1, -1, Payload::activation};
       int peer = -1;
-      std::string message = describe_pending(timeout, missing, peer);
+      std::string message;
+      {
+        const auto guard = lock();
+        message = _state->describe_pending(timeout, missing, peer);
+      }
       release();
       throw TimeoutError(message, missing, peer);
     }
@@ -249,50 +226,14 @@ inline void MpiCommitGroup::wait(std::chrono::milliseconds timeout) {
   }
 }
 
-inline std::string MpiCommitGroup::describe_pending(std::chrono::milliseconds timeout, MessageTag& missing,
-                                                    int& peer) const {
-  // Which requests are still active (MPI_Testall leaves them all untouched when not all are done);
-  // MPI_Request_get_status asks without freeing them.
-  std::vector<int> done(_requests.size(), 0);
-  for (std::size_t i = 0; i < _requests.size(); ++i) {
-    if (_requests[i] == MPI_REQUEST_NULL) continue;
-    MPI_Request_get_status(_requests[i], &done[i], MPI_STATUS_IGNORE);
-  }
-  std::string text = "MPI wait timed out after " + std::to_string(timeout.count()) + " ms on rank " +
-                     std::to_string(_rank) + "; still pending:";
-  std::size_t pending = 0;
-  bool missing_is_send = false;
-  for (std::size_t i = 0; i < _messages.size(); ++i) {
-    const Message& m = _messages[i];
-    const bool finished = m.matched && (_requests[i] == MPI_REQUEST_NULL || done[i]);
-    if (finished) continue;
-    if (peer < 0 || (!m.send && missing_is_send)) {
-      missing = m.tag;
-      peer = m.peer;
-      missing_is_send = m.send;
-    }
-    text += (pending++ ? "; " : " ");
-    text += (m.send ? "send to rank " : "receive from rank ") + std::to_string(m.peer) + " (" +
-            detail::describe_tag(m.tag) + ", " + std::to_string(m.bytes) + " bytes, MPI tag " +
-            std::to_string(m.mpi_tag) + (m.send || m.matched ? ", in flight)" : ", nothing arrived)");
-  }
-  return text;
-}
-
 inline void MpiCommitGroup::release() noexcept {
-  // Receives not matched yet have nothing to cancel. Requests in flight cannot be waited for (the peer may
-  // be gone): cancel what MPI can cancel and leave the rest to complete in the background.
-  int finalized = 0;
-  MPI_Finalized(&finalized);
-  for (MPI_Request& request : _requests) {
-    if (request == MPI_REQUEST_NULL || finalized) continue;
-    MPI_Cancel(&request);
-    MPI_Request_free(&request);
+  if (!_state) return;
+  {
+    const auto guard = lock();
+    if (_progress) _progress->forget(_state.get());
+    _state->release();
   }
-  _requests.clear();
-  _messages.clear();
-  _pending = 0;
-  _unmatched = 0;
+  _state.reset();
 }
 
 inline MpiCommunicator::MpiCommunicator(MPI_Comm parent, MpiOptions options) : _options(options) {
@@ -301,6 +242,18 @@ inline MpiCommunicator::MpiCommunicator(MPI_Comm parent, MpiOptions options) : _
   if (!initialized) throw ConfigError("MpiCommunicator needs MPI to be initialized: create an MpiSession first");
   if (options.max_modules < 1)
     throw ConfigError("MpiOptions::max_modules must be at least 1, got " + std::to_string(options.max_modules));
+  if (options.progress_interval.count() < 1)
+    throw ConfigError("MpiOptions::progress_interval must be at least 1 us, got " +
+                      std::to_string(options.progress_interval.count()) + " us");
+  int thread_level = MPI_THREAD_SINGLE;
+  detail::mpi_check(MPI_Query_thread(&thread_level), "MPI_Query_thread");
+  if (options.progress == MpiProgress::thread && thread_level < MPI_THREAD_MULTIPLE)
+    throw ConfigError("MpiOptions::progress = thread needs MPI_THREAD_MULTIPLE (3), but MPI provides thread level " +
+                      std::to_string(thread_level) +
+                      ": initialize MPI with MPI_Init_thread(MPI_THREAD_MULTIPLE), or use MpiProgress::on_wait");
+  if (options.progress == MpiProgress::thread ||
+      (options.progress == MpiProgress::automatic && thread_level >= MPI_THREAD_MULTIPLE))
+    _progress = std::make_shared<detail::MpiProgressThread>(options.progress_interval);
   detail::mpi_check(MPI_Comm_dup(parent, &_comm), "MPI_Comm_dup");
   MPI_Comm_set_errhandler(_comm, MPI_ERRORS_RETURN);
   detail::mpi_check(MPI_Comm_rank(_comm, &_rank), "MPI_Comm_rank");
@@ -309,9 +262,8 @@ inline MpiCommunicator::MpiCommunicator(MPI_Comm parent, MpiOptions options) : _
   int flag = 0;
   detail::mpi_check(MPI_Comm_get_attr(_comm, MPI_TAG_UB, &value, &flag), "MPI_Comm_get_attr(MPI_TAG_UB)");
   if (flag && value) _tag_ub = *static_cast<int*>(value);
-  _posted._comm = _comm;
-  _posted._rank = _rank;
   _posted._options = _options;
+  _posted._progress = _progress;
 }
 
 inline MpiCommunicator::~MpiCommunicator() {
@@ -355,7 +307,7 @@ inline void MpiCommunicator::check_post(int peer, std::size_t bytes, const char*
 
 inline void MpiCommunicator::post_send(int peer, MessageTag tag, ConstBytes bytes) {
   check_post(peer, bytes.size(), "post_send");
-  MpiCommitGroup::Message m;
+  detail::MpiGroupState::Message m;
   m.send = true;
   m.peer = peer;
   m.tag = tag;
@@ -365,30 +317,34 @@ inline void MpiCommunicator::post_send(int peer, MessageTag tag, ConstBytes byte
   MPI_Request request = MPI_REQUEST_NULL;
   detail::mpi_check(MPI_Isend(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, peer, m.mpi_tag, _comm, &request),
                     "MPI_Isend");
-  _posted._messages.push_back(m);
-  _posted._requests.push_back(request);
-  ++_posted._pending;
+  add_posted(m, request);
 }
 
 inline void MpiCommunicator::post_recv(int peer, MessageTag tag, MutableBytes bytes) {
   check_post(peer, bytes.size(), "post_recv");
-  MpiCommitGroup::Message m;
+  detail::MpiGroupState::Message m;
   m.peer = peer;
   m.tag = tag;
   m.mpi_tag = mpi_tag(tag);
   m.data = bytes.data();
   m.bytes = bytes.size();
-  _posted._messages.push_back(m);
-  _posted._requests.push_back(MPI_REQUEST_NULL);
-  ++_posted._pending;
-  ++_posted._unmatched;
+  add_posted(m, MPI_REQUEST_NULL);
+}
+
+inline void MpiCommunicator::add_posted(const detail::MpiGroupState::Message& m, MPI_Request request) {
+  const auto guard = _posted.lock();
+  detail::MpiGroupState& state = _posted.state(_comm, _rank);
+  state.messages.push_back(m);
+  state.requests.push_back(request);
+  ++state.pending;
+  if (!m.send) ++state.unmatched;
+  if (_progress) _progress->watch(&state);  // from now on the thread moves it, committed or not
 }
 
 inline MpiCommitGroup MpiCommunicator::commit() {
   MpiCommitGroup group = std::move(_posted);
-  _posted._comm = _comm;
-  _posted._rank = _rank;
   _posted._options = _options;
+  _posted._progress = _progress;
   return group;
 }
 

@@ -38,8 +38,9 @@ inline void mpi_check(int code, const char* call) {
 /// When MPI was already initialized by someone else, the session neither initializes nor finalizes it.
 class MpiSession {
 public:
-  /// Initializes MPI with the command line (MPI may remove its own arguments from argc/argv) and asks for
-  /// thread level `required` (MPI_THREAD_SERIALIZED by default: any one thread at a time may call MPI).
+  /// Initializes MPI with the command line (MPI may remove its own arguments from argc/argv). It asks for
+  /// MPI_THREAD_MULTIPLE, which lets an MpiCommunicator run a progress thread (mpi/progress.hpp), and accepts
+  /// any level from `required` up (MPI_THREAD_SERIALIZED by default: any one thread at a time may call MPI).
   /// Throws ConfigError when the library offers less than `required`.
   MpiSession(int& argc, char**& argv, int required = MPI_THREAD_SERIALIZED) { init(&argc, &argv, required); }
   /// Initializes MPI without a command line.
@@ -88,7 +89,8 @@ private:
     if (initialized) {
       detail::mpi_check(MPI_Query_thread(&_thread_level), "MPI_Query_thread");
     } else {
-      detail::mpi_check(MPI_Init_thread(argc, argv, required, &_thread_level), "MPI_Init_thread");
+      const int wanted = required > MPI_THREAD_MULTIPLE ? required : MPI_THREAD_MULTIPLE;
+      detail::mpi_check(MPI_Init_thread(argc, argv, wanted, &_thread_level), "MPI_Init_thread");
       _owns = true;
     }
     if (_thread_level < required) {
