@@ -11,17 +11,21 @@
 //       plain libtorch (torch::nn::Linear), chunk after chunk through S stages, loss.backward(): the time a
 //       user pays without a pipeline.
 //   dualpipe-peers costs --dir D --ranks P [--reps 20]
-//       one stage's F, fused backward, input part (B) and weight part (W) through TorchStage, and our
-//       simulator's bound (1 - bubble ratio) for each schedule at P ranks with those costs.
+//       a middle stage's F, fused backward, input part (B) and weight part (W) through TorchStage, the same for
+//       the first stage (no input gradient) and the last (F with the loss), and our simulator's bound (1 - bubble
+//       ratio) for each schedule at P ranks with those per-stage costs (bound), and with the middle stage's
+//       costs for every stage (bound_even).
 //   dualpipe-peers pipeline --dir D --schedule dualpipe|dualpipev|1f1b|zb1p --ranks P [--mpi]
 //                           [--steps 10] [--warmup 3] [--linear deferred|plain] [--progress auto|wait|thread]
-//                           [--progress-interval-us 100] [--spin-us 1000] [--sleep-us 50]
+//                           [--progress-interval-us 100] [--spin-us 1000] [--sleep-us 50] [--paired]
 //       the pipeline: P rank threads (InProcessWorld), or with --mpi one rank per process under mpirun -np P
 //       (--progress, --progress-interval-us, --spin-us, --sleep-us: those MpiOptions). Each step starts
 //       together on every rank; its time is the slowest rank's; the median of the timed steps is reported,
 //       with the first step's losses, the time the ranks spent waiting for data (from the measured timeline's
 //       wait spans: the median over the timed steps of the ranks' mean) and, under MPI, the CPU time of the
-//       progress thread per step.
+//       progress thread per step. --paired runs one sequential step (as `sequential`, S stages) right before
+//       every pipeline step (rank 0 under MPI, the others sleeping) and reports their times: the efficiency of
+//       each step against a baseline timed seconds apart, not minutes, on a machine whose speed drifts.
 //
 // Every subcommand prints its result as one line `result: {json}` (rank 0 only under MPI). One intra-op
 // thread per rank for libtorch and for the BLAS.
@@ -44,6 +48,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "dualpipe/comm/inprocess.hpp"
@@ -69,6 +74,7 @@ struct Args {
   std::string command;
   std::map<std::string, std::string> values;
   bool mpi = false;
+  bool paired = false;
 
   [[nodiscard]] std::string text(const std::string& key, const std::string& fallback = {}) const {
     auto it = values.find(key);
@@ -92,8 +98,8 @@ Args parse_args(int argc, char** argv) {
   a.command = argv[1];
   for (int i = 2; i < argc; ++i) {
     std::string key = argv[i];
-    if (key == "--mpi") {
-      a.mpi = true;
+    if (key == "--mpi" || key == "--paired") {
+      (key == "--mpi" ? a.mpi : a.paired) = true;
       continue;
     }
     if (key.rfind("--", 0) != 0 || i + 1 >= argc) throw ConfigError("expected --option value, got '" + key + "'");
@@ -242,29 +248,47 @@ int write_data(const Args& a) {
   return 0;
 }
 
+/// The model without a pipeline: plain libtorch (torch::nn::Linear), chunk after chunk through its stages,
+/// forward, loss, loss.backward(). What a user pays without a pipeline.
+class SequentialModel {
+public:
+  SequentialModel(const std::string& dir, const Meta& m, int stages) : _chunks(m.chunks) {
+    if (stages > m.stages)
+      throw ConfigError("--stages " + std::to_string(stages) + " exceeds the data's " + std::to_string(m.stages));
+    for (int s = 0; s < stages; ++s) _model.push_back(load_stage<torch::nn::Linear>(dir, m, s));
+    _xs = read_tensor(dir + "/x.bin", m.batch_shape()).chunk(m.chunks);
+    _ls = read_tensor(dir + "/labels.bin", m.batch_shape()).chunk(m.chunks);
+  }
+
+  /// One step from zeroed gradients; returns its seconds. `losses`, when given, gets each chunk's loss.
+  double step(std::vector<double>* losses = nullptr) {
+    for (auto& s : _model) s->zero_grad();
+    const double t0 = seconds_now();
+    for (int c = 0; c < _chunks; ++c) {
+      torch::Tensor y = _xs[static_cast<std::size_t>(c)];
+      for (auto& s : _model) y = s->forward(y);
+      torch::Tensor loss = criterion(y, _ls[static_cast<std::size_t>(c)]);
+      loss.backward();
+      if (losses) losses->push_back(loss.item<double>());
+    }
+    return seconds_now() - t0;
+  }
+
+private:
+  int _chunks;
+  std::vector<std::shared_ptr<StageImpl<torch::nn::Linear>>> _model;
+  std::vector<torch::Tensor> _xs, _ls;
+};
+
 int sequential(const Args& a) {
   const std::string dir = a.text("dir");
   const Meta m = read_meta(dir);
   const int stages = a.number("stages", m.stages), steps = a.number("steps", 10), warmup = a.number("warmup", 3);
-  if (stages > m.stages)
-    throw ConfigError("--stages " + std::to_string(stages) + " exceeds the data's " + std::to_string(m.stages));
-  std::vector<std::shared_ptr<StageImpl<torch::nn::Linear>>> model;
-  for (int s = 0; s < stages; ++s) model.push_back(load_stage<torch::nn::Linear>(dir, m, s));
-  const torch::Tensor x = read_tensor(dir + "/x.bin", m.batch_shape());
-  const torch::Tensor l = read_tensor(dir + "/labels.bin", m.batch_shape());
-  const auto xs = x.chunk(m.chunks), ls = l.chunk(m.chunks);
+  SequentialModel model(dir, m, stages);
   std::vector<double> times, first_losses;
   for (int step = 0; step < warmup + steps; ++step) {
-    for (auto& s : model) s->zero_grad();
-    const double t0 = seconds_now();
-    for (int c = 0; c < m.chunks; ++c) {
-      torch::Tensor y = xs[c];
-      for (auto& s : model) y = s->forward(y);
-      torch::Tensor loss = criterion(y, ls[c]);
-      loss.backward();
-      if (step == 0) first_losses.push_back(loss.item<double>());
-    }
-    if (step >= warmup) times.push_back(seconds_now() - t0);
+    const double t = model.step(step == 0 ? &first_losses : nullptr);
+    if (step >= warmup) times.push_back(t);
   }
   std::printf(
       "result: {\"command\": \"sequential\", \"stages\": %d, \"chunks\": %d, \"step_ms\": %.4f, "
@@ -274,21 +298,52 @@ int sequential(const Args& a) {
   return 0;
 }
 
-int costs(const Args& a) {
-  const std::string dir = a.text("dir");
-  const Meta m = read_meta(dir);
-  const int ranks = a.number("ranks", 2), reps = a.number("reps", 20);
-  auto module = load_stage<DeferredLinear>(dir, m, 0);
+/// One stage's measured costs per chunk, in milliseconds (medians).
+struct MeasuredCosts {
+  double forward = 0, fused = 0, input = 0, weight = 0;
+
+  /// The simulator's Costs of this stage: a split backward is input part + weight part, and on one CPU thread an
+  /// F&B overlaps nothing.
+  [[nodiscard]] Costs simulator_costs() const {
+    Costs c;
+    c.forward = forward;
+    c.weight = weight;
+    c.backward = input + weight;
+    c.forward_backward = c.forward + c.backward;
+    return c;
+  }
+  [[nodiscard]] std::string json() const {
+    char buf[160];
+    std::snprintf(buf, sizeof buf,
+                  "{\"forward_ms\": %.4f, \"fused_backward_ms\": %.4f, \"input_ms\": %.4f, \"weight_ms\": %.4f}",
+                  forward, fused, input, weight);
+    return buf;
+  }
+};
+
+/// Times F (with the loss on the last stage), the fused backward, and the input and weight parts of stage `s`
+/// of a model of `num_stages` >= 3: the first stage computes no input gradient, the last starts from the loss.
+MeasuredCosts measure_stage(const std::string& dir, const Meta& m, int s, int num_stages, int reps) {
+  auto module = load_stage<DeferredLinear>(dir, m, s);
   TorchStageOptions options;
   options.activation_shape = m.chunk_shape();
   options.dtype = torch::kFloat32;
-  TorchStage stage(module, options);
-  const torch::Tensor x = read_tensor(dir + "/x.bin", m.batch_shape()).chunk(m.chunks)[0].contiguous();
-  const torch::Tensor g = torch::randn(m.chunk_shape()) * 1e-3;
-  std::vector<std::byte> out(stage.output_bytes()), in_grad(stage.input_bytes());
+  TorchStage stage(module, options, criterion);
   StageContext ctx;
-  ctx.stage = 1;
-  ctx.num_stages = 3;
+  ctx.stage = s;
+  ctx.num_stages = num_stages;
+  ctx.is_first_stage = s == 0;
+  ctx.is_last_stage = s == num_stages - 1;
+  const torch::Tensor x = read_tensor(dir + "/x.bin", m.batch_shape()).chunk(m.chunks)[0].contiguous();
+  const torch::Tensor labels = read_tensor(dir + "/labels.bin", m.batch_shape()).chunk(m.chunks)[0].contiguous();
+  const torch::Tensor g = torch::randn(m.chunk_shape()) * 1e-3;
+  std::vector<std::byte> out(stage.output_bytes()), in_grad(ctx.is_first_stage ? 0 : stage.input_bytes());
+  const ConstBytes out_grad = ctx.is_last_stage ? ConstBytes{} : bytes_of(g);
+  const MutableBytes in_grad_span{in_grad.data(), in_grad.size()};
+  auto forward = [&] {
+    stage.forward(ctx, bytes_of(x), {out.data(), out.size()});
+    if (ctx.is_last_stage) (void)stage.loss(ctx, {out.data(), out.size()}, bytes_of(labels));
+  };
   std::vector<double> f, fused, input, weight;
   auto timed = [](std::vector<double>& into, auto&& fn) {
     const double t0 = seconds_now();
@@ -296,31 +351,47 @@ int costs(const Args& a) {
     into.push_back(seconds_now() - t0);
   };
   for (int i = 0; i < reps + 2; ++i) {
-    timed(f, [&] { stage.forward(ctx, bytes_of(x), {out.data(), out.size()}); });
-    timed(fused, [&] { stage.backward(ctx, bytes_of(g), {in_grad.data(), in_grad.size()}); });
-    stage.forward(ctx, bytes_of(x), {out.data(), out.size()});
-    timed(input, [&] { stage.backward_input(ctx, bytes_of(g), {in_grad.data(), in_grad.size()}); });
+    timed(f, forward);
+    timed(fused, [&] { stage.backward(ctx, out_grad, in_grad_span); });
+    forward();
+    timed(input, [&] { stage.backward_input(ctx, out_grad, in_grad_span); });
     timed(weight, [&] { stage.backward_weight(ctx); });
     module->zero_grad();
   }
   for (auto* v : {&f, &fused, &input, &weight}) v->erase(v->begin(), v->begin() + 2);  // warm-up
-  Costs c;
-  c.forward = 1e3 * median(f);
-  c.weight = 1e3 * median(weight);
-  c.backward = 1e3 * median(input) + c.weight;  // a split backward: input part + weight part
-  c.forward_backward = c.forward + c.backward;  // one thread: F&B overlaps nothing on a CPU rank
-  std::ostringstream bounds;
+  return {1e3 * median(f), 1e3 * median(fused), 1e3 * median(input), 1e3 * median(weight)};
+}
+
+int costs(const Args& a) {
+  const std::string dir = a.text("dir");
+  const Meta m = read_meta(dir);
+  const int ranks = a.number("ranks", 2), reps = a.number("reps", 20);
+  if (m.stages < 3)
+    throw ConfigError("costs needs data of at least 3 stages (first, middle, last); got " + std::to_string(m.stages));
+  // The first stage has no input gradient to compute and the last adds the loss: their costs differ from a
+  // middle stage's, and on few stages that difference shows in the bubble.
+  const MeasuredCosts first = measure_stage(dir, m, 0, 3, reps), middle = measure_stage(dir, m, 1, 3, reps),
+                      last = measure_stage(dir, m, 2, 3, reps);
+  std::ostringstream bounds, even_bounds;
   for (ScheduleKind kind :
        {ScheduleKind::dualpipe, ScheduleKind::dualpipev, ScheduleKind::one_f_one_b, ScheduleKind::zb1p}) {
     const Trace trace = make_trace(kind, ranks, m.chunks);
-    const Summary s = summarize(simulate(trace, kind, c), trace);
-    bounds << (bounds.tellp() > 0 ? ", " : "") << "\"" << schedule_name(kind) << "\": " << 1.0 - s.bubble_ratio;
+    const int stages = placement_of(kind, ranks, m.chunks)(0, 0).num_stages;
+    std::vector<Costs> per_stage(static_cast<std::size_t>(stages), middle.simulator_costs());
+    per_stage.front() = first.simulator_costs();
+    per_stage.back() = last.simulator_costs();
+    const Summary s = summarize(simulate(trace, kind, StageCosts(per_stage)), trace);
+    const Summary even = summarize(simulate(trace, kind, middle.simulator_costs()), trace);
+    const std::string key = "\"" + std::string(schedule_name(kind)) + "\": ";
+    bounds << (bounds.tellp() > 0 ? ", " : "") << key << 1.0 - s.bubble_ratio;
+    even_bounds << (even_bounds.tellp() > 0 ? ", " : "") << key << 1.0 - even.bubble_ratio;
   }
+  const std::string middle_json = middle.json();
   std::printf(
-      "result: {\"command\": \"costs\", \"ranks\": %d, \"forward_ms\": %.4f, \"fused_backward_ms\": %.4f, "
-      "\"input_ms\": %.4f, \"weight_ms\": %.4f, \"bound\": {%s}, %s}\n",
-      ranks, c.forward, 1e3 * median(fused), 1e3 * median(input), c.weight, bounds.str().c_str(),
-      context_json().c_str());
+      "result: {\"command\": \"costs\", \"ranks\": %d, %s, \"first\": %s, \"last\": %s, \"bound\": {%s}, "
+      "\"bound_even\": {%s}, %s}\n",
+      ranks, middle_json.substr(1, middle_json.size() - 2).c_str(), first.json().c_str(), last.json().c_str(),
+      bounds.str().c_str(), even_bounds.str().c_str(), context_json().c_str());
   return 0;
 }
 
@@ -385,12 +456,14 @@ struct PipelineRun {
   double cpu_per_step = 0;           // CPU seconds per step and rank (the process's, over the timed steps)
   std::string progress = "none";     // MPI: "thread" or "wait" (what MpiOptions::progress gave)
   std::vector<double> losses;        // first step, per chunk
+  // --paired: per timed step, the seconds of the sequential step run just before it.
+  std::vector<double> paired_sequential_seconds;
   int stages = 0;
 };
 
 template <class Schedule, class Linear>
 PipelineRun run_inprocess(const std::string& dir, const Meta& m, int ranks, int warmup, int steps,
-                          const torch::Tensor& x, const torch::Tensor& l) {
+                          const torch::Tensor& x, const torch::Tensor& l, SequentialModel* paired) {
   InProcessWorld world(ranks);
   std::vector<std::unique_ptr<Rank<Schedule, Linear, InProcessCommunicator>>> rs;
   for (int r = 0; r < ranks; ++r)
@@ -403,6 +476,9 @@ PipelineRun run_inprocess(const std::string& dir, const Meta& m, int ranks, int 
   std::vector<StepResult> results(ranks);
   double cpu_start = 0;
   for (int step = 0; step < warmup + steps; ++step) {
+    // --paired: the sequential step right before, on this thread while the rank threads are not running.
+    const double sequential_seconds = paired ? paired->step() : 0.0;
+    if (paired && step >= warmup) out.paired_sequential_seconds.push_back(sequential_seconds);
     if (step == warmup) cpu_start = process_cpu_seconds();
     for (auto& r : rs) r->zero_grad();
     // run_ranks starts the rank threads together; each times its own step.
@@ -427,9 +503,20 @@ PipelineRun run_inprocess(const std::string& dir, const Meta& m, int ranks, int 
 }
 
 #if DUALPIPE_PEERS_MPI
+/// A barrier that sleeps between tests (1 ms) instead of spinning.
+void sleeping_barrier() {
+  MPI_Request request = MPI_REQUEST_NULL;
+  dualpipe::detail::mpi_check(MPI_Ibarrier(MPI_COMM_WORLD, &request), "MPI_Ibarrier");
+  for (int done = 0;;) {
+    dualpipe::detail::mpi_check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+    if (done) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
 template <class Schedule, class Linear>
 PipelineRun run_mpi(const std::string& dir, const Meta& m, int ranks, int warmup, int steps, const torch::Tensor& x,
-                    const torch::Tensor& l, const MpiOptions& options) {
+                    const torch::Tensor& l, const MpiOptions& options, SequentialModel* paired) {
   MpiCommunicator comm(MPI_COMM_WORLD, options);
   if (comm.size() != ranks)
     throw ConfigError("--ranks " + std::to_string(ranks) + " but mpirun started " + std::to_string(comm.size()) +
@@ -440,6 +527,13 @@ PipelineRun run_mpi(const std::string& dir, const Meta& m, int ranks, int warmup
   out.losses.assign(m.chunks, 0.0);
   double progress_cpu_start = 0, cpu_start = 0;
   for (int step = 0; step < warmup + steps; ++step) {
+    if (paired) {
+      // --paired: rank 0 runs the sequential step right before; the others sleep meanwhile, so that with more
+      // ranks than cores they take no CPU from it (MPI_Barrier would spin).
+      const double sequential_seconds = comm.rank() == 0 ? paired->step() : 0.0;
+      if (step >= warmup && comm.rank() == 0) out.paired_sequential_seconds.push_back(sequential_seconds);
+      sleeping_barrier();
+    }
     rank.zero_grad();
     if (step == warmup) {
       progress_cpu_start = comm.progress_cpu_seconds();
@@ -494,6 +588,7 @@ int pipeline(const Args& a) {
   const torch::Tensor x = read_tensor(dir + "/x.bin", m.batch_shape());
   const torch::Tensor l = read_tensor(dir + "/labels.bin", m.batch_shape());
   int world_rank = 0;
+  std::unique_ptr<SequentialModel> paired;
   PipelineRun run = visit_schedule(kind, [&](auto schedule) -> PipelineRun {
     using Schedule = decltype(schedule);
     Schedule::check(ranks, m.chunks);
@@ -501,15 +596,16 @@ int pipeline(const Args& a) {
     if (stages > m.stages)
       throw ConfigError(std::string(Schedule::name) + " on " + std::to_string(ranks) + " ranks needs " +
                         std::to_string(stages) + " stages; the data has " + std::to_string(m.stages));
+    if (a.paired) paired = std::make_unique<SequentialModel>(dir, m, stages);
     auto go = [&]<class Linear>() -> PipelineRun {
 #if DUALPIPE_PEERS_MPI
       if (a.mpi) {
         MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
-        return run_mpi<Schedule, Linear>(dir, m, ranks, warmup, steps, x, l, mpi_options(a));
+        return run_mpi<Schedule, Linear>(dir, m, ranks, warmup, steps, x, l, mpi_options(a), paired.get());
       }
 #endif
       if (a.mpi) throw ConfigError("--mpi: this dualpipe-peers was built without MPI");
-      return run_inprocess<Schedule, Linear>(dir, m, ranks, warmup, steps, x, l);
+      return run_inprocess<Schedule, Linear>(dir, m, ranks, warmup, steps, x, l, paired.get());
     };
     return linear == "deferred" ? go.template operator()<DeferredLinear>()
                                 : go.template operator()<torch::nn::Linear>();
@@ -519,11 +615,12 @@ int pipeline(const Args& a) {
         "result: {\"command\": \"pipeline\", \"schedule\": \"%s\", \"comm\": \"%s\", \"linear\": \"%s\", "
         "\"ranks\": %d, \"stages\": %d, \"chunks\": %d, \"step_ms\": %.4f, \"step_ms_all\": %s, "
         "\"wait_ms\": %.4f, \"cpu_ms\": %.4f, \"progress_cpu_ms\": %.4f, \"progress\": \"%s\", \"losses\": %s, "
-        "%s}\n",
+        "\"paired_sequential_ms_all\": %s, %s}\n",
         std::string(schedule_name(kind)).c_str(), a.mpi ? "mpi" : "threads", linear.c_str(), ranks, run.stages,
         m.chunks, 1e3 * median(run.step_seconds), json_numbers(milliseconds(run.step_seconds)).c_str(),
         1e3 * median(run.wait_seconds), 1e3 * run.cpu_per_step, 1e3 * run.progress_cpu_per_step, run.progress.c_str(),
-        json_numbers(run.losses).c_str(), context_json().c_str());
+        json_numbers(run.losses).c_str(), json_numbers(milliseconds(run.paired_sequential_seconds)).c_str(),
+        context_json().c_str());
   return 0;
 }
 

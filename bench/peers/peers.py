@@ -15,8 +15,9 @@ Rows, per P:
            MPI processes (mpirun -np P), modules built from DeferredLinear.
 Columns: step time (median of the timed steps, each step's time being its slowest rank's), the system's
 own sequential time for the same model (one process, chunk after chunk), efficiency = sequential / (P x
-step), our simulator's bound (1 - bubble ratio, from one stage's measured F/B/W costs; for PyTorch's rows,
-that of our schedule of the same name where there is one), and the first step's total loss with its
+step), our simulator's bound (1 - bubble ratio, from the measured F/B/W costs of the first, a middle and the
+last stage; for PyTorch's rows, that of our schedule of the same name where there is one) and the same bound
+with every stage costing a middle one's (even bound), and the first step's total loss with its
 largest per-chunk relative difference from our sequential run of the same model.
 
 Exit status: 0, 1 when a loss cross-check fails (the table is written anyway), 2 for bad arguments,
@@ -48,6 +49,12 @@ TORCH_SCHEDULES = {  # name -> (class name, stages per rank, placement style)
 OUR_SCHEDULES = {"dualpipe": 1, "dualpipev": 2, "1f1b": 1, "zb1p": 1}  # name -> stages per rank (S = k P)
 TORCH_TO_OURS = {"1F1B": "1f1b", "DualPipeV": "dualpipev"}
 LOSS_TOLERANCE = 1e-4  # float32, different BLAS libraries and summation orders
+
+
+# glibc malloc settings for --malloc keep: blocks up to 32 MiB come from the heap (not a fresh mmap each time)
+# and free memory at the heap's top stays mapped up to 1 GiB, instead of being returned to the kernel and
+# page-faulted back (and zeroed) by the next chunk's tensors.
+MALLOC_KEEP = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
 
 
 def merge_rounds(runs: list[dict]) -> list[dict]:
@@ -115,6 +122,24 @@ def torch_model(data_dir: str, meta: dict[str, int], stage_indices: list[int]):
     return modules, x, labels
 
 
+def torch_sequential_step(model, xs, ls, losses: list | None = None) -> float:
+    """One step of the model without a pipeline, chunk after chunk; returns its seconds."""
+    import torch
+
+    for m in model:
+        m.zero_grad(set_to_none=True)
+    t0 = time.perf_counter()
+    for x, label in zip(xs, ls):
+        y = x
+        for m in model:
+            y = m(y)
+        loss = torch.nn.functional.mse_loss(y, label)
+        loss.backward()
+        if losses is not None:
+            losses.append(loss.item())
+    return time.perf_counter() - t0
+
+
 def torch_sequential(a: argparse.Namespace) -> None:
     import torch
 
@@ -124,19 +149,9 @@ def torch_sequential(a: argparse.Namespace) -> None:
     xs, ls = x.chunk(meta["chunks"]), labels.chunk(meta["chunks"])
     times, first = [], []
     for step in range(a.warmup + a.steps):
-        for m in model:
-            m.zero_grad(set_to_none=True)
-        t0 = time.perf_counter()
-        for c in range(meta["chunks"]):
-            y = xs[c]
-            for m in model:
-                y = m(y)
-            loss = torch.nn.functional.mse_loss(y, ls[c])
-            loss.backward()
-            if step == 0:
-                first.append(loss.item())
+        elapsed = torch_sequential_step(model, xs, ls, first if step == 0 else None)
         if step >= a.warmup:
-            times.append(time.perf_counter() - t0)
+            times.append(elapsed)
     print("result: " + json.dumps({"command": "sequential", "stages": a.stages, "step_ms": 1e3 * statistics.median(times),
                                    "step_ms_all": [1e3 * t for t in times], "losses": first,
                                    "torch": torch.__version__, "blas": torch_blas()}), flush=True)
@@ -177,8 +192,17 @@ def torch_worker(a: argparse.Namespace) -> None:
     schedule = cls(stages[0] if per_rank == 1 else stages, n_microbatches=meta["chunks"],
                    loss_fn=torch.nn.functional.mse_loss, scale_grads=False)
     first_stage, last_stage = 0 in indices, num_stages - 1 in indices
-    times, first_losses = [], []
+    # --paired: rank 0 runs the sequential step right before every pipeline step (the others wait in the barrier).
+    sequential = None
+    if a.paired and rank == 0:
+        seq_model, _, _ = torch_model(a.data, meta, list(range(num_stages)))
+        sequential = (seq_model, x.chunk(meta["chunks"]), labels.chunk(meta["chunks"]))
+    times, first_losses, paired_times = [], [], []
     for step in range(a.warmup + a.steps):
+        if sequential is not None:
+            elapsed = torch_sequential_step(*sequential)
+            if step >= a.warmup:
+                paired_times.append(elapsed)
         for m in modules:
             m.zero_grad(set_to_none=True)
         losses: list = []
@@ -202,6 +226,7 @@ def torch_worker(a: argparse.Namespace) -> None:
         print("result: " + json.dumps({"command": "pipeline", "schedule": a.schedule, "comm": "gloo", "ranks": ranks,
                                        "stages": num_stages, "step_ms": 1e3 * statistics.median(slowest),
                                        "step_ms_all": [1e3 * t for t in slowest], "losses": losses,
+                                       "paired_sequential_ms_all": [1e3 * t for t in paired_times],
                                        "torch": torch.__version__, "blas": torch_blas()}), flush=True)
     dist.destroy_process_group()
 
@@ -244,7 +269,7 @@ def run_torch_pipeline(a: argparse.Namespace, schedule: str, ranks: int, timeout
         for r in range(ranks):
             cmd = [sys.executable, os.path.abspath(__file__), "torch-worker", "--data", a.data, "--schedule", schedule,
                    "--ranks", str(ranks), "--rank", str(r), "--port", str(port), "--steps", str(a.steps),
-                   "--warmup", str(a.warmup)]
+                   "--warmup", str(a.warmup), "--paired", "0" if a.unpaired else "1"]
             out = open(os.path.join(tmp, f"{r}.out"), "w+")
             procs.append((subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env), out))
         deadline = time.monotonic() + timeout
@@ -295,7 +320,7 @@ def main() -> int:
         sub.add_argument("command")
         for key in ("--data", "--schedule"):
             sub.add_argument(key)
-        for key in ("--ranks", "--rank", "--port", "--steps", "--warmup", "--stages"):
+        for key in ("--ranks", "--rank", "--port", "--steps", "--warmup", "--stages", "--paired"):
             sub.add_argument(key, type=int, default=0)
         a = sub.parse_args()
         (torch_worker if a.command == "torch-worker" else torch_sequential)(a)
@@ -316,11 +341,20 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1,
                     help="run every row (and the sequential baselines) this many times, round after round; a row "
                          "shows the medians over rounds, its efficiency taken against its own round's baseline")
+    ap.add_argument("--unpaired", action="store_true",
+                    help="take each row's efficiency against the separately timed sequential run, instead of "
+                         "against a sequential step run right before each pipeline step (the default)")
+    ap.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                    help="keep (the default): every process of both systems runs with glibc's malloc keeping freed "
+                         "memory (GLIBC_TUNABLES " + MALLOC_KEEP + "); default: glibc's own settings, which hand "
+                         "large freed blocks back to the kernel and fault them in again on the next chunk")
     ap.add_argument("--force", action="store_true", help="time even when the load average exceeds the cores")
     ap.add_argument("--out", default="", help="also write the table (markdown) here")
     ap.add_argument("--timeout", type=float, default=600, help="seconds for one run")
     a = ap.parse_args()
     ranks_list = [int(p) for p in a.ranks.split(",") if p]
+    if a.malloc == "keep":  # inherited by every process below: ours, PyTorch's, the sequential runs, mpirun's
+        os.environ["GLIBC_TUNABLES"] = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES", ""), MALLOC_KEEP]))
     if a.rounds < 1:
         print(f"peers: --rounds must be at least 1, got {a.rounds}", file=sys.stderr)
         return 2
@@ -351,6 +385,7 @@ def main() -> int:
                    "--chunks", str(a.chunks), "--micro-batch", str(a.micro_batch), "--seq-len", str(a.seq_len),
                    "--seed", str(a.seed)], a.timeout)
         steps = ["--steps", str(a.steps), "--warmup", str(a.warmup)]
+        paired = [] if a.unpaired else ["--paired"]
         context: dict[str, str] = {}
         costs_of: dict[int, dict] = {}
         for round_index, P in ((r, P) for r in range(a.rounds) for P in ranks_list):
@@ -369,16 +404,26 @@ def main() -> int:
             if P not in costs_of:
                 costs_of[P] = result_of([a.peers_bin, "costs", "--dir", data, "--ranks", str(P)], a.timeout)
             costs = costs_of[P]
-            bound = costs["bound"]
-            context[f"costs{P}"] = (f"P={P}: one stage per chunk F {costs['forward_ms']:.2f} ms, fused backward "
-                                    f"{costs['fused_backward_ms']:.2f} ms, input part {costs['input_ms']:.2f} ms + "
-                                    f"weight part {costs['weight_ms']:.2f} ms")
+            bound, bound_even = costs["bound"], costs.get("bound_even", {})
 
-            def add(system, schedule, comm, res, seq, bound_value):
+            def describe(c):
+                return (f"F {c['forward_ms']:.2f} ms, fused backward {c['fused_backward_ms']:.2f} ms, input part "
+                        f"{c['input_ms']:.2f} ms + weight part {c['weight_ms']:.2f} ms")
+            context[f"costs{P}"] = (f"P={P}, per chunk: a middle stage {describe(costs)}; the first stage "
+                                    f"{describe(costs['first'])}; the last stage (F with the loss) "
+                                    f"{describe(costs['last'])}")
+
+            def add(system, schedule, comm, res, seq, bound_value, bound_even_value=None):
                 res["system"], res["schedule"], res["comm"] = system, schedule, comm
                 res["P"], res["sequential_ms"], res["bound"] = P, seq["step_ms"], bound_value
+                res["bound_even"] = bound_even_value
                 res["round"] = round_index
-                res["efficiency"] = seq["step_ms"] / (P * res["step_ms"])
+                pairs = list(zip(res.get("paired_sequential_ms_all") or [], res["step_ms_all"]))
+                if pairs:  # each step against the sequential step timed right before it
+                    res["sequential_ms"] = statistics.median(q for q, _ in pairs)
+                    res["efficiency"] = statistics.median(q / (P * t) for q, t in pairs)
+                else:
+                    res["efficiency"] = seq["step_ms"] / (P * res["step_ms"])
                 ref = ours_seq[res["stages"]]["losses"]
                 res["loss_sum"] = sum(res["losses"])
                 res["loss_rel_diff"] = max(abs(x - y) / max(abs(y), 1e-30) for x, y in zip(res["losses"], ref)) \
@@ -391,17 +436,19 @@ def main() -> int:
             for name, (_, per_rank, _) in TORCH_SCHEDULES.items():
                 try:
                     res = run_torch_pipeline(a, name, P, a.timeout)
-                    add("PyTorch", name, "gloo", res, torch_seq[per_rank * P], bound.get(TORCH_TO_OURS.get(name, "")))
+                    add("PyTorch", name, "gloo", res, torch_seq[per_rank * P], bound.get(TORCH_TO_OURS.get(name, "")),
+                        bound_even.get(TORCH_TO_OURS.get(name, "")))
                 except RunError as e:
                     problems.append(str(e))
             for name, per_rank in OUR_SCHEDULES.items():
-                base = [a.peers_bin, "pipeline", "--dir", data, "--schedule", name, "--ranks", str(P)] + steps
+                base = [a.peers_bin, "pipeline", "--dir", data, "--schedule", name, "--ranks", str(P)] + steps + paired
                 runs = [("threads", base)]
                 if a.mpiexec:
                     runs.append(("MPI", [a.mpiexec, "-np", str(P)] + shlex.split(a.mpiexec_flags) + base + ["--mpi"]))
                 for comm, cmd in runs:
                     try:
-                        add("dualpipe", name, comm, result_of(cmd, a.timeout), ours_seq[per_rank * P], bound[name])
+                        add("dualpipe", name, comm, result_of(cmd, a.timeout), ours_seq[per_rank * P], bound[name],
+                            bound_even.get(name))
                     except RunError as e:
                         problems.append(str(e))
     load_after = load_line()
@@ -422,31 +469,42 @@ def main() -> int:
                 f"timed in that round." if a.rounds > 1 else "."),
              f"dualpipe: {context.get('ours', '?')}; modules of DeferredLinear (one-pass zero-bubble split). "
              f"PyTorch: {context.get('torch', '?')}, gloo over loopback, one process per rank.",
+             ("Memory: every process of both systems ran with glibc's malloc keeping freed memory (GLIBC_TUNABLES "
+              f"{MALLOC_KEEP}; --malloc default: glibc's own settings)." if a.malloc == "keep" else
+              "Memory: glibc's malloc with its own settings (--malloc default)."),
              ""]
     for P in ranks_list:
         if f"costs{P}" in context:
             lines.append(f"Stage costs (ours, for the bound) {context[f'costs{P}']}.")
     lines += ["",
               "efficiency = sequential / (P x step), the sequential time being the same system's own single-process run "
-              "of the same model (S stages). bound = 1 - bubble ratio of our simulator with the measured stage costs "
-              "(for PyTorch's rows: our schedule of the same name). loss: the first step's total; Δ: the largest "
+              "of the same model (S stages)"
+              + (". " if a.unpaired else
+                 ": one sequential step runs right before every pipeline step (on rank 0, the other ranks waiting), each "
+                 "step's efficiency is taken against its own, and a row shows the median over steps (sequential ms: "
+                 "the median of those paired steps), so that the machine's drift from minute to minute cancels. ") +
+              "bound = 1 - bubble ratio of our simulator with the measured per-stage "
+              "costs (first, middle and last stage; for PyTorch's rows: our schedule of the same name); even bound: "
+              "the same with every stage costing a middle stage's, which overstates what a pipeline of this model can "
+              "reach where a rank holds the cheaper first stage. loss: the first step's total; Δ: the largest "
               "per-chunk relative difference from our sequential run. wait ms (ours): the time a rank spent waiting for data "
               "or transfers in the measured timeline (mean over ranks, median over steps); progress CPU ms (our MPI rows): "
               "CPU time per step of each rank's MPI progress thread (mpi/progress.hpp).",
               "",
-              "| P | system | schedule | comm | S | step ms | sequential ms | efficiency | bound | wait ms | progress CPU ms "
-              "| loss | Δ loss |",
-              "|--:|--------|----------|------|--:|--------:|--------------:|-----------:|------:|--------:|----------------:"
-              "|-----:|-------:|"]
+              "| P | system | schedule | comm | S | step ms | sequential ms | efficiency | bound | even bound | wait ms "
+              "| progress CPU ms | loss | Δ loss |",
+              "|--:|--------|----------|------|--:|--------:|--------------:|-----------:|------:|-----------:|--------:"
+              "|----------------:|-----:|-------:|"]
     for r in rows:
         b = f"{r['bound']:.3f}" if r.get("bound") is not None else "-"
+        be = f"{r['bound_even']:.3f}" if r.get("bound_even") is not None else "-"
         wait = f"{r['wait_ms']:.2f}" if "wait_ms" in r else "-"
         cpu = f"{r['progress_cpu_ms']:.2f}" if r.get("progress") == "thread" else "-"
         eff = f"{r['efficiency']:.3f}"
         if len(r["runs"]) > 1:
             eff += " ({:.3f}-{:.3f})".format(*r["efficiency_range"])
         lines.append(f"| {r['P']} | {r['system']} | {r['schedule']} | {r['comm']} | {r['stages']} | {r['step_ms']:.2f} | "
-                     f"{r['sequential_ms']:.2f} | {eff} | {b} | {wait} | {cpu} | {r['loss_sum']:.6f} | "
+                     f"{r['sequential_ms']:.2f} | {eff} | {b} | {be} | {wait} | {cpu} | {r['loss_sum']:.6f} | "
                      f"{r['loss_rel_diff']:.1e} |")
     if problems:
         lines += ["", "Problems:", ""] + [f"- {p}" for p in problems]

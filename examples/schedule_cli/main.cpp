@@ -2,8 +2,8 @@
 //
 //   dualpipe-schedule --schedule dualpipe|dualpipev|1f1b|gpipe|zb1p --ranks P --chunks C [--forward-only]
 //                     [--format trace|grid|svg|chrome|summary] [--model rendezvous|async]
-//                     [--costs F=1,B=2,W=1,FB=3,latency=0] [--output FILE]
-//   dualpipe-schedule --compare --ranks P --chunks C [--costs ...] [--model ...]
+//                     [--costs F=1,B=2,W=1,FB=3,latency=0] [--stage-costs 'S:KEY=V,...;S:...'] [--output FILE]
+//   dualpipe-schedule --compare --ranks P --chunks C [--costs ...] [--stage-costs ...] [--model ...]
 //
 // Bad arguments: exit code 2, one line on stderr, nothing on stdout.
 #include <algorithm>
@@ -31,8 +31,9 @@ using namespace dualpipe;
 constexpr std::string_view usage_text =
     "usage: dualpipe-schedule --schedule NAME --ranks P --chunks C [--forward-only]\n"
     "                         [--format trace|grid|svg|chrome|summary] [--model rendezvous|async]\n"
-    "                         [--costs F=1,B=2,W=1,FB=3,latency=0,bytes=0,bandwidth=0] [--output FILE]\n"
-    "       dualpipe-schedule --compare --ranks P --chunks C [--costs ...] [--model ...]\n"
+    "                         [--costs F=1,B=2,W=1,FB=3,latency=0,bytes=0,bandwidth=0]\n"
+    "                         [--stage-costs 'S:KEY=V,...;S:KEY=V,...'] [--output FILE]\n"
+    "       dualpipe-schedule --compare --ranks P --chunks C [--costs ...] [--stage-costs ...] [--model ...]\n"
     "\n"
     "Schedules: dualpipe, dualpipev, 1f1b, gpipe, zb1p.\n"
     "  --format trace    the op lists in the trace grammar (the golden files' format; the default)\n"
@@ -41,6 +42,8 @@ constexpr std::string_view usage_text =
     "  --format chrome   Chrome trace JSON of the simulated step (opens in Perfetto)\n"
     "  --format summary  key: value lines: makespan, idle per rank, bubble ratio, peak activations\n"
     "  --compare         every schedule side by side for a model of P stages and C chunks\n"
+    "  --stage-costs     stages that cost other than --costs, e.g. '0:B=1.5;7:F=1.2' (stage 0's backward,\n"
+    "                    stage 7's forward); the stages not named cost --costs\n"
     "Every schedule is validated (pairing, dependencies, deadlock freedom) before it is printed.\n";
 
 /// A bad command line: reported as one line on stderr with exit code 2.
@@ -57,6 +60,7 @@ struct Args {
   std::string format = "trace";
   std::string model = "rendezvous";
   std::string costs;
+  std::string stage_costs;
   std::string output;
 };
 
@@ -105,6 +109,7 @@ Args parse_args(int argc, char** argv) {
     else if (arg == "--format") a.format = std::string(value());
     else if (arg == "--model") a.model = std::string(value());
     else if (arg == "--costs") a.costs = std::string(value());
+    else if (arg == "--stage-costs") a.stage_costs = std::string(value());
     else if (arg == "--output") a.output = std::string(value());
     else throw UsageError{"unknown argument '" + std::string(arg) + "' (see --help)"};
   }
@@ -151,14 +156,16 @@ std::string summary_text(const Summary& s) {
 }
 
 /// One row of --compare: a schedule run on as many devices as it needs for `stages` stages.
-std::string compare_text(int stages, int chunks, const Costs& costs, CommModel model) {
+std::string compare_text(int stages, int chunks, const Costs& costs, const std::string& stage_costs, CommModel model) {
+  // Parsed before the rows, so that a bad --stage-costs is an error and not a row that says "not applicable".
+  const StageCosts per_stage = parse_stage_costs(stage_costs, costs, stages);
   std::ostringstream out;
   char line[256];
   std::snprintf(line, sizeof line, "%-10s %7s %6s %6s %9s %9s %8s %9s %s\n", "schedule", "devices", "stages", "chunks",
                 "makespan", "max_idle", "bubble", "peak_act", "params/device");
   out << "# " << stages << " model stages, " << chunks << " chunks, F=" << costs.forward << " B=" << costs.backward
-      << " W=" << costs.weight << " F&B=" << costs.forward_backward << " latency=" << costs.latency << ", "
-      << to_string(model) << " model\n"
+      << " W=" << costs.weight << " F&B=" << costs.forward_backward << " latency=" << costs.latency
+      << (stage_costs.empty() ? "" : ", stages " + stage_costs) << ", " << to_string(model) << " model\n"
       << line;
   for (ScheduleKind kind : all_schedule_kinds) {
     const std::string name(schedule_name(kind));
@@ -170,7 +177,7 @@ std::string compare_text(int stages, int chunks, const Costs& costs, CommModel m
         throw ConfigError("dualpipev: needs an even number of stages to compare (got " + std::to_string(stages) + ")");
       const Trace trace = make_trace(kind, devices, chunks, Mode::train);
       check_valid(trace, kind);
-      const Timeline timeline = simulate(trace, kind, costs, model);
+      const Timeline timeline = simulate(trace, kind, per_stage, model);
       const Summary s = summarize(timeline, trace);
       double worst = 0;
       for (double x : s.idle) worst = std::max(worst, x);
@@ -191,15 +198,18 @@ int run(const Args& a) {
   const CommModel model = parse_comm_model(a.model);
   std::string text;
   if (a.compare) {
-    text = compare_text(a.ranks, a.chunks, costs, model);
+    text = compare_text(a.ranks, a.chunks, costs, a.stage_costs, model);
   } else {
     const ScheduleKind kind = parse_schedule_kind(*a.schedule);
     const Trace trace = make_trace(kind, a.ranks, a.chunks, a.forward_only ? Mode::forward : Mode::train);
     check_valid(trace, kind);
+    // Parsed for every format, so that a bad --stage-costs is refused even where nothing is simulated.
+    const StageCosts per_stage =
+        parse_stage_costs(a.stage_costs, costs, placement_of(kind, a.ranks, a.chunks)(0, 0).num_stages);
     if (a.format == "trace") {
       text = format_trace(trace);
     } else {
-      const Timeline timeline = simulate(trace, kind, costs, model);
+      const Timeline timeline = simulate(trace, kind, per_stage, model);
       if (a.format == "grid") text = render_grid(timeline);
       else if (a.format == "svg") text = render_svg(timeline);
       else if (a.format == "chrome") text = render_chrome_trace(timeline);

@@ -65,3 +65,38 @@ TEST_CASE("Costs.CommModel") {
   CHECK(contains(bad, "'eager'"));
   CHECK(contains(bad, "rendezvous, async"));
 }
+
+TEST_CASE("Costs.ParseStageCosts") {
+  const Costs base = parse_costs("F=1,B=2,W=1,FB=3,latency=0.5");
+  const StageCosts sc = parse_stage_costs(" 0:B=1.5,FB=2.5 ; 3:F=2", base, 4);
+  CHECK(sc.num_stages() == 4);
+  CHECK_FALSE(sc.same_for_every_stage());
+  CHECK(sc.stage(0) == parse_costs("F=1,B=1.5,W=1,FB=2.5,latency=0.5"));
+  CHECK(sc.stage(1) == base);
+  CHECK(sc.stage(2) == base);
+  CHECK(sc.stage(3) == parse_costs("F=2,B=2,W=1,FB=3,latency=0.5"));
+  CHECK(sc.transfer() == 0.5);
+  // Nothing named: every stage costs the base.
+  const StageCosts none = parse_stage_costs("", base, 2);
+  CHECK(none.stage(0) == base);
+  CHECK(none.stage(1) == base);
+  // One Costs for every stage, however many.
+  const StageCosts every(base);
+  CHECK(every.same_for_every_stage());
+  CHECK(every.stage(41) == base);
+}
+
+TEST_CASE("Costs.ParseStageCostsErrors") {
+  const Costs base;
+  CHECK(contains(config_message([&] { (void)parse_stage_costs("4:F=1", base, 4); }),
+                 "stage 4 but the model has stages 0 to 3"));
+  CHECK(contains(config_message([&] { (void)parse_stage_costs("-1:F=1", base, 4); }), "stage -1"));
+  CHECK(contains(config_message([&] { (void)parse_stage_costs("F=1", base, 4); }), "STAGE:KEY=V"));
+  CHECK(contains(config_message([&] { (void)parse_stage_costs("x:F=1", base, 4); }), "STAGE:KEY=V"));
+  CHECK(contains(config_message([&] { (void)parse_stage_costs("1:F=1;1:B=3", base, 4); }), "stage 1 twice"));
+  CHECK(contains(config_message([&] { (void)parse_stage_costs("2:W=3", base, 4); }),
+                 "stage 2: cost W must not exceed B"));
+  CHECK(contains(config_message([&] { (void)parse_stage_costs("2:Q=3", base, 4); }), "stage 2: unknown cost key 'Q'"));
+  CHECK(contains(config_message([&] { (void)parse_stage_costs("1:latency=2", base, 4); }), "same transfer"));
+  CHECK(contains(config_message([&] { (void)parse_stage_costs("", base, 0); }), "at least one stage"));
+}

@@ -300,3 +300,131 @@ TEST_CASE("Simulator.InvalidTracesThrow") {
   bad.weight = 5;
   CHECK_THROWS_AS((void)simulate(make_trace(ScheduleKind::dualpipe, 2, 4), bad), ConfigError);
 }
+
+namespace {
+
+/// One rank, two stages in a row on it (module 0 = stage 0 feeds module 1 = stage 1): nothing remote, so the
+/// timeline is the sum of the per-stage costs in issue order, written out by hand below.
+ModulePlacement one_rank_two_stages(int, int module, int chunks) {
+  ModulePlacement p;
+  p.stage = module;
+  p.num_stages = 2;
+  p.num_chunks = chunks;
+  if (module == 0) p.local_next_module = 1;
+  else p.local_prev_module = 0;
+  return p;
+}
+
+Costs stage_costs(double f, double b, double w, double fb) {
+  Costs c;
+  c.forward = f;
+  c.backward = b;
+  c.weight = w;
+  c.forward_backward = fb;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("Simulator.StageCosts.EqualStagesGiveTheSameTimeline") {
+  // Per-stage costs that are all equal must reproduce the single-Costs simulation span for span.
+  for (auto [kind, p, c] : {std::tuple{ScheduleKind::dualpipe, 4, 10}, std::tuple{ScheduleKind::dualpipev, 3, 12},
+                            std::tuple{ScheduleKind::one_f_one_b, 4, 8}, std::tuple{ScheduleKind::zb1p, 4, 8},
+                            std::tuple{ScheduleKind::gpipe, 3, 6}}) {
+    const Trace t = make_trace(kind, p, c);
+    const int stages = placement_of(kind, p, c)(0, 0).num_stages;
+    Costs costs = spec_costs(2.5);
+    costs.latency = 0.3;
+    for (CommModel model : {CommModel::rendezvous, CommModel::async}) {
+      CAPTURE(t.schedule);
+      CAPTURE(to_string(model));
+      const Timeline one = simulate(t, kind, costs, model);
+      const Timeline per_stage =
+          simulate(t, kind, StageCosts(std::vector<Costs>(static_cast<std::size_t>(stages), costs)), model);
+      CHECK(per_stage.makespan() == doctest::Approx(one.makespan()).epsilon(eps));
+      REQUIRE(per_stage.spans.size() == one.spans.size());
+      for (std::size_t r = 0; r < one.spans.size(); ++r) {
+        REQUIRE(per_stage.spans[r].size() == one.spans[r].size());
+        for (std::size_t i = 0; i < one.spans[r].size(); ++i) {
+          CHECK(per_stage.spans[r][i].start == doctest::Approx(one.spans[r][i].start).epsilon(eps));
+          CHECK(per_stage.spans[r][i].end == doctest::Approx(one.spans[r][i].end).epsilon(eps));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("Simulator.StageCosts.HandComputed") {
+  const StageCosts costs({stage_costs(1, 2, 0.5, 2.5), stage_costs(3, 5, 4, 7)});
+  auto place = [](int rank, int module) { return one_rank_two_stages(rank, module, 2); };
+  auto durations = [](const Timeline& tl) {
+    std::vector<double> out;
+    for (const Span& s : tl.spans[0])
+      if (s.lane == Span::Lane::compute) out.push_back(s.duration());
+    return out;
+  };
+  auto check_durations = [](const std::vector<double>& got, const std::vector<double>& want) {
+    REQUIRE(got.size() == want.size());
+    for (std::size_t i = 0; i < want.size(); ++i) {
+      CAPTURE(i);
+      CHECK(got[i] == doctest::Approx(want[i]).epsilon(eps));
+    }
+  };
+  SUBCASE("deferred weights run oldest first, each at its own stage's W") {
+    Trace t{"handmade", 1, 2, Mode::train, {{}}};
+    // F of stage 0 (1) and stage 1 (3); input parts B-W: stage 1 (5-4 = 1), stage 0 (2-0.5 = 1.5); then the
+    // FIFO: the first W is stage 1's (4), the second stage 0's (0.5). Chunk 1 likewise with full backwards.
+    set_tokens(t, 0, {"F0.0", "F1.0", "B1.0w", "B0.0w", "W", "W", "F0.1", "F1.1", "B1.1", "B0.1"});
+    const Timeline tl = simulate(t, place, 2, costs);
+    check_durations(durations(tl), {1, 3, 1, 1.5, 4, 0.5, 1, 3, 5, 2});
+    CHECK(tl.makespan() == doctest::Approx(22).epsilon(eps));
+  }
+  SUBCASE("an F&B pairs one stage's forward with another's backward") {
+    Trace t{"handmade", 1, 2, Mode::train, {{}}};
+    // FB0.1/1.0: forward of stage 0 (1) + backward of stage 1 (5) - the smaller overlap saving
+    // (stage 0: 1 + 2 - 2.5 = 0.5; stage 1: 3 + 5 - 7 = 1) = 5.5.
+    set_tokens(t, 0, {"F0.0", "F1.0", "FB0.1/1.0", "B0.0", "F1.1", "B1.1", "B0.1"});
+    check_durations(durations(simulate(t, place, 2, costs)), {1, 3, 5.5, 2, 3, 5, 2});
+    check_durations(durations(simulate(t, place, 2, costs, CommModel::async)), {1, 3, 5.5, 2, 3, 5, 2});
+  }
+}
+
+TEST_CASE("Simulator.StageCosts.UnevenStagesOnARealSchedule") {
+  // DualPipeV on 2 ranks: rank 0 holds stages 0 and 3, rank 1 stages 1 and 2. A cheaper first stage leaves
+  // rank 0 idle by what it saves; each rank's busy time is the sum of its stages' F + B over the chunks
+  // (F&B saves nothing here: FB = F + B).
+  const int chunks = 20;
+  const Trace t = make_trace(ScheduleKind::dualpipev, 2, chunks);
+  const Costs full = stage_costs(3, 6, 3, 9), first = stage_costs(3, 4.5, 3, 7.5);
+  const StageCosts uneven({first, full, full, full});
+  const Timeline even_tl = simulate(t, ScheduleKind::dualpipev, full, CommModel::async);
+  const Timeline uneven_tl = simulate(t, ScheduleKind::dualpipev, uneven, CommModel::async);
+  auto busy = [](const Timeline& tl, int r) {
+    double b = 0;
+    for (const Span& s : tl.spans[static_cast<std::size_t>(r)])
+      if (s.lane == Span::Lane::compute) b += s.duration();
+    return b;
+  };
+  CHECK(busy(uneven_tl, 0) == doctest::Approx(chunks * (7.5 + 9)).epsilon(eps));
+  CHECK(busy(uneven_tl, 1) == doctest::Approx(chunks * (9 + 9)).epsilon(eps));
+  CHECK(busy(even_tl, 0) == doctest::Approx(chunks * 18).epsilon(eps));
+  // Rank 1 does the same work as before, so the step cannot get shorter than its busy time, and the
+  // bubble grows by rank 0's saving at least in part.
+  CHECK(uneven_tl.makespan() >= busy(uneven_tl, 1) - eps);
+  CHECK(summarize(uneven_tl, t).bubble_ratio > summarize(even_tl, t).bubble_ratio);
+}
+
+TEST_CASE("Simulator.StageCosts.BadInputThrows") {
+  CHECK_THROWS_WITH_AS(StageCosts(std::vector<Costs>{}), doctest::Contains("at least one stage"), ConfigError);
+  CHECK_THROWS_WITH_AS(StageCosts({Costs{}, stage_costs(1, 1, 2, 2)}), doctest::Contains("stage 1: cost W"),
+                       ConfigError);
+  Costs slow_link;
+  slow_link.latency = 1;
+  CHECK_THROWS_WITH_AS(StageCosts({Costs{}, slow_link}), doctest::Contains("same transfer"), ConfigError);
+  // DualPipeV on 2 ranks has 4 stages.
+  const Trace t = make_trace(ScheduleKind::dualpipev, 2, 8);
+  CHECK_THROWS_WITH_AS((void)simulate(t, ScheduleKind::dualpipev, StageCosts({Costs{}, Costs{}})),
+                       doctest::Contains("StageCosts has 2 stages but the schedule places 4"), ConfigError);
+  CHECK(simulate(t, ScheduleKind::dualpipev, StageCosts(Costs{})).makespan() ==
+        doctest::Approx(simulate(t, ScheduleKind::dualpipev, Costs{}).makespan()).epsilon(eps));
+}

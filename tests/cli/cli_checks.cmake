@@ -37,6 +37,18 @@ foreach(line "schedule: dualpipe" "makespan: 59" "idle: 3.5 4 4.5 4.5 4.5 4.5 4 
   endif()
 endforeach()
 
+# 2b. --stage-costs: naming a stage with the base costs changes nothing; a cheaper stage changes the summary
+#     (the simulator's own tests check the figures).
+set(base_args --schedule dualpipev --ranks 2 --chunks 8 --format summary --costs F=1,B=2,W=1,FB=3)
+execute_process(COMMAND ${CLI} ${base_args} OUTPUT_VARIABLE plain RESULT_VARIABLE rc1)
+execute_process(COMMAND ${CLI} ${base_args} --stage-costs 0:F=1,B=2 OUTPUT_VARIABLE same_stage RESULT_VARIABLE rc2)
+execute_process(COMMAND ${CLI} ${base_args} --stage-costs 0:B=1,W=0.5,FB=2 OUTPUT_VARIABLE cheap_stage
+                RESULT_VARIABLE rc3)
+if(NOT rc1 EQUAL 0 OR NOT rc2 EQUAL 0 OR NOT rc3 EQUAL 0 OR NOT plain STREQUAL same_stage
+   OR plain STREQUAL cheap_stage)
+  fail("--stage-costs: rc=${rc1}/${rc2}/${rc3}\n${plain}\n${same_stage}\n${cheap_stage}")
+endif()
+
 # 3. Every other format and schedule produces something, exit code 0.
 foreach(fmt grid svg chrome summary)
   foreach(s dualpipe dualpipev 1f1b gpipe zb1p)
@@ -75,7 +87,10 @@ set(bad_cases
   "--compare --ranks 4 --chunks 0|chunks must be at least 1"
   "--compare --ranks 4 --chunks 8 --format svg|--compare prints its own table"
   "--schedule dualpipe --ranks 2000000000 --chunks 4|too large"
-  "--schedule 1f1b --schedule gpipe --ranks 4 --chunks 8|--schedule given twice")
+  "--schedule 1f1b --schedule gpipe --ranks 4 --chunks 8|--schedule given twice"
+  "--schedule dualpipev --ranks 2 --chunks 8 --stage-costs 4:F=1|stage 4 but the model has stages 0 to 3"
+  "--schedule dualpipe --ranks 2 --chunks 8 --format trace --stage-costs F=1|STAGE:KEY=V"
+  "--compare --ranks 4 --chunks 8 --stage-costs 0:W=3|stage 0: cost W must not exceed B")
 foreach(case IN LISTS bad_cases)
   string(FIND "${case}" "|" bar)
   string(SUBSTRING "${case}" 0 ${bar} cmdline)

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "dualpipe/core/error.hpp"
 #include "dualpipe/core/op.hpp"
@@ -62,12 +64,58 @@ inline void check_costs(const Costs& c) {
                       std::to_string(c.weight) + ", B=" + std::to_string(c.backward) + ")");
 }
 
+/// Costs that differ from stage to stage, as in a real model: the first stage computes no input gradient, the
+/// last one computes the loss. `stage(s)` holds the compute costs of model stage s (0-based, one per stage of
+/// the schedule's placement); all of them share one transfer (latency, bytes, bandwidth), taken from stage 0.
+/// An op costs what its stage's Costs::of says; W costs the weight part of the stage whose deferred backward
+/// it runs (the rank's FIFO of Bw ops, oldest first); an F&B pairing stage f's forward with stage b's backward
+/// costs F(f) + B(b) - min(saving(f), saving(b)), where saving = F + B - FB is what the overlap saves (so
+/// equal stages give exactly FB).
+class StageCosts {
+public:
+  /// Throws ConfigError if `stages` is empty, if one fails check_costs (naming the stage), or if their
+  /// transfers differ.
+  explicit StageCosts(std::vector<Costs> stages) : _stages(std::move(stages)) {
+    if (_stages.empty()) throw ConfigError("StageCosts needs the costs of at least one stage (got none)");
+    for (std::size_t s = 0; s < _stages.size(); ++s) {
+      try {
+        check_costs(_stages[s]);
+      } catch (const ConfigError& e) {
+        throw ConfigError("stage " + std::to_string(s) + ": " + e.what());
+      }
+      const Costs& a = _stages[0];
+      const Costs& b = _stages[s];
+      if (a.latency != b.latency || a.bytes != b.bytes || a.bandwidth != b.bandwidth)
+        throw ConfigError("StageCosts: every stage must have the same transfer (latency, bytes, bandwidth); stage " +
+                          std::to_string(s) + " differs from stage 0");
+    }
+  }
+
+  /// The same costs for every stage, however many the placement has (what a plain Costs means).
+  explicit StageCosts(const Costs& every_stage) : StageCosts(std::vector<Costs>{every_stage}) { _every_stage = true; }
+
+  /// Whether one Costs stands for every stage (the constructor from one Costs).
+  [[nodiscard]] bool same_for_every_stage() const noexcept { return _every_stage; }
+  /// Stages given (1 when same_for_every_stage()).
+  [[nodiscard]] int num_stages() const noexcept { return static_cast<int>(_stages.size()); }
+  /// The costs of stage `s`; std::out_of_range past the stages given.
+  [[nodiscard]] const Costs& stage(int s) const {
+    return _every_stage ? _stages.front() : _stages.at(static_cast<std::size_t>(s));
+  }
+  /// Time one transfer takes once both ends are launched (the same for every stage).
+  [[nodiscard]] double transfer() const noexcept { return _stages.front().transfer(); }
+
+private:
+  std::vector<Costs> _stages;
+  bool _every_stage = false;
+};
+
 /// Parses "F=1,B=2,W=1,FB=3,latency=0,bytes=0,bandwidth=0": any subset, in any order, spaces
-/// allowed around keys and values; the keys not given keep their defaults. Long names (forward,
+/// allowed around keys and values; the keys not given keep their values in `base` (the defaults). Long names (forward,
 /// backward, weight, forward_backward) are accepted too. Throws ConfigError naming an unknown key,
 /// a value that is not a number, or a value that check_costs rejects.
-[[nodiscard]] inline Costs parse_costs(std::string_view text) {
-  Costs c;
+[[nodiscard]] inline Costs parse_costs(std::string_view text, const Costs& base = {}) {
+  Costs c = base;
   auto trim = [](std::string_view s) {
     while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
     while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
@@ -102,6 +150,42 @@ inline void check_costs(const Costs& c) {
   }
   check_costs(c);
   return c;
+}
+
+/// Parses per-stage costs "S:KEY=V,KEY=V;S:KEY=V" for a model of `num_stages` stages: each listed stage S
+/// gets the keys of parse_costs over `base`; the stages not listed cost `base`. For example "0:B=1.5" makes
+/// the first stage's backward cheaper. Throws ConfigError naming a stage out of range or listed twice, an
+/// item without "S:", or what parse_costs or StageCosts reject (with the stage).
+[[nodiscard]] inline StageCosts parse_stage_costs(std::string_view text, const Costs& base, int num_stages) {
+  if (num_stages < 1)
+    throw ConfigError("per-stage costs need at least one stage (got " + std::to_string(num_stages) + ")");
+  std::vector<Costs> stages(static_cast<std::size_t>(num_stages), base);
+  std::vector<bool> given(static_cast<std::size_t>(num_stages), false);
+  while (!text.empty()) {
+    const std::size_t semicolon = text.find(';');
+    std::string_view item = text.substr(0, semicolon);
+    text = semicolon == std::string_view::npos ? std::string_view{} : text.substr(semicolon + 1);
+    while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+    if (item.empty()) continue;
+    const std::size_t colon = item.find(':');
+    int stage = -1;
+    const auto [end, ec] =
+        std::from_chars(item.data(), item.data() + (colon == std::string_view::npos ? 0 : colon), stage);
+    if (colon == std::string_view::npos || colon == 0 || ec != std::errc{} || end != item.data() + colon)
+      throw ConfigError("per-stage cost item '" + std::string(item) + "' must look like STAGE:KEY=V,KEY=V");
+    if (stage < 0 || stage >= num_stages)
+      throw ConfigError("per-stage costs name stage " + std::to_string(stage) + " but the model has stages 0 to " +
+                        std::to_string(num_stages - 1));
+    if (given[static_cast<std::size_t>(stage)])
+      throw ConfigError("per-stage costs give stage " + std::to_string(stage) + " twice");
+    given[static_cast<std::size_t>(stage)] = true;
+    try {
+      stages[static_cast<std::size_t>(stage)] = parse_costs(item.substr(colon + 1), base);
+    } catch (const ConfigError& e) {
+      throw ConfigError("stage " + std::to_string(stage) + ": " + e.what());
+    }
+  }
+  return StageCosts(std::move(stages));
 }
 
 /// How posted transfers interact with the compute lane (see simulator.hpp for the exact rules).

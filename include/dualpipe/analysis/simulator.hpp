@@ -2,9 +2,10 @@
 // the per-rank Timeline (makespan, idle time, bubble) it implies.
 //
 // Both models run every rank's ops one after another on its compute lane, with the cost of Costs::of
-// (F, B, B-W for Bw, W for W, F&B for FB; posts and commits cost nothing). A transfer (an sF with its
-// paired rF, or an sB with its rB, paired as the validator pairs them) takes Costs::transfer() =
-// latency + bytes / bandwidth once both of its ends are launched. They differ in when posts launch and
+// (F, B, B-W for Bw, W for W, F&B for FB; posts and commits cost nothing) of the op's stage: one Costs
+// for every stage, or StageCosts for stages that differ (costs.hpp says how W and F&B are charged). A
+// transfer (an sF with its paired rF, or an sB with its rB, paired as the validator pairs them) takes
+// Costs::transfer() = latency + bytes / bandwidth once both of its ends are launched. They differ in when posts launch and
 // who waits:
 //
 //  - CommModel::rendezvous (docs/schedules.md, the model the published figures use): a post is launched
@@ -37,6 +38,7 @@
 
 #include "dualpipe/analysis/activations.hpp"
 #include "dualpipe/analysis/costs.hpp"
+#include "dualpipe/analysis/detail/op_costs.hpp"
 #include "dualpipe/analysis/detail/rendezvous.hpp"
 #include "dualpipe/analysis/detail/trace_checker.hpp"
 #include "dualpipe/analysis/detail/trace_index.hpp"
@@ -51,11 +53,10 @@ namespace detail {
 
 /// The async model (see the header comment); same contract as run_rendezvous: fills start/end per flat
 /// op (posts: issue and transfer end; commits: zero-length) and returns the ranks that could not finish.
-inline std::vector<OpRef> run_async(const Trace& t, const TraceIndex& ix, const Costs& costs,
+/// `cost` gives every op's compute time (op_costs.hpp).
+inline std::vector<OpRef> run_async(const Trace& t, const TraceIndex& ix, const OpCostTable& cost, double transfer,
                                     std::vector<double>& start, std::vector<double>& end) {
   const int ranks = ix.ranks;
-  const auto cost = cost_table(costs);
-  const double transfer = costs.transfer();
   start.assign(ix.total_ops(), -1.0);
   end.assign(ix.total_ops(), -1.0);
   std::vector<std::int32_t> pc(static_cast<std::size_t>(ranks), 0);
@@ -115,7 +116,7 @@ inline std::vector<OpRef> run_async(const Trace& t, const TraceIndex& ix, const 
         break;
       }
       start[g] = at;
-      now = at + cost[static_cast<std::size_t>(op.kind)];
+      now = at + cost.of(g, op.kind);
       end[g] = now;
     }
     pc[ru] = i;
@@ -165,25 +166,42 @@ inline Timeline make_timeline(const Trace& t, const TraceIndex& ix, CommModel mo
 
 }  // namespace detail
 
-/// Simulates `t` with an explicit placement. Throws ValidationError if the trace is not a correct step
-/// (or deadlocks), ConfigError if `costs` are invalid (check_costs) or the placement is inconsistent.
+/// Simulates `t` with an explicit placement and costs that may differ per stage. Throws ValidationError if
+/// the trace is not a correct step (or deadlocks), ConfigError if the placement is inconsistent or has a
+/// stage `costs` does not cover.
 [[nodiscard]] inline Timeline simulate(const Trace& t, const PlacementFn& placement, int modules_per_rank,
-                                       const Costs& costs = {}, CommModel model = CommModel::rendezvous) {
-  check_costs(costs);
+                                       const StageCosts& costs, CommModel model = CommModel::rendezvous) {
   detail::TraceIndex ix;
   detail::TraceChecker checker(t, placement, modules_per_rank, ix);
   // The rendezvous run below is itself the progress check, so the zero-cost one is skipped for it.
   ValidationResult valid = checker.run(model == CommModel::async);
   if (!valid.ok) throw ValidationError(std::move(valid));
+  const detail::OpCostTable op_cost = detail::op_costs(t, ix, costs);
   std::vector<double> start, end;
-  const std::vector<OpRef> stuck = model == CommModel::rendezvous ? detail::run_rendezvous(t, ix, costs, start, end)
-                                                                  : detail::run_async(t, ix, costs, start, end);
+  const std::vector<OpRef> stuck = model == CommModel::rendezvous
+                                       ? detail::run_rendezvous(t, ix, op_cost, costs.transfer(), start, end)
+                                       : detail::run_async(t, ix, op_cost, costs.transfer(), start, end);
   if (!stuck.empty()) throw ValidationError(checker.deadlock_result(stuck, start));
   return detail::make_timeline(t, ix, model, start, end);
 }
 
+/// Simulates `t` with an explicit placement, every stage costing `costs`. Throws ValidationError if the trace
+/// is not a correct step (or deadlocks), ConfigError if `costs` are invalid (check_costs) or the placement is
+/// inconsistent.
+[[nodiscard]] inline Timeline simulate(const Trace& t, const PlacementFn& placement, int modules_per_rank,
+                                       const Costs& costs = {}, CommModel model = CommModel::rendezvous) {
+  check_costs(costs);
+  return simulate(t, placement, modules_per_rank, StageCosts(costs), model);
+}
+
 /// Simulates `t` as a trace of schedule `kind`.
 [[nodiscard]] inline Timeline simulate(const Trace& t, ScheduleKind kind, const Costs& costs = {},
+                                       CommModel model = CommModel::rendezvous) {
+  return simulate(t, placement_of(kind, t.ranks, t.chunks), modules_per_rank(kind), costs, model);
+}
+
+/// Simulates `t` as a trace of schedule `kind`, with per-stage costs (one per stage of its placement).
+[[nodiscard]] inline Timeline simulate(const Trace& t, ScheduleKind kind, const StageCosts& costs,
                                        CommModel model = CommModel::rendezvous) {
   return simulate(t, placement_of(kind, t.ranks, t.chunks), modules_per_rank(kind), costs, model);
 }

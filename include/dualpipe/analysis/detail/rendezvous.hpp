@@ -6,23 +6,14 @@
 #pragma once
 
 #include <algorithm>
-#include <array>
 #include <cstdint>
 #include <vector>
 
-#include "dualpipe/analysis/costs.hpp"
+#include "dualpipe/analysis/detail/op_costs.hpp"
 #include "dualpipe/analysis/detail/trace_index.hpp"
 #include "dualpipe/core/trace.hpp"
 
 namespace dualpipe::detail {
-
-/// Per-kind compute costs, indexed by OpKind.
-[[nodiscard]] inline std::array<double, 16> cost_table(const Costs& c) {
-  std::array<double, 16> table{};
-  for (int k = 0; k <= static_cast<int>(OpKind::commit); ++k)
-    table[static_cast<std::size_t>(k)] = c.of(static_cast<OpKind>(k));
-  return table;
-}
 
 /// Runs the rendezvous model. On return, for every flat op index g:
 ///  - compute ops: [start, end] is when it ran;
@@ -30,11 +21,10 @@ namespace dualpipe::detail {
 ///  - commits: start = launch of the group, end = when the commit returned.
 /// Ops never reached keep -1. Returns the ranks that could not finish (deadlock), each with the op
 /// index of the commit it is stuck at; empty when every rank completed.
-inline std::vector<OpRef> run_rendezvous(const Trace& t, const TraceIndex& ix, const Costs& costs,
+/// `cost` gives every op's compute time (op_costs.hpp; a default table: every op costs 0).
+inline std::vector<OpRef> run_rendezvous(const Trace& t, const TraceIndex& ix, const OpCostTable& cost, double transfer,
                                          std::vector<double>& start, std::vector<double>& end) {
   const int ranks = ix.ranks;
-  const auto cost = cost_table(costs);
-  const double transfer = costs.transfer();
   start.assign(ix.total_ops(), -1.0);
   end.assign(ix.total_ops(), -1.0);
 
@@ -98,7 +88,7 @@ inline std::vector<OpRef> run_rendezvous(const Trace& t, const TraceIndex& ix, c
         --i;  // finish_commit advanced past the commit already
       } else if (is_compute(kind)) {
         start[g] = now;
-        now += cost[static_cast<std::size_t>(kind)];
+        now += cost.of(g, kind);
         end[g] = now;
       }
       // posts: launched at the next commit

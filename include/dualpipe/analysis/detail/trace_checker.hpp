@@ -9,7 +9,6 @@
 #include <utility>
 #include <vector>
 
-#include "dualpipe/analysis/costs.hpp"
 #include "dualpipe/analysis/detail/rendezvous.hpp"
 #include "dualpipe/analysis/detail/trace_index.hpp"
 #include "dualpipe/analysis/op_grid.hpp"
@@ -35,7 +34,7 @@ public:
     if (!structure() || !pairing() || !semantics()) return std::move(_result);
     if (check_progress) {
       std::vector<double> start, end;
-      const auto stuck = run_rendezvous(_t, _ix, Costs{0, 0, 0, 0, 0, 0, 0}, start, end);
+      const auto stuck = run_rendezvous(_t, _ix, OpCostTable{}, 0.0, start, end);
       if (!stuck.empty()) report_deadlock(stuck, start);
     }
     return std::move(_result);
