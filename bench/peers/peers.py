@@ -339,8 +339,8 @@ def main() -> int:
     ap.add_argument("--mpiexec", default="", help="mpirun for our MPI rows (none: no MPI rows)")
     ap.add_argument("--mpiexec-flags", default="", help="flags after 'mpirun -np P'")
     ap.add_argument("--rounds", type=int, default=1,
-                    help="run every row (and the sequential baselines) this many times, round after round; a row "
-                         "shows the medians over rounds, its efficiency taken against its own round's baseline")
+                    help="run every row this many times, round after round (with --unpaired the sequential baselines "
+                         "too); a row shows the medians over rounds and the range of its efficiency")
     ap.add_argument("--unpaired", action="store_true",
                     help="take each row's efficiency against the separately timed sequential run, instead of "
                          "against a sequential step run right before each pipeline step (the default)")
@@ -388,9 +388,11 @@ def main() -> int:
         paired = [] if a.unpaired else ["--paired"]
         context: dict[str, str] = {}
         costs_of: dict[int, dict] = {}
+        ours_seq: dict[int, dict] = {}  # the sequential runs, per S: the loss reference, and the unpaired baselines
+        torch_seq: dict[int, dict] = {}
         for round_index, P in ((r, P) for r in range(a.rounds) for P in ranks_list):
-            ours_seq: dict[int, dict] = {}  # each round times its own baselines
-            torch_seq: dict[int, dict] = {}
+            if a.unpaired:
+                ours_seq, torch_seq = {}, {}  # each row times its own baselines; paired rows carry their own
             for S in (P, 2 * P):
                 if S not in ours_seq:
                     ours_seq[S] = result_of([a.peers_bin, "sequential", "--dir", data, "--stages", str(S)] + steps,
@@ -464,9 +466,10 @@ def main() -> int:
              f"without bias, float32, MSE loss; {a.chunks} chunks of {a.micro_batch} x {a.seq_len} rows; the same "
              f"weights and data in both systems (seed {a.seed}). One thread per rank. {a.warmup} warm-up steps, "
              f"median of {a.steps} timed steps (each step's slowest rank)"
-             + (f"; {a.rounds} rounds: every row and baseline ran once per round, a row shows the medians over the "
-                f"rounds and its efficiency's range (min-max), each round's efficiency taken against the baseline "
-                f"timed in that round." if a.rounds > 1 else "."),
+             + (f"; {a.rounds} rounds: every row ran once per round, a row shows the medians over the rounds and its "
+                f"efficiency's range (min-max)"
+                + (", each round's efficiency taken against the baseline timed in that round." if a.unpaired else ".")
+                if a.rounds > 1 else "."),
              f"dualpipe: {context.get('ours', '?')}; modules of DeferredLinear (one-pass zero-bubble split). "
              f"PyTorch: {context.get('torch', '?')}, gloo over loopback, one process per rank.",
              ("Memory: every process of both systems ran with glibc's malloc keeping freed memory (GLIBC_TUNABLES "

@@ -3,6 +3,7 @@
 // latency + bytes / bandwidth.
 #pragma once
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <string>
@@ -185,6 +186,8 @@ private:
       throw ConfigError("stage " + std::to_string(stage) + ": " + e.what());
     }
   }
+  // Nothing named: one Costs for every stage, which the simulator runs on its per-kind table.
+  if (std::find(given.begin(), given.end(), true) == given.end()) return StageCosts(base);
   return StageCosts(std::move(stages));
 }
 

@@ -5,8 +5,8 @@
 // (F, B, B-W for Bw, W for W, F&B for FB; posts and commits cost nothing) of the op's stage: one Costs
 // for every stage, or StageCosts for stages that differ (costs.hpp says how W and F&B are charged). A
 // transfer (an sF with its paired rF, or an sB with its rB, paired as the validator pairs them) takes
-// Costs::transfer() = latency + bytes / bandwidth once both of its ends are launched. They differ in when posts launch and
-// who waits:
+// Costs::transfer() = latency + bytes / bandwidth once both of its ends are launched. They differ in when
+// posts launch and who waits:
 //
 //  - CommModel::rendezvous (docs/schedules.md, the model the published figures use): a post is launched
 //    at the rank's next commit, together with every other post since the previous commit. A transfer
