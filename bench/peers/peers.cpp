@@ -18,7 +18,7 @@
 //   dualpipe-peers pipeline --dir D --schedule dualpipe|dualpipev|1f1b|zb1p --ranks P [--mpi]
 //                           [--steps 10] [--warmup 3] [--linear deferred|plain] [--progress auto|wait|thread]
 //                           [--progress-interval-us 100] [--spin-us 1000] [--sleep-us 50] [--paired]
-//       the pipeline: P rank threads (InProcessWorld), or with --mpi one rank per process under mpirun -np P
+//       the pipeline: P rank threads (InProcessWorld; RankThreads, kept from step to step), or with --mpi one rank per process under mpirun -np P
 //       (--progress, --progress-interval-us, --spin-us, --sleep-us: those MpiOptions). Each step starts
 //       together on every rank; its time is the slowest rank's; the median of the timed steps is reported,
 //       with the first step's losses, the time the ranks spent waiting for data (from the measured timeline's
@@ -54,7 +54,7 @@
 #include "dualpipe/comm/inprocess.hpp"
 #include "dualpipe/dualpipe.hpp"
 #include "dualpipe/runtime/pipeline.hpp"
-#include "dualpipe/runtime/run_ranks.hpp"
+#include "dualpipe/runtime/rank_threads.hpp"
 #include "dualpipe/torch.hpp"
 #if DUALPIPE_PEERS_MPI
 #include <mpi.h>
@@ -474,6 +474,9 @@ PipelineRun run_inprocess(const std::string& dir, const Meta& m, int ranks, int 
   out.losses.assign(m.chunks, 0.0);
   std::vector<double> rank_time(ranks);
   std::vector<StepResult> results(ranks);
+  // Kept for every step, as a training loop keeps its ranks (runtime/rank_threads.hpp: a thread started per
+  // step made the step 3% longer).
+  RankThreads threads(ranks);
   double cpu_start = 0;
   for (int step = 0; step < warmup + steps; ++step) {
     // --paired: the sequential step right before, on this thread while the rank threads are not running.
@@ -481,8 +484,8 @@ PipelineRun run_inprocess(const std::string& dir, const Meta& m, int ranks, int 
     if (paired && step >= warmup) out.paired_sequential_seconds.push_back(sequential_seconds);
     if (step == warmup) cpu_start = process_cpu_seconds();
     for (auto& r : rs) r->zero_grad();
-    // run_ranks starts the rank threads together; each times its own step.
-    run_ranks(ranks, [&](int r) {
+    // The rank threads start the step together; each times its own.
+    threads.run([&](int r) {
       const double t0 = seconds_now();
       results[r] = rs[r]->pipe->step(m.chunks, bytes_of(x), bytes_of(l));
       rank_time[r] = seconds_now() - t0;

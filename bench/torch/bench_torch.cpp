@@ -256,8 +256,42 @@ void split_over_fused(benchmark::State& state) {
   state.counters["defers"] = stage.defers_weight_grads() ? 1 : 0;
 }
 
+/// The fused backward (B and F&B ops) of the stage as a training step runs it: into gradients that
+/// already hold earlier chunks'. DeferredLinear adds its weight products into .grad with one GEMM each;
+/// torch::nn::Linear's come back from autograd as new tensors that TorchStage then adds. The two stages run
+/// turn about, chunk by chunk, so that a machine whose speed drifts slows both alike.
+void fused_backward_accumulating(benchmark::State& state) {
+  torch::set_num_threads(1);
+  const std::vector<std::int64_t> chunk{3, 64, 256};
+  torch::manual_seed(233);
+  auto deferring = std::make_shared<SplitStageImpl<DeferredLinear>>(chunk.back());
+  torch::manual_seed(233);
+  auto plain = std::make_shared<SplitStageImpl<torch::nn::Linear>>(chunk.back());
+  TorchStageOptions options;
+  options.activation_shape = chunk;
+  options.dtype = torch::kFloat32;
+  TorchStage deferring_stage(deferring, options), plain_stage(plain, options);
+  torch::Tensor x = torch::randn(chunk), g = torch::randn(chunk) * 1e-3;
+  std::vector<std::byte> out(deferring_stage.output_bytes()), in_grad(deferring_stage.input_bytes());
+  StageContext ctx;
+  ctx.stage = 1;
+  ctx.num_stages = 3;
+  CallClock deferring_clock, plain_clock;
+  for (auto _ : state) {
+    for (auto [stage, clock] : {std::pair{&deferring_stage, &deferring_clock}, std::pair{&plain_stage, &plain_clock}}) {
+      stage->forward(ctx, torch_mlp::bytes_of(x), {out.data(), out.size()});
+      clock->time([&] { stage->backward(ctx, torch_mlp::bytes_of(g), {in_grad.data(), in_grad.size()}); });
+    }
+  }
+  const double n = static_cast<double>(state.iterations());
+  state.counters["deferring_ms"] = 1e3 * deferring_clock.cpu / n;
+  state.counters["plain_ms"] = 1e3 * plain_clock.cpu / n;
+  state.counters["deferring_over_plain"] = deferring_clock.cpu / plain_clock.cpu;
+}
+
 }  // namespace
 
+BENCHMARK(fused_backward_accumulating)->Name("TorchStage/fused_backward_accumulating")->Unit(benchmark::kMillisecond);
 BENCHMARK(split_over_fused<DeferredLinear>)->Name("TorchStage/split_over_fused")->Unit(benchmark::kMillisecond);
 BENCHMARK(split_over_fused<torch::nn::Linear>)
     ->Name("TorchStage/split_over_fused_two_pass")

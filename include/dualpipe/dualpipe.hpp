@@ -33,6 +33,7 @@
 #include "dualpipe/runtime/phases.hpp"
 #include "dualpipe/runtime/pipeline.hpp"
 #include "dualpipe/runtime/plan.hpp"
+#include "dualpipe/runtime/rank_threads.hpp"
 #include "dualpipe/runtime/recorder.hpp"
 #include "dualpipe/runtime/run_ranks.hpp"
 #include "dualpipe/runtime/scatter.hpp"

@@ -3,6 +3,7 @@
 
 #include <array>
 #include <chrono>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -228,4 +229,41 @@ TEST_CASE("Runtime.RunRanks.RethrowsLowestRankAfterJoiningAll" * doctest::timeou
   }
   CHECK(ran == std::vector<int>(4, 1));
   CHECK_THROWS_AS(run_ranks(0, [](int) {}), ConfigError);
+}
+
+TEST_CASE("Runtime.RankThreads.SameThreadsEveryRun" * doctest::timeout(30)) {
+  RankThreads team(3);
+  CHECK(team.ranks() == 3);
+  std::vector<std::thread::id> first(3), second(3);
+  team.run([&](int r) { first[static_cast<std::size_t>(r)] = std::this_thread::get_id(); });
+  team.run([&](int r) { second[static_cast<std::size_t>(r)] = std::this_thread::get_id(); });
+  CHECK(first == second);  // kept, not started again
+  CHECK(first[0] != first[1]);
+  CHECK(first[1] != first[2]);
+  CHECK(first[0] != first[2]);
+  for (const std::thread::id& id : first) CHECK(id != std::this_thread::get_id());
+  // Every rank runs every call, many times over (a lost wake-up would hang here).
+  std::vector<int> calls(3, 0);
+  for (int step = 0; step < 200; ++step) team.run([&](int r) { ++calls[static_cast<std::size_t>(r)]; });
+  CHECK(calls == std::vector<int>(3, 200));
+}
+
+TEST_CASE("Runtime.RankThreads.RethrowsLowestRankAfterAllFinish" * doctest::timeout(30)) {
+  RankThreads team(4);
+  std::vector<int> ran(4, 0);
+  try {
+    team.run([&](int r) {
+      if (r == 0) std::this_thread::sleep_for(20ms);  // the others fail first; the run still waits for rank 0
+      ran[static_cast<std::size_t>(r)] = 1;
+      if (r == 3) throw std::runtime_error("three");
+      if (r == 1) throw std::runtime_error("one");
+    });
+    FAIL("no exception");
+  } catch (const std::runtime_error& e) {
+    CHECK(std::string(e.what()) == "one");
+  }
+  CHECK(ran == std::vector<int>(4, 1));
+  // The failure is not carried into the next run.
+  CHECK_NOTHROW(team.run([](int) {}));
+  CHECK_THROWS_WITH_AS(RankThreads(0), doctest::Contains("ranks must be at least 1 (got ranks=0)"), ConfigError);
 }

@@ -231,6 +231,47 @@ TEST_CASE("Torch.Stage.DeferringSplitOrderAndErrors") {
   CHECK_THROWS_WITH_AS(s.backward_weight(ctx_of(1, 0)), doctest::Contains("no forward of this chunk is kept"), Error);
 }
 
+TEST_CASE("Torch.Stage.DeferringFusedBackwardAddsIntoGrad") {
+  // The fused backward of a deferring module runs its weight work at once, each layer adding its product
+  // into .grad with one GEMM: three chunks must give the plain backward's gradients, accumulated in place.
+  for (int stage : {1, 0, 2}) {
+    INFO("stage " << stage);
+    auto [plain, deferred] = twins(H, stage != 0, 51);
+    torch::manual_seed(52);
+    TorchStage s(deferred, double_options(),
+                 [](const torch::Tensor& y, const torch::Tensor& l) { return torch::mse_loss(y, l); });
+    std::vector<std::byte> out(s.output_bytes()), in_grad(s.input_bytes());
+    std::vector<const void*> grad_storage;
+    for (int c = 0; c < 3; ++c) {
+      torch::Tensor x = torch::randn(act_shape, torch::kDouble), g = torch::randn(act_shape, torch::kDouble);
+      torch::Tensor labels = torch::randn(act_shape, torch::kDouble);
+      const StageContext ctx = ctx_of(stage, c);
+      torch::Tensor xp = x.clone().requires_grad_(stage != 0);
+      torch::Tensor yp = plain->forward(xp);
+      if (ctx.is_last_stage) torch::mse_loss(yp, labels).backward();
+      else yp.backward(g);
+
+      s.forward(ctx, bytes_of(x), bytes_of(out));
+      if (ctx.is_last_stage) (void)s.loss(ctx, {out.data(), out.size()}, bytes_of(labels));
+      s.backward(ctx, ctx.is_last_stage ? ConstBytes{} : bytes_of(g),
+                 ctx.is_first_stage ? MutableBytes{} : bytes_of(in_grad));
+      CHECK(s.chunks_in_flight() == 0);  // nothing left for a weight pass
+      if (!ctx.is_first_stage) CHECK(torch::equal(tensor_of(in_grad, act_shape), xp.grad()));
+      for (const torch::Tensor& p : deferred->parameters()) {
+        REQUIRE(p.grad().defined());
+        if (c == 0) grad_storage.push_back(p.grad().data_ptr());
+      }
+    }
+    const auto p = plain->parameters(), d = deferred->parameters();
+    for (std::size_t i = 0; i < p.size(); ++i) {
+      INFO("parameter " << i);
+      CHECK(d[i].grad().data_ptr() == grad_storage[i]);  // added in place, as autograd's accumulation does
+      CHECK(calc_diff(d[i].grad(), p[i].grad()) < 1e-13);
+      CHECK(torch::allclose(d[i].grad(), p[i].grad(), 1e-12, 1e-12));
+    }
+  }
+}
+
 TEST_CASE("Torch.Stage.PlainModulesKeepTheTwoPassSplit") {
   auto [plain, deferred] = twins(H, false, 5);
   (void)deferred;
@@ -274,13 +315,20 @@ TEST_CASE("Torch.Pipeline.DeferredLinearModelMatchesSequential" * doctest::timeo
       loss.backward();
       want_losses.push_back(loss.item<double>());
     }
-    // The pipeline: each rank's modules compute the deferred twins (one copy per stage: each is used once).
+    // The pipeline: each rank's modules compute deferred twins. A stage held by two ranks (DualPipe's two
+    // directions) gets a copy per rank, as the reference keeps two: ranks never share a .grad; the copies'
+    // gradients are summed below.
     TorchStageOptions options = double_options();
     auto mse = [](const torch::Tensor& y, const torch::Tensor& t) { return torch::mse_loss(y, t); };
     std::vector<std::vector<std::unique_ptr<TorchStage>>> ts(P);
+    std::vector<std::vector<DeferredMlp>> copies(static_cast<std::size_t>(stages));
     for (int r = 0; r < P; ++r)
-      for (int m = 0; m < Schedule::modules_per_rank; ++m)
-        ts[r].push_back(std::make_unique<TorchStage>(deferred[Schedule::placement(P, C, r, m).stage], options, mse));
+      for (int m = 0; m < Schedule::modules_per_rank; ++m) {
+        const int s = Schedule::placement(P, C, r, m).stage;
+        DeferredMlp module = copies[s].empty() ? deferred[s] : twins(H, s % 2 == 0, 70 + s).second;
+        copies[s].push_back(module);
+        ts[r].push_back(std::make_unique<TorchStage>(module, options, mse));
+      }
     InProcessWorld world(P);
     using Pipe = Pipeline<Schedule, InProcessCommunicator, TorchStage>;
     std::vector<std::unique_ptr<Pipe>> pipes;
@@ -297,16 +345,22 @@ TEST_CASE("Torch.Pipeline.DeferredLinearModelMatchesSequential" * doctest::timeo
         if (!std::isnan(res.losses[c])) got_losses[c] = res.losses[c];
     for (int c = 0; c < C; ++c) CHECK(got_losses[c] == want_losses[c]);  // same forward ops: bitwise
     for (int s = 0; s < stages; ++s) {
-      const auto p = plain[s]->parameters(), d = deferred[s]->parameters();
+      const auto p = plain[s]->parameters();
       for (std::size_t i = 0; i < p.size(); ++i) {
         INFO("stage " << s << ", parameter " << i);
-        REQUIRE(d[i].grad().defined());
-        CHECK(calc_diff(d[i].grad(), p[i].grad()) < 1e-13);
+        torch::Tensor sum = torch::zeros_like(p[i]);
+        for (const DeferredMlp& copy : copies[s]) {
+          const torch::Tensor g = copy->parameters()[i].grad();
+          REQUIRE(g.defined());
+          sum += g;
+        }
+        CHECK(calc_diff(sum, p[i].grad()) < 1e-13);
       }
     }
     for (const auto& rank : ts)
       for (const auto& stage : rank) CHECK(stage->chunks_in_flight() == 0);
   };
+  SUBCASE("dualpipe") { run(DualPipe{}); }  // F&B ops: fused backwards between forwards
   SUBCASE("dualpipev") { run(DualPipeV{}); }
   SUBCASE("zb1p") { run(ZB1P{}); }
 }

@@ -6,7 +6,8 @@
 // computes the input's gradient at once; the weight's and bias's are computed at once too, unless a
 // DeferredWeightGrads store is active on the thread (TorchStage's input pass), which then gets a job that
 // computes them later from the kept output gradient and input: grad_weight = grad_output^T x input,
-// grad_bias = the sum of grad_output over rows, both added into .grad.
+// grad_bias = the sum of grad_output over rows, both added into .grad (the weight's with one GEMM that
+// accumulates into .grad, C += A B, rather than a product tensor and an addition).
 //
 // So a TorchStage whose module uses DeferredLinear splits a backward into an input pass (one autograd pass,
 // less the weight products) and a weight pass (just those products), instead of walking the graph twice.
@@ -40,6 +41,16 @@ inline void add_into_grad(const torch::Tensor& parameter, torch::Tensor grad) {
   else acc = std::move(grad);  // a new tensor nobody else holds: keep it rather than copy it
 }
 
+/// Adds the product a b into a parameter's .grad with one GEMM (C += a b): no product tensor and no second
+/// pass over .grad to add it. The first gradient is the product itself. (The sum is the same; its rounding
+/// may differ in the last bits from computing a b and adding it, as a GEMM may add C in blocks.)
+inline void add_product_into_grad(const torch::Tensor& parameter, const torch::Tensor& a, const torch::Tensor& b) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor& acc = const_cast<torch::Tensor&>(parameter).mutable_grad();
+  if (acc.defined()) acc.addmm_(a, b);
+  else acc = a.mm(b);
+}
+
 /// grad_output as rows (..., out) -> (n, out); input likewise (n, in).
 inline torch::Tensor as_rows(const torch::Tensor& t) { return t.reshape({-1, t.size(-1)}); }
 
@@ -71,7 +82,7 @@ struct DeferredLinearFunction : torch::autograd::Function<DeferredLinearFunction
       store->defer([grad_rows, input, weight = want_weight ? weight : torch::Tensor(),
                     bias = want_bias ? bias : torch::Tensor()] {
         torch::NoGradGuard no_grad;
-        if (weight.defined()) detail::add_into_grad(weight, grad_rows.t().mm(detail::as_rows(input)));
+        if (weight.defined()) detail::add_product_into_grad(weight, grad_rows.t(), detail::as_rows(input));
         if (bias.defined()) detail::add_into_grad(bias, grad_rows.sum(0));
       });
     } else {

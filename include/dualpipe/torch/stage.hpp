@@ -27,6 +27,9 @@
 //                                   input gradients and put their weight products aside; other parameters
 //                                   get their gradients in this pass. The graph is released.
 //   backward_weight(ctx)            runs the chunk's store: the weight products, added into .grad.
+//   backward(ctx, g, g_in)          the input pass with its store run at once: each deferring layer adds its
+//                                   weight product into .grad with one GEMM (C += A B) instead of handing
+//                                   autograd a new tensor that is then added (no temporary, no extra pass).
 //
 // Data crossing the communicators are contiguous buffers of the shapes and dtypes the options name (the
 // reference's set_p2p_tensor_shapes / set_p2p_tensor_dtype). A module output of another shape or dtype, or
@@ -354,7 +357,18 @@ inline void TorchStage::backward(const StageContext& ctx, ConstBytes output_grad
   guarded(ctx, "backward", [&] {
     ChunkState& st = state_of(ctx, "backward");
     start_backward(ctx, "backward", st, output_grad);
-    one_pass_backward(ctx, "backward", st, input_grad);  // no store active: every layer does all its work
+    if (_defers_weight_grads) {
+      // The same pass as an input pass, its put-aside weight work run at once: each deferring layer then adds
+      // its weight product straight into .grad (one GEMM, C += A B), where returning it through autograd would
+      // make a product tensor and a second pass over .grad to add it (measured: 2-4% of the stage's step).
+      {
+        DeferWeightGradsInto defer(st.deferred);
+        one_pass_backward(ctx, "backward", st, input_grad);
+      }
+      st.deferred.run();
+    } else {
+      one_pass_backward(ctx, "backward", st, input_grad);  // no store active: every layer does all its work
+    }
     _chunks.erase(ctx.chunk);
   });
 }
