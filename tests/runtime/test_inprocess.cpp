@@ -3,6 +3,7 @@
 
 #include <array>
 #include <chrono>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -215,10 +216,13 @@ TEST_CASE("Runtime.InProcess.Misuse" * doctest::timeout(30)) {
   CHECK_THROWS_AS((void)world.communicator(2), ConfigError);
 }
 
-TEST_CASE("Runtime.RunRanks.RethrowsLowestRankAfterJoiningAll" * doctest::timeout(30)) {
+namespace {
+/// Both runners' rule: every rank finishes (rank 0 last here), then the lowest rank's exception comes out.
+void check_rethrows_lowest_rank_after_all(const std::function<void(const std::function<void(int)>&)>& run_on_4) {
   std::vector<int> ran(4, 0);
   try {
-    run_ranks(4, [&](int r) {
+    run_on_4([&](int r) {
+      if (r == 0) std::this_thread::sleep_for(20ms);
       ran[static_cast<std::size_t>(r)] = 1;
       if (r == 3) throw std::runtime_error("three");
       if (r == 1) throw std::runtime_error("one");
@@ -228,6 +232,11 @@ TEST_CASE("Runtime.RunRanks.RethrowsLowestRankAfterJoiningAll" * doctest::timeou
     CHECK(std::string(e.what()) == "one");
   }
   CHECK(ran == std::vector<int>(4, 1));
+}
+}  // namespace
+
+TEST_CASE("Runtime.RunRanks.RethrowsLowestRankAfterJoiningAll" * doctest::timeout(30)) {
+  check_rethrows_lowest_rank_after_all([](const std::function<void(int)>& fn) { run_ranks(4, fn); });
   CHECK_THROWS_AS(run_ranks(0, [](int) {}), ConfigError);
 }
 
@@ -250,19 +259,7 @@ TEST_CASE("Runtime.RankThreads.SameThreadsEveryRun" * doctest::timeout(30)) {
 
 TEST_CASE("Runtime.RankThreads.RethrowsLowestRankAfterAllFinish" * doctest::timeout(30)) {
   RankThreads team(4);
-  std::vector<int> ran(4, 0);
-  try {
-    team.run([&](int r) {
-      if (r == 0) std::this_thread::sleep_for(20ms);  // the others fail first; the run still waits for rank 0
-      ran[static_cast<std::size_t>(r)] = 1;
-      if (r == 3) throw std::runtime_error("three");
-      if (r == 1) throw std::runtime_error("one");
-    });
-    FAIL("no exception");
-  } catch (const std::runtime_error& e) {
-    CHECK(std::string(e.what()) == "one");
-  }
-  CHECK(ran == std::vector<int>(4, 1));
+  check_rethrows_lowest_rank_after_all([&](const std::function<void(int)>& fn) { team.run(fn); });
   // The failure is not carried into the next run.
   CHECK_NOTHROW(team.run([](int) {}));
   CHECK_THROWS_WITH_AS(RankThreads(0), doctest::Contains("ranks must be at least 1 (got ranks=0)"), ConfigError);
