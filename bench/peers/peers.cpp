@@ -18,7 +18,8 @@
 //   dualpipe-peers pipeline --dir D --schedule dualpipe|dualpipev|1f1b|zb1p --ranks P [--mpi]
 //                           [--steps 10] [--warmup 3] [--linear deferred|plain] [--progress auto|wait|thread]
 //                           [--progress-interval-us 100] [--spin-us 1000] [--sleep-us 50] [--paired]
-//       the pipeline: P rank threads (InProcessWorld; RankThreads, kept from step to step), or with --mpi one rank per process under mpirun -np P
+//       the pipeline: P rank threads (InProcessWorld; RankThreads, kept from step to step), or with --mpi one
+//       rank per process under mpirun -np P
 //       (--progress, --progress-interval-us, --spin-us, --sleep-us: those MpiOptions). Each step starts
 //       together on every rank; its time is the slowest rank's; the median of the timed steps is reported,
 //       with the first step's losses, the time the ranks spent waiting for data (from the measured timeline's
