@@ -18,6 +18,7 @@
 //   dualpipe-peers pipeline --dir D --schedule dualpipe|dualpipev|1f1b|zb1p --ranks P [--mpi]
 //                           [--steps 10] [--warmup 3] [--linear deferred|plain] [--progress auto|wait|thread]
 //                           [--progress-interval-us 100] [--spin-us 1000] [--sleep-us 50] [--paired]
+//                           [--fill N] [--replay none|alone|together]
 //       the pipeline: P rank threads (InProcessWorld; RankThreads, kept from step to step), or with --mpi one
 //       rank per process under mpirun -np P
 //       (--progress, --progress-interval-us, --spin-us, --sleep-us: those MpiOptions). Each step starts
@@ -27,6 +28,12 @@
 //       progress thread per step. --paired runs one sequential step (as `sequential`, S stages) right before
 //       every pipeline step (rank 0 under MPI, the others sleeping) and reports their times: the efficiency of
 //       each step against a baseline timed seconds apart, not minutes, on a machine whose speed drifts.
+//       compute_ms_all: per timed step, the ranks' summed time in compute spans (against the paired sequential
+//       step: what the ops cost inside the pipeline). --fill N: PipelineOptions::weight_fill_depth (owed weight
+//       gradients run while a commit waits). --replay alone|together (threads): after each timed step, every
+//       rank's op list again against its own copy of the stages and a NullCommunicator, one rank after the
+//       other or all at once; replay_ms gives per op kind the ranks' compute ms per step [pipeline, replay]:
+//       whether an op costs more inside the pipeline than alone, or than beside the other ranks' work.
 //
 // Every subcommand prints its result as one line `result: {json}` (rank 0 only under MPI). One intra-op
 // thread per rank for libtorch and for the BLAS.
@@ -39,6 +46,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -53,6 +61,7 @@
 #include <vector>
 
 #include "dualpipe/comm/inprocess.hpp"
+#include "dualpipe/comm/null.hpp"
 #include "dualpipe/dualpipe.hpp"
 #include "dualpipe/runtime/pipeline.hpp"
 #include "dualpipe/runtime/rank_threads.hpp"
@@ -403,7 +412,7 @@ struct Rank {
   std::vector<std::unique_ptr<TorchStage>> stages;
   std::unique_ptr<Pipeline<Schedule, Comm, TorchStage>> pipe;
 
-  Rank(Comm& comm, const std::string& dir, const Meta& m, int ranks, int rank) {
+  Rank(Comm& comm, const std::string& dir, const Meta& m, int ranks, int rank, int fill = 0) {
     TorchStageOptions options;
     options.activation_shape = m.chunk_shape();
     options.dtype = torch::kFloat32;
@@ -416,6 +425,7 @@ struct Rank {
     }
     PipelineOptions po;
     po.record_timeline = true;  // the wait spans say where a step's time goes (a clock read per op)
+    po.weight_fill_depth = fill;
     pipe = std::make_unique<Pipeline<Schedule, Comm, TorchStage>>(comm, ptrs, po);
   }
   void zero_grad() {
@@ -423,12 +433,24 @@ struct Rank {
   }
 };
 
-/// Seconds of a rank's step spent in wait spans (waiting for data or for a transfer to finish).
-double wait_time(const StepResult& res) {
+/// Seconds of a rank's step spent in one lane's spans: wait (waiting for data or for a transfer to finish) or
+/// compute (the stage's own calls).
+double lane_time(const StepResult& res, Span::Lane lane) {
   double total = 0;
   for (const Span& span : res.spans)
-    if (span.lane == Span::Lane::wait) total += span.duration();
+    if (span.lane == lane) total += span.duration();
   return total;
+}
+
+/// Adds a step's compute spans to `by_kind`, keyed by the op's kind (its token's letters: F, B, Bw, FB, W).
+void add_compute_by_kind(const StepResult& res, std::map<std::string, double>& by_kind) {
+  for (const Span& span : res.spans) {
+    if (span.lane != Span::Lane::compute) continue;
+    std::string kind;
+    for (const char ch : to_token(span.op))
+      if (std::isalpha(static_cast<unsigned char>(ch))) kind += ch;
+    by_kind[kind] += span.duration();
+  }
 }
 
 #if DUALPIPE_PEERS_MPI
@@ -451,8 +473,12 @@ MpiOptions mpi_options(const Args& a) {
 #endif
 
 struct PipelineRun {
-  std::vector<double> step_seconds;  // per step: the slowest rank's time
-  std::vector<double> wait_seconds;  // per step: the ranks' mean time in wait spans
+  std::vector<double> step_seconds;     // per step: the slowest rank's time
+  std::vector<double> wait_seconds;     // per step: the ranks' mean time in wait spans
+  std::vector<double> compute_seconds;  // per step: the ranks' summed time in compute spans
+  // --replay: per op kind (F, B, ...), the ranks' summed compute seconds per step in the pipeline, and in the
+  // replay of the same op lists with nothing moving and nothing waiting.
+  std::map<std::string, double> replay_pipeline_seconds, replay_seconds;
   double progress_cpu_per_step = 0;  // MPI: the progress threads' CPU seconds per step, mean over ranks
   double cpu_per_step = 0;           // CPU seconds per step and rank (the process's, over the timed steps)
   std::string progress = "none";     // MPI: "thread" or "wait" (what MpiOptions::progress gave)
@@ -463,13 +489,14 @@ struct PipelineRun {
 };
 
 template <class Schedule, class Linear>
-PipelineRun run_inprocess(const std::string& dir, const Meta& m, int ranks, int warmup, int steps,
-                          const torch::Tensor& x, const torch::Tensor& l, SequentialModel* paired) {
+PipelineRun run_inprocess(const std::string& dir, const Meta& m, int ranks, int warmup, int steps, int fill,
+                          const std::string& replay, const torch::Tensor& x, const torch::Tensor& l,
+                          SequentialModel* paired) {
   InProcessWorld world(ranks);
   std::vector<std::unique_ptr<Rank<Schedule, Linear, InProcessCommunicator>>> rs;
   for (int r = 0; r < ranks; ++r)
     rs.push_back(
-        std::make_unique<Rank<Schedule, Linear, InProcessCommunicator>>(world.communicator(r), dir, m, ranks, r));
+        std::make_unique<Rank<Schedule, Linear, InProcessCommunicator>>(world.communicator(r), dir, m, ranks, r, fill));
   PipelineRun out;
   out.stages = Schedule::placement(ranks, m.chunks, 0, 0).num_stages;
   out.losses.assign(m.chunks, 0.0);
@@ -478,6 +505,16 @@ PipelineRun run_inprocess(const std::string& dir, const Meta& m, int ranks, int 
   // Kept for every step, as a training loop keeps its ranks (runtime/rank_threads.hpp: a thread started per
   // step made the step 3% longer).
   RankThreads threads(ranks);
+  // --replay: each rank's op list again, on its own thread, against its own copy of the stages and a
+  // NullCommunicator (nothing moves, nothing waits).
+  std::vector<NullCommunicator> nulls;
+  std::vector<std::unique_ptr<Rank<Schedule, Linear, NullCommunicator>>> replays;
+  if (!replay.empty()) {
+    nulls.reserve(ranks);
+    for (int r = 0; r < ranks; ++r) nulls.emplace_back(r, ranks);
+    for (int r = 0; r < ranks; ++r)
+      replays.push_back(std::make_unique<Rank<Schedule, Linear, NullCommunicator>>(nulls[r], dir, m, ranks, r));
+  }
   double cpu_start = 0;
   for (int step = 0; step < warmup + steps; ++step) {
     // --paired: the sequential step right before, on this thread while the rank threads are not running.
@@ -495,14 +532,32 @@ PipelineRun run_inprocess(const std::string& dir, const Meta& m, int ranks, int 
       for (const StepResult& res : results)
         for (int c = 0; c < m.chunks; ++c)
           if (!std::isnan(res.losses[c])) out.losses[c] = res.losses[c];
+    if (!replay.empty() && step >= warmup) {
+      for (const StepResult& res : results) add_compute_by_kind(res, out.replay_pipeline_seconds);
+      std::vector<StepResult> again(ranks);
+      const bool together = replay == "together";
+      for (int turn = 0; turn < (together ? 1 : ranks); ++turn)
+        threads.run([&](int r) {
+          if (!together && r != turn) return;
+          replays[r]->zero_grad();
+          again[r] = replays[r]->pipe->step(m.chunks, bytes_of(x), bytes_of(l));
+        });
+      for (const StepResult& res : again) add_compute_by_kind(res, out.replay_seconds);
+    }
     if (step >= warmup) {
       out.step_seconds.push_back(*std::max_element(rank_time.begin(), rank_time.end()));
-      double waits = 0;
-      for (const StepResult& res : results) waits += wait_time(res);
+      double waits = 0, compute = 0;
+      for (const StepResult& res : results) {
+        waits += lane_time(res, Span::Lane::wait);
+        compute += lane_time(res, Span::Lane::compute);
+      }
       out.wait_seconds.push_back(waits / ranks);
+      out.compute_seconds.push_back(compute);
     }
   }
   out.cpu_per_step = (process_cpu_seconds() - cpu_start) / steps / ranks;
+  for (auto* by_kind : {&out.replay_pipeline_seconds, &out.replay_seconds})
+    for (auto& [kind, seconds] : *by_kind) seconds /= steps;
   return out;
 }
 
@@ -519,13 +574,14 @@ void sleeping_barrier() {
 }
 
 template <class Schedule, class Linear>
-PipelineRun run_mpi(const std::string& dir, const Meta& m, int ranks, int warmup, int steps, const torch::Tensor& x,
-                    const torch::Tensor& l, const MpiOptions& options, SequentialModel* paired) {
+PipelineRun run_mpi(const std::string& dir, const Meta& m, int ranks, int warmup, int steps, int fill,
+                    const torch::Tensor& x, const torch::Tensor& l, const MpiOptions& options,
+                    SequentialModel* paired) {
   MpiCommunicator comm(MPI_COMM_WORLD, options);
   if (comm.size() != ranks)
     throw ConfigError("--ranks " + std::to_string(ranks) + " but mpirun started " + std::to_string(comm.size()) +
                       " processes");
-  Rank<Schedule, Linear, MpiCommunicator> rank(comm, dir, m, ranks, comm.rank());
+  Rank<Schedule, Linear, MpiCommunicator> rank(comm, dir, m, ranks, comm.rank(), fill);
   PipelineRun out;
   out.stages = Schedule::placement(ranks, m.chunks, 0, 0).num_stages;
   out.losses.assign(m.chunks, 0.0);
@@ -557,13 +613,14 @@ PipelineRun run_mpi(const std::string& dir, const Meta& m, int ranks, int warmup
           MPI_Allreduce(local.data(), out.losses.data(), m.chunks, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
           "MPI_Allreduce");  // each chunk's loss comes from one rank, zeros from the others
     }
-    double waits = 0;
-    const double my_wait = wait_time(res);
-    dualpipe::detail::mpi_check(MPI_Allreduce(&my_wait, &waits, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
+    const double mine_lanes[2] = {lane_time(res, Span::Lane::wait), lane_time(res, Span::Lane::compute)};
+    double all_lanes[2] = {0, 0};
+    dualpipe::detail::mpi_check(MPI_Allreduce(mine_lanes, all_lanes, 2, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
                                 "MPI_Allreduce");
     if (step >= warmup) {
       out.step_seconds.push_back(slowest);
-      out.wait_seconds.push_back(waits / ranks);
+      out.wait_seconds.push_back(all_lanes[0] / ranks);
+      out.compute_seconds.push_back(all_lanes[1]);
     }
   }
   const double mine_cpu[2] = {(comm.progress_cpu_seconds() - progress_cpu_start) / steps,
@@ -582,6 +639,12 @@ int pipeline(const Args& a) {
   const std::string dir = a.text("dir");
   const Meta m = read_meta(dir);
   const int ranks = a.number("ranks", 2), steps = a.number("steps", 10), warmup = a.number("warmup", 3);
+  const int fill = a.values.count("fill") ? a.number("fill", 1) : 0;  // PipelineOptions::weight_fill_depth
+  const std::string replay = a.text("replay", "none") == "none" ? std::string() : a.text("replay");
+  if (!replay.empty() && replay != "alone" && replay != "together")
+    throw ConfigError("--replay must be alone, together or none (got '" + replay + "')");
+  if (!replay.empty() && a.mpi)
+    throw ConfigError("--replay runs on the in-process ranks: it cannot be used with --mpi");
   const ScheduleKind kind = parse_schedule_kind(a.text("schedule"));
   const std::string linear = a.text("linear", "deferred");
   if (linear != "deferred" && linear != "plain")
@@ -605,26 +668,37 @@ int pipeline(const Args& a) {
 #if DUALPIPE_PEERS_MPI
       if (a.mpi) {
         MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
-        return run_mpi<Schedule, Linear>(dir, m, ranks, warmup, steps, x, l, mpi_options(a), paired.get());
+        return run_mpi<Schedule, Linear>(dir, m, ranks, warmup, steps, fill, x, l, mpi_options(a), paired.get());
       }
 #endif
       if (a.mpi) throw ConfigError("--mpi: this dualpipe-peers was built without MPI");
-      return run_inprocess<Schedule, Linear>(dir, m, ranks, warmup, steps, x, l, paired.get());
+      return run_inprocess<Schedule, Linear>(dir, m, ranks, warmup, steps, fill, replay, x, l, paired.get());
     };
     return linear == "deferred" ? go.template operator()<DeferredLinear>()
                                 : go.template operator()<torch::nn::Linear>();
   });
+  std::string replay_json;  // --replay: "replay_ms": {"FB": [pipeline, replay], ...}, per step, ranks summed
+  if (!replay.empty()) {
+    replay_json = "\"replay\": \"" + replay + "\", \"replay_ms\": {";
+    for (const auto& [kind, seconds] : run.replay_pipeline_seconds) {
+      char item[96];
+      std::snprintf(item, sizeof item, "%s\"%s\": [%.4f, %.4f]", replay_json.back() == '{' ? "" : ", ", kind.c_str(),
+                    1e3 * seconds, 1e3 * run.replay_seconds[kind]);
+      replay_json += item;
+    }
+    replay_json += "}, ";
+  }
   if (world_rank == 0)
     std::printf(
         "result: {\"command\": \"pipeline\", \"schedule\": \"%s\", \"comm\": \"%s\", \"linear\": \"%s\", "
-        "\"ranks\": %d, \"stages\": %d, \"chunks\": %d, \"step_ms\": %.4f, \"step_ms_all\": %s, "
-        "\"wait_ms\": %.4f, \"cpu_ms\": %.4f, \"progress_cpu_ms\": %.4f, \"progress\": \"%s\", \"losses\": %s, "
-        "\"paired_sequential_ms_all\": %s, %s}\n",
-        std::string(schedule_name(kind)).c_str(), a.mpi ? "mpi" : "threads", linear.c_str(), ranks, run.stages,
+        "\"fill\": %d, \"ranks\": %d, \"stages\": %d, \"chunks\": %d, \"step_ms\": %.4f, \"step_ms_all\": %s, "
+        "\"wait_ms\": %.4f, \"compute_ms_all\": %s, \"cpu_ms\": %.4f, \"progress_cpu_ms\": %.4f, "
+        "\"progress\": \"%s\", \"losses\": %s, \"paired_sequential_ms_all\": %s, %s%s}\n",
+        std::string(schedule_name(kind)).c_str(), a.mpi ? "mpi" : "threads", linear.c_str(), fill, ranks, run.stages,
         m.chunks, 1e3 * median(run.step_seconds), json_numbers(milliseconds(run.step_seconds)).c_str(),
-        1e3 * median(run.wait_seconds), 1e3 * run.cpu_per_step, 1e3 * run.progress_cpu_per_step, run.progress.c_str(),
-        json_numbers(run.losses).c_str(), json_numbers(milliseconds(run.paired_sequential_seconds)).c_str(),
-        context_json().c_str());
+        1e3 * median(run.wait_seconds), json_numbers(milliseconds(run.compute_seconds)).c_str(), 1e3 * run.cpu_per_step,
+        1e3 * run.progress_cpu_per_step, run.progress.c_str(), json_numbers(run.losses).c_str(),
+        json_numbers(milliseconds(run.paired_sequential_seconds)).c_str(), replay_json.c_str(), context_json().c_str());
   return 0;
 }
 

@@ -224,6 +224,17 @@ TEST_CASE_TEMPLATE("Mpi.Pipeline.TrainStepEqualsSequentialAndInProcess", Schedul
   check_under_mpi<Schedule, FusedStage>(comm, counts.back(), {}, Mode::train, 1);
 }
 
+TEST_CASE_TEMPLATE("Mpi.Pipeline.WeightFill", Schedule, DualPipe, DualPipeV) {
+  // PipelineOptions::weight_fill_depth over MPI (MpiCommitGroup::ready() polls the group): the same
+  // losses, outputs and gradients as the in-process run with the same option and the sequential model.
+  MpiCommunicator comm;
+  PipelineOptions o;
+  o.weight_fill_depth = 2;
+  const int C = chunk_counts<Schedule>(comm.size()).back();
+  check_under_mpi<Schedule, PlainStage>(comm, C, o, Mode::train);
+  check_under_mpi<Schedule, FusedStage>(comm, C, o, Mode::train, 1);
+}
+
 TEST_CASE_TEMPLATE("Mpi.Pipeline.ForwardOnly", Schedule, DualPipe, DualPipeV) {
   MpiCommunicator comm;
   check_under_mpi<Schedule, PlainStage>(comm, chunk_counts<Schedule>(comm.size()).back(), {}, Mode::forward, 1);

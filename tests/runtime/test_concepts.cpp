@@ -209,6 +209,9 @@ TEST_CASE("Runtime.Concepts.Communicator") {
   static_assert(CommunicatorWithBarrier<InProcessCommunicator>);
   static_assert(!CommunicatorWithBarrier<NullCommunicator>);
   static_assert(!CommunicatorWithBarrier<MinimalComm>);
+  // Groups that can be polled (PipelineOptions::weight_fill_depth): in-process and null; not the minimal one.
+  static_assert(CommunicatorWithPolling<InProcessCommunicator> && CommunicatorWithPolling<NullCommunicator>);
+  static_assert(!CommunicatorWithPolling<MinimalComm> && !PollableCommitGroup<MinimalComm::Group>);
   CHECK(Communicator<MinimalComm>);
 }
 

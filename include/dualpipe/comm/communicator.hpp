@@ -20,6 +20,8 @@
 //   all_gather(mine, all, timeout)  CommunicatorWithAllGather: every rank's small host buffer to every rank
 //                                   (the executor's size exchange, runtime/tensors.hpp; without it, the
 //                                   exchange is point-to-point messages from host memory).
+//   group.ready()                   CommunicatorWithPolling: whether the group is done, without blocking
+//                                   (what lets the executor fill a wait with deferred weight work).
 // Each requirement is written once, as a detail:: concept that both the concepts and check_communicator()
 // use.
 #pragma once
@@ -106,6 +108,21 @@ concept CommunicatorWithReset = Communicator<C> && detail::comm_has_reset<C>;
 /// device communicator that sends only from device memory (NCCL) stages the bytes itself.
 template <class C>
 concept CommunicatorWithAllGather = Communicator<C> && detail::comm_has_all_gather<C>;
+
+/// A commit group that can say, without blocking, whether waiting on it would return at once: `ready()` is
+/// true once every op of the group is done, and also when it failed or the communicator was aborted (so
+/// that the caller goes on to wait(), which throws).
+template <class G>
+concept PollableCommitGroup = CommitGroup<G> && requires(const G& g) {
+  { g.ready() } -> std::convertible_to<bool>;
+};
+
+/// A communicator whose commit groups can be polled (PollableCommitGroup): PipelineOptions::
+/// weight_fill_depth runs deferred weight gradients while a commit's group is not ready.
+template <class C>
+concept CommunicatorWithPolling = Communicator<C> && requires(C& c) {
+  { c.commit() } -> PollableCommitGroup;
+};
 
 /// Compile-time check with messages in plain words: `static_assert(check_communicator<MyComm>())`.
 template <class C>

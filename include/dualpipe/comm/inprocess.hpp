@@ -47,6 +47,8 @@ public:
 
   /// Launches everything queued since the last commit as one group.
   [[nodiscard]] Group commit();
+  /// Whether the group launched last is done (or failed, or a rank aborted): what its Group's ready() says.
+  [[nodiscard]] bool group_ready() const;
 
 private:
   friend class InProcessWorld;
@@ -66,7 +68,7 @@ private:
   void complete(std::size_t index, const std::string* error);
   void clear_local() noexcept;
 
-  std::mutex _mutex;
+  mutable std::mutex _mutex;
   std::condition_variable _cv;
   std::atomic<int> _remaining{0};  // ops of the group not yet done (changed under _mutex)
   bool _failed = false;            // under _mutex
@@ -259,6 +261,12 @@ inline void InProcessCommunicator::wait_group(std::chrono::milliseconds timeout)
   throw TimeoutError("in-process communicator: rank " + std::to_string(_rank) + " timed out after " +
                          std::to_string(timeout.count()) + " ms waiting for " + what,
                      missing_tag, missing_peer);
+}
+
+inline bool InProcessCommunicator::group_ready() const {
+  if (!_group_open || _remaining.load(std::memory_order_acquire) == 0 || _world->aborted()) return true;
+  std::lock_guard lk(_mutex);
+  return _failed;
 }
 
 inline void InProcessCommunicator::cancel_unfinished() noexcept {

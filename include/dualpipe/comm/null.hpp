@@ -22,6 +22,8 @@ public:
     void wait(std::chrono::milliseconds /*timeout*/) const {
       if (_comm->_aborted) throw CommAborted(_comm->_origin);
     }
+    /// Always: the group is done (or the communicator aborted, which wait() reports).
+    [[nodiscard]] bool ready() const noexcept { return true; }
 
   private:
     const NullCommunicator* _comm;

@@ -72,6 +72,9 @@ public:
   [[nodiscard]] std::size_t size() const;
   /// Whether every message of the group is known to be done (by a wait, or by the progress thread).
   [[nodiscard]] bool done() const;
+  /// Whether wait() would return (or throw) at once: tests the group's requests once (MPI progress) without
+  /// blocking; true when a message failed too.
+  [[nodiscard]] bool ready() const;
 
 private:
   friend class MpiCommunicator;
@@ -190,6 +193,18 @@ inline std::size_t MpiCommitGroup::size() const {
 inline bool MpiCommitGroup::done() const {
   const auto guard = lock();
   return !_state || _state->pending == 0;
+}
+
+inline bool MpiCommitGroup::ready() const {
+  if (!_state) return true;
+  const auto guard = lock();
+  if (_state->failure || _state->pending == 0) return true;
+  try {
+    return _state->progress();
+  } catch (...) {
+    _state->failure = std::current_exception();  // wait() throws it
+    return true;
+  }
 }
 
 inline void MpiCommitGroup::wait(std::chrono::milliseconds timeout) {

@@ -11,6 +11,14 @@
 //                S::forward_backward if the stage type offers it (StageWithOverlap), else forward then backward
 //   sF rF sB rB  comm.post_send / post_recv with tag (module, chunk, payload), to the placement's neighbour
 //   |            comm.commit() then wait on the group with the step's timeout
+// Filling waits (ExecutorStep::weight_fill_depth = d > 0; PipelineOptions checks where it applies): a B,
+// and the backward half of an FB, run only their input part and owe the weight part on the weight FIFO,
+// which holds at most d such groups beyond the schedule's own (one more runs the oldest at once). A commit
+// whose group is not ready yet runs the oldest groups until it is (or none is left), then waits; the last
+// commit runs them all; a W finds its group already run or runs the oldest; the step's end runs the rest.
+// Groups always run oldest first, so each module's weight gradients add up in the same order whatever the
+// timing: a step is bit for bit the same from run to run. Each group run in a wait (or at the end) is
+// recorded as a compute span of a W op with the commit's (or the last op's) index.
 // A stage with phases runs its phases in order for F, B and B..w (the executor never calls its forward or
 // backward_input), and every failure aborts its expert communicator too and names the phase.
 // A stage with on_grads_ready (StageWithGradsReady) is called once per module per training step, right
@@ -163,6 +171,10 @@ public:
     _result = &result;
     prog.buffers.reset();
     prog.fifo.clear();
+    _schedule_owed = 0;
+    if constexpr (can_fill)  // room for the groups owed to fill waits too (allocates only when that changes)
+      prog.fifo.set_capacity(prog.plan.weight_fifo_capacity +
+                             (step.weight_fill_depth > 0 ? static_cast<std::size_t>(step.weight_fill_depth) + 1 : 0));
     for (std::size_t m = 0; m < Modules; ++m) {
       const ModulePlacement& p = prog.plan.placements[m];
       StageContext& ctx = _ctx[m];
@@ -184,7 +196,13 @@ public:
     _sizes = step.sizes;
     result.phase_spans.clear();
     _phase = nullptr;
-    _recorder.begin(result.spans, prog.plan.compute_ops + prog.plan.commit_ops, step.record_timeline);
+    _owed_running = false;
+    _last_commit = -1;
+    for (std::size_t k = 0; k < ops.size(); ++k)
+      if (ops[k].kind == OpKind::commit) _last_commit = static_cast<int>(k);
+    _recorder.begin(result.spans,
+                    prog.plan.compute_ops * (filling() ? 2 : 1) + prog.plan.commit_ops,  // a fill W per backward
+                    step.record_timeline);
     result.clock_start = _recorder.origin_seconds();  // a device with its own clock may change it at the end
     if constexpr (detail::stage_has_tensors<S>) {
       try {
@@ -205,6 +223,8 @@ public:
       } else {
         for (; i < ops.size(); ++i) execute(ops[i], static_cast<int>(i));
       }
+      if constexpr (can_fill)
+        while (!prog.fifo.empty() && filling()) run_owed_weight(static_cast<int>(ops.size()) - 1);
       finish();
     } catch (...) {
       fail(i);
@@ -555,6 +575,10 @@ private:
     } else if (deferred) {
       detail::call_backward_input(stage, ctx, grad_list, in_grad_list);
       _prog->fifo.push(WeightGroup{m, c}, op);
+      ++_schedule_owed;
+    } else if (filling()) {
+      detail::call_backward_input(stage, ctx, grad_list, in_grad_list);
+      owe_weight(WeightGroup{m, c}, op);
     } else if constexpr (StageWithFusedBackward<S>) {
       detail::call_backward(stage, ctx, grad_list, in_grad_list);
       weight_done(ctx);
@@ -740,7 +764,59 @@ private:
     _prog->buffers.after_backward(m1, c1);
   }
 
+  // Whether this step fills waits with weight work (never for a stage with phases or its own FB, a device
+  // other than the host's, or a communicator whose groups cannot be polled: Pipeline refuses those).
+  static constexpr bool can_fill = CommunicatorWithPolling<Comm> && !StageWithPhases<S> && !StageWithOverlap<S> &&
+                                   std::is_same_v<Device, HostDevice>;
+  [[nodiscard]] bool filling() const noexcept {
+    if constexpr (can_fill) return _step->weight_fill_depth > 0;
+    return false;
+  }
+
+  // Owes the weight part of a backward to the FIFO; beyond the depth (over the schedule's own groups), the
+  // oldest group runs now, inside the op that owed it.
+  void owe_weight(WeightGroup g, const Op& op) {
+    _prog->fifo.push(g, op);
+    while (_prog->fifo.size() > static_cast<std::size_t>(_step->weight_fill_depth + _schedule_owed)) run_owed_weight();
+  }
+
+  // Runs the oldest owed weight group; recorded as its own W span when `index` is an op index (a fill of a
+  // commit's wait, or the end of the step), else it is part of the running op's span.
+  void run_owed_weight(int index = -1) {
+    const WeightGroup g = _prog->fifo.pop();
+    const int module = _module, chunk = _chunk;
+    _module = g.module;
+    _chunk = g.chunk;
+    _owed_running = true;
+    auto run = [&] {
+      const StageContext ctx = context(g.module, g.chunk);
+      _stages[static_cast<std::size_t>(g.module)]->backward_weight(ctx);
+      weight_done(ctx);
+    };
+    if (index >= 0) {
+      const auto t0 = _recorder.now();
+      run();
+      _recorder.record(Op::W(), index, Span::Lane::compute, t0, _recorder.now());
+    } else {
+      run();
+    }
+    _owed_running = false;
+    _module = module;
+    _chunk = chunk;
+  }
+
+  // Runs owed weight groups while `group` is not done (the wait they fill), then leaves the wait to the caller.
+  // At the step's last commit, every owed group runs before the wait: whatever is left would otherwise run
+  // after the last op, where no wait can hide it and the ranks' ends drift apart.
+  template <class Group>
+  void fill_wait(const Group& group, int index) {
+    if constexpr (can_fill)
+      while (!_prog->fifo.empty() && (index == _last_commit || !group.ready())) run_owed_weight(index);
+  }
+
   void weight(const Op& op, int index) {
+    if (_schedule_owed > 0) --_schedule_owed;
+    if (filling() && _prog->fifo.empty()) return;  // its group already ran, filling a wait
     const WeightGroup g = _prog->fifo.pop(op, index);
     _module = g.module;
     _chunk = g.chunk;
@@ -816,10 +892,16 @@ private:
         break;
       }
       case OpKind::commit: {
-        const auto t0 = _recorder.now();
+        auto t0 = _recorder.now();
         _device.op_begin(op, index);
         _device.before_commit();
         auto group = _comm.commit();
+        if (filling()) {
+          fill_wait(group, index);
+          _module = op.module;
+          _chunk = op.chunk;
+          t0 = _recorder.now();  // the wait starts after the fill
+        }
         group.wait(_step->timeout);
         _device.after_commit();
         _device.op_end(op, index);
@@ -865,6 +947,7 @@ private:
       o.chunk = _chunk;
       o.op = in_ops ? to_token(ops[index]) : std::string(outside_ops);
       if (_phase != nullptr) o.op += ", " + describe_phase(_phase_pass, _phase_index, *_phase);
+      if (_owed_running) o.op += ", running a deferred weight gradient (weight_fill_depth)";
       o.what = std::move(what);
       return o;
     };
@@ -929,6 +1012,9 @@ private:
   int _module = -1;
   int _chunk = -1;
   int _op_index = -1;             // the compute op running (for phase spans)
+  bool _owed_running = false;     // a weight group owed to fill waits is running (for a failure's message)
+  int _last_commit = -1;          // index of the op list's last commit (filling drains there)
+  int _schedule_owed = 0;         // groups the schedule's B..w ops pushed that its W ops have not popped
   const Phase* _phase = nullptr;  // the phase running or waited on (for a failure's message)
   int _phase_index = 0;
   Pass _phase_pass = Pass::forward;

@@ -21,6 +21,7 @@ struct ExecutorStep {
   int accumulation_step = 0;                  ///< StageContext::accumulation_step.
   int accumulation_steps = 1;                 ///< StageContext::accumulation_steps.
   bool overlap_phases = true;                 ///< An FB interleaves its chunks' phases (runtime/phases.hpp).
+  int weight_fill_depth = 0;                  ///< PipelineOptions::weight_fill_depth (0: off).
   ChunkSizes sizes{};                         ///< Rows of each chunk's tensors (empty: the maxima); the same on
                                               ///< every rank (checked: runtime/tensors.hpp, executor.hpp).
 };

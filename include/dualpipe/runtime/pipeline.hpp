@@ -23,6 +23,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "dualpipe/comm/communicator.hpp"
@@ -50,6 +51,12 @@ struct PipelineOptions {
                                               ///< loss scale uses it).
   bool overlap_phases = true;                 ///< A stage with phases (runtime/phases.hpp): an FB interleaves
                                               ///< its two chunks' phases; false runs one chunk after the other.
+  int weight_fill_depth = 0;                  ///< > 0: a B and an FB's backward half owe their weight gradient
+                                              ///< (at most this many at once), and a commit whose data is not
+                                              ///< there yet runs them meanwhile (runtime/executor.hpp). Needs
+                                              ///< a communicator whose groups can be polled (in-process, MPI),
+                                              ///< the host device and a stage without phases or its own FB.
+                                              ///< 0: off (every weight gradient where the schedule puts it).
 };
 
 /// One rank of a pipeline: `Schedule`'s op lists run by the executor against `Comm`, the user's stages and
@@ -85,6 +92,7 @@ public:
                         std::to_string(_options.accumulation_steps) + ")");
     if (_options.replicas < 1)
       throw ConfigError("Pipeline: replicas must be at least 1 (got " + std::to_string(_options.replicas) + ")");
+    check_weight_fill();
   }
 
   /// One training step over a batch of `chunks` chunks. `inputs` / `labels` hold the WHOLE batch, chunk after
@@ -314,8 +322,28 @@ private:
     step.record_timeline = _options.record_timeline;
     step.sizes = options.sizes;
     step.overlap_phases = _options.overlap_phases;
+    step.weight_fill_depth = _options.weight_fill_depth;
     _executor.run(prog, step, result);
     if (mode == Mode::train) _accumulation_step = (_accumulation_step + 1) % _options.accumulation_steps;
+  }
+
+  // PipelineOptions::weight_fill_depth: a count, and only where the executor can fill a wait.
+  void check_weight_fill() const {
+    const int depth = _options.weight_fill_depth;
+    if (depth < 0)
+      throw ConfigError("Pipeline: weight_fill_depth must be 0 (off) or more (got " + std::to_string(depth) + ")");
+    if (depth == 0) return;
+    const std::string head = "Pipeline: weight_fill_depth " + std::to_string(depth) + " needs ";
+    if constexpr (!CommunicatorWithPolling<Comm>)
+      throw ConfigError(head +
+                        "a communicator whose commit groups can be polled (group.ready(): "
+                        "InProcessCommunicator, MpiCommunicator); this one's cannot");
+    if constexpr (StageWithPhases<S> || StageWithOverlap<S>)
+      throw ConfigError(head +
+                        "a stage without phases and without its own forward_backward (its FB would "
+                        "no longer be its own); set it to 0 for this stage");
+    if constexpr (!std::is_same_v<Device, HostDevice>)
+      throw ConfigError(head + "the host device (a device's waits are not the host's); set it to 0");
   }
 
   Comm& _comm;

@@ -3,9 +3,16 @@
 #pragma once
 
 #include <chrono>
+#include <concepts>
 #include <utility>
 
 namespace dualpipe::detail {
+
+/// A communicator that can say whether its open group is done without blocking (CommitHandle::ready()).
+template <class Comm>
+concept has_group_ready = requires(const Comm& c) {
+  { c.group_ready() } -> std::convertible_to<bool>;
+};
 
 /// Move-only handle of the group a commit launched. wait() blocks through `Comm::wait_group(timeout)`;
 /// waiting twice is harmless; dropping it unwaited calls `Comm::abandon_group()`, which takes the group's
@@ -27,6 +34,9 @@ public:
   void wait(std::chrono::milliseconds timeout) {
     if (Comm* c = std::exchange(_comm, nullptr)) c->wait_group(timeout);
   }
+
+  /// Whether wait() would return (or throw) at once, through `Comm::group_ready()`; true after a wait.
+  [[nodiscard]] bool ready() const requires has_group_ready<Comm> { return _comm == nullptr || _comm->group_ready(); }
 
 private:
   Comm* _comm;
