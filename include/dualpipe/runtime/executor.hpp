@@ -172,9 +172,11 @@ public:
     prog.buffers.reset();
     prog.fifo.clear();
     _schedule_owed = 0;
-    if constexpr (can_fill)  // room for the groups owed to fill waits too (allocates only when that changes)
-      prog.fifo.set_capacity(prog.plan.weight_fifo_capacity +
-                             (step.weight_fill_depth > 0 ? static_cast<std::size_t>(step.weight_fill_depth) + 1 : 0));
+    if constexpr (can_fill) {  // room for the groups owed to fill waits too (allocates only when that changes)
+      const std::size_t owed = std::min<std::size_t>(static_cast<std::size_t>(std::max(step.weight_fill_depth, 0)),
+                                                     prog.plan.compute_ops);  // no more than the ops that owe
+      prog.fifo.set_capacity(prog.plan.weight_fifo_capacity + (owed > 0 ? owed + 1 : 0));
+    }
     for (std::size_t m = 0; m < Modules; ++m) {
       const ModulePlacement& p = prog.plan.placements[m];
       StageContext& ctx = _ctx[m];
@@ -777,7 +779,9 @@ private:
   // oldest group runs now, inside the op that owed it.
   void owe_weight(WeightGroup g, const Op& op) {
     _prog->fifo.push(g, op);
-    while (_prog->fifo.size() > static_cast<std::size_t>(_step->weight_fill_depth + _schedule_owed)) run_owed_weight();
+    while (_prog->fifo.size() >
+           static_cast<std::size_t>(_step->weight_fill_depth) + static_cast<std::size_t>(_schedule_owed))
+      run_owed_weight();
   }
 
   // Runs the oldest owed weight group; recorded as its own W span when `index` is an op index (a fill of a
