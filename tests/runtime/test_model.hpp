@@ -239,6 +239,14 @@ struct Sequential {
     }
   }
 
+  /// Stage s's weight gradient then its bias gradient (the layout of Harness::grad(s)).
+  [[nodiscard]] std::vector<double> grad(int s) const {
+    const Layer& layer = layers[static_cast<std::size_t>(s)];
+    std::vector<double> g = layer.grad_w();
+    g.insert(g.end(), layer.grad_b().begin(), layer.grad_b().end());
+    return g;
+  }
+
   static StageContext ctx(int s, int stages, double loss_scale) {
     StageContext c;
     c.stage = s;
