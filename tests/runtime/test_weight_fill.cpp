@@ -114,6 +114,17 @@ TEST_CASE("Runtime.WeightFill.LateRankWaitIsFilled" * doctest::timeout(120)) {
   }
   CHECK(filled_before_last > 0);
   CHECK(weights >= filled_before_last);
+  // The last commit ran every owed group: after the last op, only the schedule's own W (DualPipe's last op)
+  // is recorded, on either rank (the late one's commits are ready at once: it has groups left there).
+  for (int p = 0; p < P; ++p) {
+    CAPTURE(p);
+    const std::vector<Op> mine = DualPipe::ops(P, C, p);
+    REQUIRE(mine.back().kind == OpKind::weight);
+    int at_last_op = 0;
+    for (const Span& s : res[static_cast<std::size_t>(p)].spans)
+      if (s.lane == Span::Lane::compute && s.index == static_cast<int>(mine.size()) - 1) ++at_last_op;
+    CHECK(at_last_op == 1);
+  }
   CHECK(rel_err(h.losses(res), seq.losses) <= 1e-12);
   // The same step with no late rank (so other groups fill other waits, or none): bit for bit the same
   // gradients, as the groups run oldest first whatever the timing.
