@@ -200,8 +200,9 @@ public:
     _phase = nullptr;
     _owed_running = false;
     _last_commit = -1;
-    for (std::size_t k = 0; k < ops.size(); ++k)
-      if (ops[k].kind == OpKind::commit) _last_commit = static_cast<int>(k);
+    if (filling())  // only filling drains at the last commit
+      for (std::size_t k = 0; k < ops.size(); ++k)
+        if (ops[k].kind == OpKind::commit) _last_commit = static_cast<int>(k);
     _recorder.begin(result.spans,
                     prog.plan.compute_ops * (filling() ? 2 : 1) + prog.plan.commit_ops,  // a fill W per backward
                     step.record_timeline);
