@@ -18,7 +18,7 @@
 //   dualpipe-peers pipeline --dir D --schedule dualpipe|dualpipev|1f1b|zb1p --ranks P [--mpi]
 //                           [--steps 10] [--warmup 3] [--linear deferred|plain] [--progress auto|wait|thread]
 //                           [--progress-interval-us 100] [--spin-us 1000] [--sleep-us 50] [--paired]
-//                           [--fill N] [--replay none|alone|together]
+//                           [--fill N] [--eager] [--replay none|alone|together]
 //       the pipeline: P rank threads (InProcessWorld; RankThreads, kept from step to step), or with --mpi one
 //       rank per process under mpirun -np P
 //       (--progress, --progress-interval-us, --spin-us, --sleep-us: those MpiOptions). Each step starts
@@ -30,8 +30,9 @@
 //       each step against a baseline timed seconds apart, not minutes, on a machine whose speed drifts.
 //       compute_ms_all: per timed step, the ranks' summed time in compute spans (against the paired sequential
 //       step: what the ops cost inside the pipeline). --fill N: PipelineOptions::weight_fill_depth (owed weight
-//       gradients run while a commit waits). --replay alone|together (threads): after each timed step, every
-//       rank's op list again against its own copy of the stages and a NullCommunicator, one rank after the
+//       gradients run while a commit waits). --eager: PipelineOptions::eager_transfers (outputs sent as soon
+//       as computed; an FB waits for its forward input only, the rest before its backward half). --replay
+//       alone|together (threads): after each timed step, every rank's op list again against its own copy of the stages and a NullCommunicator, one rank after the
 //       other or all at once; replay_ms gives per op kind the ranks' compute ms per step [pipeline, replay]:
 //       whether an op costs more inside the pipeline than alone, or than beside the other ranks' work.
 //
@@ -85,6 +86,7 @@ struct Args {
   std::map<std::string, std::string> values;
   bool mpi = false;
   bool paired = false;
+  bool eager = false;  // --eager: PipelineOptions::eager_transfers
 
   [[nodiscard]] std::string text(const std::string& key, const std::string& fallback = {}) const {
     auto it = values.find(key);
@@ -108,8 +110,8 @@ Args parse_args(int argc, char** argv) {
   a.command = argv[1];
   for (int i = 2; i < argc; ++i) {
     std::string key = argv[i];
-    if (key == "--mpi" || key == "--paired") {
-      (key == "--mpi" ? a.mpi : a.paired) = true;
+    if (key == "--mpi" || key == "--paired" || key == "--eager") {
+      (key == "--mpi" ? a.mpi : key == "--paired" ? a.paired : a.eager) = true;
       continue;
     }
     if (key.rfind("--", 0) != 0 || i + 1 >= argc) throw ConfigError("expected --option value, got '" + key + "'");
@@ -412,7 +414,7 @@ struct Rank {
   std::vector<std::unique_ptr<TorchStage>> stages;
   std::unique_ptr<Pipeline<Schedule, Comm, TorchStage>> pipe;
 
-  Rank(Comm& comm, const std::string& dir, const Meta& m, int ranks, int rank, int fill = 0) {
+  Rank(Comm& comm, const std::string& dir, const Meta& m, int ranks, int rank, int fill = 0, bool eager = false) {
     TorchStageOptions options;
     options.activation_shape = m.chunk_shape();
     options.dtype = torch::kFloat32;
@@ -426,6 +428,7 @@ struct Rank {
     PipelineOptions po;
     po.record_timeline = true;  // the wait spans say where a step's time goes (a clock read per op)
     po.weight_fill_depth = fill;
+    po.eager_transfers = eager;
     pipe = std::make_unique<Pipeline<Schedule, Comm, TorchStage>>(comm, ptrs, po);
   }
   void zero_grad() {
@@ -489,14 +492,14 @@ struct PipelineRun {
 };
 
 template <class Schedule, class Linear>
-PipelineRun run_inprocess(const std::string& dir, const Meta& m, int ranks, int warmup, int steps, int fill,
+PipelineRun run_inprocess(const std::string& dir, const Meta& m, int ranks, int warmup, int steps, int fill, bool eager,
                           const std::string& replay, const torch::Tensor& x, const torch::Tensor& l,
                           SequentialModel* paired) {
   InProcessWorld world(ranks);
   std::vector<std::unique_ptr<Rank<Schedule, Linear, InProcessCommunicator>>> rs;
   for (int r = 0; r < ranks; ++r)
-    rs.push_back(
-        std::make_unique<Rank<Schedule, Linear, InProcessCommunicator>>(world.communicator(r), dir, m, ranks, r, fill));
+    rs.push_back(std::make_unique<Rank<Schedule, Linear, InProcessCommunicator>>(world.communicator(r), dir, m, ranks,
+                                                                                 r, fill, eager));
   PipelineRun out;
   out.stages = Schedule::placement(ranks, m.chunks, 0, 0).num_stages;
   out.losses.assign(m.chunks, 0.0);
@@ -574,14 +577,14 @@ void sleeping_barrier() {
 }
 
 template <class Schedule, class Linear>
-PipelineRun run_mpi(const std::string& dir, const Meta& m, int ranks, int warmup, int steps, int fill,
+PipelineRun run_mpi(const std::string& dir, const Meta& m, int ranks, int warmup, int steps, int fill, bool eager,
                     const torch::Tensor& x, const torch::Tensor& l, const MpiOptions& options,
                     SequentialModel* paired) {
   MpiCommunicator comm(MPI_COMM_WORLD, options);
   if (comm.size() != ranks)
     throw ConfigError("--ranks " + std::to_string(ranks) + " but mpirun started " + std::to_string(comm.size()) +
                       " processes");
-  Rank<Schedule, Linear, MpiCommunicator> rank(comm, dir, m, ranks, comm.rank(), fill);
+  Rank<Schedule, Linear, MpiCommunicator> rank(comm, dir, m, ranks, comm.rank(), fill, eager);
   PipelineRun out;
   out.stages = Schedule::placement(ranks, m.chunks, 0, 0).num_stages;
   out.losses.assign(m.chunks, 0.0);
@@ -668,11 +671,12 @@ int pipeline(const Args& a) {
 #if DUALPIPE_PEERS_MPI
       if (a.mpi) {
         MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
-        return run_mpi<Schedule, Linear>(dir, m, ranks, warmup, steps, fill, x, l, mpi_options(a), paired.get());
+        return run_mpi<Schedule, Linear>(dir, m, ranks, warmup, steps, fill, a.eager, x, l, mpi_options(a),
+                                         paired.get());
       }
 #endif
       if (a.mpi) throw ConfigError("--mpi: this dualpipe-peers was built without MPI");
-      return run_inprocess<Schedule, Linear>(dir, m, ranks, warmup, steps, fill, replay, x, l, paired.get());
+      return run_inprocess<Schedule, Linear>(dir, m, ranks, warmup, steps, fill, a.eager, replay, x, l, paired.get());
     };
     return linear == "deferred" ? go.template operator()<DeferredLinear>()
                                 : go.template operator()<torch::nn::Linear>();
@@ -691,12 +695,14 @@ int pipeline(const Args& a) {
   if (world_rank == 0)
     std::printf(
         "result: {\"command\": \"pipeline\", \"schedule\": \"%s\", \"comm\": \"%s\", \"linear\": \"%s\", "
-        "\"fill\": %d, \"ranks\": %d, \"stages\": %d, \"chunks\": %d, \"step_ms\": %.4f, \"step_ms_all\": %s, "
+        "\"fill\": %d, \"eager\": %s, \"ranks\": %d, \"stages\": %d, \"chunks\": %d, \"step_ms\": %.4f, "
+        "\"step_ms_all\": %s, "
         "\"wait_ms\": %.4f, \"compute_ms_all\": %s, \"cpu_ms\": %.4f, \"progress_cpu_ms\": %.4f, "
         "\"progress\": \"%s\", \"losses\": %s, \"paired_sequential_ms_all\": %s, %s%s}\n",
-        std::string(schedule_name(kind)).c_str(), a.mpi ? "mpi" : "threads", linear.c_str(), fill, ranks, run.stages,
-        m.chunks, 1e3 * median(run.step_seconds), json_numbers(milliseconds(run.step_seconds)).c_str(),
-        1e3 * median(run.wait_seconds), json_numbers(milliseconds(run.compute_seconds)).c_str(), 1e3 * run.cpu_per_step,
+        std::string(schedule_name(kind)).c_str(), a.mpi ? "mpi" : "threads", linear.c_str(), fill,
+        a.eager ? "true" : "false", ranks, run.stages, m.chunks, 1e3 * median(run.step_seconds),
+        json_numbers(milliseconds(run.step_seconds)).c_str(), 1e3 * median(run.wait_seconds),
+        json_numbers(milliseconds(run.compute_seconds)).c_str(), 1e3 * run.cpu_per_step,
         1e3 * run.progress_cpu_per_step, run.progress.c_str(), json_numbers(run.losses).c_str(),
         json_numbers(milliseconds(run.paired_sequential_seconds)).c_str(), replay_json.c_str(), context_json().c_str());
   return 0;

@@ -348,6 +348,9 @@ def main() -> int:
                     help="keep (the default): every process of both systems runs with glibc's malloc keeping freed "
                          "memory (GLIBC_TUNABLES " + MALLOC_KEEP + "); default: glibc's own settings, which hand "
                          "large freed blocks back to the kernel and fault them in again on the next chunk")
+    ap.add_argument("--eager", choices=("off", "on", "both"), default="both",
+                    help="our rows with PipelineOptions::eager_transfers off, on (comm shown as 'threads+eager', "
+                         "'MPI+eager'), or both, side by side in the same rounds (the default)")
     ap.add_argument("--force", action="store_true", help="time even when the load average exceeds the cores")
     ap.add_argument("--out", default="", help="also write the table (markdown) here")
     ap.add_argument("--timeout", type=float, default=600, help="seconds for one run")
@@ -444,9 +447,13 @@ def main() -> int:
                     problems.append(str(e))
             for name, per_rank in OUR_SCHEDULES.items():
                 base = [a.peers_bin, "pipeline", "--dir", data, "--schedule", name, "--ranks", str(P)] + steps + paired
-                runs = [("threads", base)]
+                plain_runs = [("threads", base)]
                 if a.mpiexec:
-                    runs.append(("MPI", [a.mpiexec, "-np", str(P)] + shlex.split(a.mpiexec_flags) + base + ["--mpi"]))
+                    plain_runs.append(("MPI", [a.mpiexec, "-np", str(P)] + shlex.split(a.mpiexec_flags) + base +
+                                       ["--mpi"]))
+                runs = [] if a.eager == "on" else list(plain_runs)
+                if a.eager != "off":
+                    runs += [(comm + "+eager", cmd + ["--eager"]) for comm, cmd in plain_runs]
                 for comm, cmd in runs:
                     try:
                         add("dualpipe", name, comm, result_of(cmd, a.timeout), ours_seq[per_rank * P], bound[name],
@@ -492,7 +499,9 @@ def main() -> int:
               "reach where a rank holds the cheaper first stage. loss: the first step's total; Δ: the largest "
               "per-chunk relative difference from our sequential run. wait ms (ours): the time a rank spent waiting for data "
               "or transfers in the measured timeline (mean over ranks, median over steps); progress CPU ms (our MPI rows): "
-              "CPU time per step of each rank's MPI progress thread (mpi/progress.hpp).",
+              "CPU time per step of each rank's MPI progress thread (mpi/progress.hpp). +eager: our pipeline with "
+              "PipelineOptions::eager_transfers (each output sent as soon as it is computed; a commit before an FB "
+              "waits only for the FB's forward input, the rest before its backward half).",
               "",
               "| P | system | schedule | comm | S | step ms | sequential ms | efficiency | bound | even bound | wait ms "
               "| progress CPU ms | loss | Δ loss |",

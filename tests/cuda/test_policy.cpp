@@ -78,7 +78,8 @@ TEST_CASE("Cuda.Policy.Concepts") {
   static_assert(DeviceAllocator<AsyncAllocator> && DeviceAllocator<SyncAllocator>);
   static_assert(!DeviceAllocator<NotAnAllocator>);
   static_assert(check_communicator<CudaLocalCommunicator>());
-  static_assert(!CommunicatorWithPolling<CudaLocalCommunicator>);  // its waits are stream waits: no weight fill
+  static_assert(!CommunicatorWithPolling<CudaLocalCommunicator>);      // its waits are stream waits: no weight fill
+  static_assert(!CommunicatorWithEagerLaunch<CudaLocalCommunicator>);  // nor eager transfers
   static_assert(CommunicatorWithBarrier<CudaLocalCommunicator>);
   static_assert(CommunicatorWithCollectiveReset<CudaLocalCommunicator>);
   static_assert(DeviceWithAttach<CudaDevice, CudaLocalCommunicator> &&

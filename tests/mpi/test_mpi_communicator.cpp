@@ -48,7 +48,8 @@ bool done_without_mpi_calls(Done done) {
 
 static_assert(check_communicator<MpiCommunicator>());
 static_assert(CommitGroup<MpiCommitGroup>);
-static_assert(CommunicatorWithPolling<MpiCommunicator>);  // PipelineOptions::weight_fill_depth
+static_assert(CommunicatorWithPolling<MpiCommunicator>);      // PipelineOptions::weight_fill_depth
+static_assert(CommunicatorWithEagerLaunch<MpiCommunicator>);  // PipelineOptions::eager_transfers
 
 /// The byte at `index` of the message `from` sends `to` with `tag`: differs for every field.
 std::byte pattern(int from, int to, MessageTag tag, std::size_t index) {

@@ -235,6 +235,18 @@ TEST_CASE_TEMPLATE("Mpi.Pipeline.WeightFill", Schedule, DualPipe, DualPipeV) {
   check_under_mpi<Schedule, FusedStage>(comm, C, o, Mode::train, 1);
 }
 
+TEST_CASE_TEMPLATE("Mpi.Pipeline.EagerTransfers", Schedule, DualPipe, DualPipeV) {
+  // PipelineOptions::eager_transfers over MPI (a send starts when posted; MpiCommitGroup::wait_receive waits
+  // for an FB's forward input alone): the same losses, outputs and gradients as the in-process run with the
+  // same option and the sequential model.
+  MpiCommunicator comm;
+  PipelineOptions o;
+  o.eager_transfers = true;
+  const int C = chunk_counts<Schedule>(comm.size()).back();
+  check_under_mpi<Schedule, PlainStage>(comm, C, o, Mode::train);
+  check_under_mpi<Schedule, FusedStage>(comm, C, o, Mode::train, 1);
+}
+
 TEST_CASE_TEMPLATE("Mpi.Pipeline.ForwardOnly", Schedule, DualPipe, DualPipeV) {
   MpiCommunicator comm;
   check_under_mpi<Schedule, PlainStage>(comm, chunk_counts<Schedule>(comm.size()).back(), {}, Mode::forward, 1);

@@ -212,6 +212,8 @@ TEST_CASE("Runtime.Concepts.Communicator") {
   // Groups that can be polled (PipelineOptions::weight_fill_depth): in-process and null; not the minimal one.
   static_assert(CommunicatorWithPolling<InProcessCommunicator> && CommunicatorWithPolling<NullCommunicator>);
   static_assert(!CommunicatorWithPolling<MinimalComm> && !PollableCommitGroup<MinimalComm::Group>);
+  static_assert(CommunicatorWithEagerLaunch<InProcessCommunicator> && CommunicatorWithEagerLaunch<NullCommunicator>);
+  static_assert(!CommunicatorWithEagerLaunch<MinimalComm>);
   CHECK(Communicator<MinimalComm>);
 }
 

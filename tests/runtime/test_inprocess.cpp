@@ -3,7 +3,9 @@
 
 #include <array>
 #include <chrono>
+#include <condition_variable>
 #include <functional>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -166,6 +168,83 @@ TEST_CASE("Runtime.InProcess.TimeoutNamesWhatIsMissing" * doctest::timeout(30)) 
     }
   });
   CHECK(other[0] == std::byte{7});
+}
+
+TEST_CASE("Runtime.InProcess.LaunchAndWaitForOneReceive" * doctest::timeout(30)) {
+  // Rank 0 launches a send before its commit; rank 1 takes it and waits for that receive alone while its
+  // other receive is still missing (rank 0 sends it only after seeing the first one arrive); then both
+  // groups end.
+  InProcessWorld world(2);
+  int first = 5, second = 6, got_first = 0, got_second = 0;
+  std::mutex m;
+  std::condition_variable cv;
+  bool first_seen = false;
+  run_ranks(2, [&](int r) {
+    InProcessCommunicator& c = world.communicator(r);
+    if (r == 0) {
+      c.post_send(1, tag(0, 0), std::as_bytes(std::span(&first, 1)));
+      c.launch();  // rank 1 can take it now: nothing waits for rank 0's commit
+      {
+        std::unique_lock lk(m);
+        CHECK(cv.wait_for(lk, 10s, [&] { return first_seen; }));
+      }
+      c.post_send(1, tag(0, 1), std::as_bytes(std::span(&second, 1)));
+      c.commit().wait(10s);
+    } else {
+      c.post_recv(0, tag(0, 0), std::as_writable_bytes(std::span(&got_first, 1)));
+      c.post_recv(0, tag(0, 1), std::as_writable_bytes(std::span(&got_second, 1)));
+      auto g = c.commit();
+      g.wait_receive(tag(0, 0), 10s);
+      CHECK(got_first == 5);
+      CHECK_FALSE(g.ready());  // the second is sent only after this
+      {
+        std::lock_guard lk(m);
+        first_seen = true;
+      }
+      cv.notify_all();
+      g.wait(10s);
+      CHECK(got_second == 6);
+    }
+  });
+}
+
+TEST_CASE("Runtime.InProcess.EarlyLaunchMisuseAndTimeout" * doctest::timeout(30)) {
+  InProcessWorld world(2);
+  InProcessCommunicator& c = world.communicator(0);
+  std::array<std::byte, 4> buf{};
+  // A receive the group does not have.
+  c.post_recv(1, tag(0, 0), buf);
+  c.launch();
+  auto g = c.commit();
+  CHECK_THROWS_WITH_AS(g.wait_receive(tag(0, 9), 10ms),
+                       "in-process communicator: rank 0 waits for a receive of (module 0, chunk 9, activation) that "
+                       "its group does not have",
+                       Error);
+  // Launching while that group is open is refused; its receive times out, named.
+  c.post_send(1, tag(1, 0), buf);
+  CHECK_THROWS_WITH_AS(c.launch(), "in-process communicator: rank 0 launches ops before waiting on the previous group",
+                       Error);
+  std::string what;
+  try {
+    g.wait_receive(tag(0, 0), 50ms);
+  } catch (const TimeoutError& e) {
+    what = e.what();
+    CHECK(e.tag() == tag(0, 0));
+    CHECK(e.peer() == 1);
+  }
+  CHECK(contains(what, "rank 0 timed out after 50 ms"));
+  CHECK(contains(what, "receive from rank 1 (module 0, chunk 0, activation) 4 bytes"));
+  // The failed wait closed the group: the queued send launches into a new one, which works with a peer.
+  std::array<std::byte, 4> in{};
+  run_ranks(2, [&](int r) {
+    if (r == 0) {
+      world.communicator(0).launch();
+      world.communicator(0).commit().wait(10s);
+    } else {
+      world.communicator(1).post_recv(0, tag(1, 0), in);
+      world.communicator(1).commit().wait(10s);
+    }
+  });
 }
 
 TEST_CASE("Runtime.InProcess.AbortWakesEveryWaiter" * doctest::timeout(30)) {

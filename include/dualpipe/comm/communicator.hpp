@@ -124,6 +124,26 @@ concept CommunicatorWithPolling = Communicator<C> && requires(C& c) {
   { c.commit() } -> PollableCommitGroup;
 };
 
+/// A commit group one of whose receives can be waited for alone: `wait_receive(tag, timeout)` returns once
+/// the group's receive of `tag` is done (the rest of the group may still be in flight; wait() still ends it),
+/// throws what wait() throws (TimeoutError naming that receive after `timeout`), and Error for a tag the
+/// group does not receive.
+template <class G>
+concept CommitGroupWithReceiveWait = CommitGroup<G> && requires(G& g, MessageTag tag, std::chrono::milliseconds t) {
+  g.wait_receive(tag, t);
+};
+
+/// A communicator that can start what was posted before the commit and wait for one receive of a group:
+/// `launch()` starts the ops posted since the last commit (or launch) now, as part of the group the next
+/// commit() returns (the previous group must have been waited on), and that group has wait_receive().
+/// PipelineOptions::eager_transfers sends an output as soon as it is computed and waits, before an FB, only
+/// for its forward half's input.
+template <class C>
+concept CommunicatorWithEagerLaunch = Communicator<C> && requires(C& c) {
+  c.launch();
+  { c.commit() } -> CommitGroupWithReceiveWait;
+};
+
 /// Compile-time check with messages in plain words: `static_assert(check_communicator<MyComm>())`.
 template <class C>
 consteval bool check_communicator() {

@@ -11,7 +11,9 @@
 // failed wait takes its own unfinished ops back out of the mailboxes, so no peer ever touches its buffers
 // afterwards. A message whose size differs from the receive buffer fails both ranks' groups with an Error
 // naming both sizes, the tag and the ranks; nothing is copied. Mailboxes and op lists are reserved up front:
-// the happy path does not allocate.
+// the happy path does not allocate. launch() starts what was posted so far before the commit (the ops join
+// the group the next commit returns), and group.wait_receive(tag, timeout) waits for one receive of it
+// (CommunicatorWithEagerLaunch).
 #pragma once
 
 #include <atomic>
@@ -45,10 +47,17 @@ public:
   /// and throws TimeoutError, CommAborted, or Error on a size mismatch; dropping it unwaited takes its ops back.
   using Group = detail::CommitHandle<InProcessCommunicator>;
 
-  /// Launches everything queued since the last commit as one group.
+  /// Launches everything queued since the last commit (or launch) as one group: with what launch() started
+  /// since the last commit, if anything.
   [[nodiscard]] Group commit();
+  /// Launches the ops queued so far now, as the first ops of the group the next commit() returns (so that a
+  /// peer can take a send before this rank commits). Throws Error while the previous group was not waited on.
+  void launch();
   /// Whether the group launched last is done (or failed, or a rank aborted): what its Group's ready() says.
   [[nodiscard]] bool group_ready() const;
+  /// Blocks until the open group's receive of `tag` is done: what its Group's wait_receive() does. Throws
+  /// TimeoutError naming that receive, CommAborted, or Error (a failed op, or a tag the group does not receive).
+  void wait_receive(MessageTag tag, std::chrono::milliseconds timeout);
 
 private:
   friend class InProcessWorld;
@@ -62,6 +71,9 @@ private:
   InProcessCommunicator(InProcessWorld* world, int rank) : MailboxRank(world, rank, "in-process communicator") {}
 
   void wait_group(std::chrono::milliseconds timeout);
+  // A wait that ended without its ops done (timeout, failure, abort): takes the unfinished ops back, closes
+  // the group and throws what it ran into (returns when every op finished meanwhile).
+  void fail_wait(std::chrono::milliseconds timeout, const MessageTag* awaited = nullptr);
   void abandon_group() noexcept;
   void cancel_unfinished() noexcept;
   // Called (under the mailbox lock) by whichever thread matched op `index` of this rank's group.
@@ -73,6 +85,8 @@ private:
   std::atomic<int> _remaining{0};  // ops of the group not yet done (changed under _mutex)
   bool _failed = false;            // under _mutex
   std::string _error;              // under _mutex
+  bool _waiting_for_one = false;   // under _mutex: wait_receive sleeps (every completion wakes it)
+  bool _launched_early = false;    // owner thread: the open group was launched by launch(), not committed yet
 };
 
 /// P ranks in one process; owns their communicators and the mailboxes between every pair.
@@ -199,7 +213,39 @@ private:
 
 // ---- InProcessCommunicator, defined after the world ------------------------------------------------
 
+inline void InProcessCommunicator::launch() {
+  if (_group_open && !_launched_early)
+    throw Error("in-process communicator: rank " + std::to_string(_rank) +
+                " launches ops before waiting on the previous group");
+  if (_queued.empty()) return;
+  if (_world->aborted()) {  // the commit's wait says so
+    _queued.clear();
+    return;
+  }
+  std::size_t first = 0;
+  {
+    std::lock_guard lk(_mutex);  // a peer completes ops of the group under it: the vector may grow here
+    if (!_group_open) {
+      _group.clear();
+      _failed = false;
+      _remaining.store(0, std::memory_order_relaxed);
+      _group_open = true;
+      _launched_early = true;
+    }
+    first = _group.size();
+    _group.insert(_group.end(), _queued.begin(), _queued.end());
+    _remaining.fetch_add(static_cast<int>(_queued.size()), std::memory_order_relaxed);
+  }
+  _queued.clear();
+  for (std::size_t i = first; i < _group.size(); ++i) _world->launch(*this, i);
+}
+
 inline InProcessCommunicator::Group InProcessCommunicator::commit() {
+  if (_launched_early) {  // the group is open already: the rest joins it
+    launch();
+    _launched_early = false;
+    return Group(this);
+  }
   if (!can_launch()) return Group(this);
   open_group();
   {
@@ -220,7 +266,7 @@ inline void InProcessCommunicator::complete(std::size_t index, const std::string
       _failed = true;
       _error = *error;
     }
-    wake = _remaining.fetch_sub(1, std::memory_order_acq_rel) == 1 || error != nullptr;
+    wake = _remaining.fetch_sub(1, std::memory_order_acq_rel) == 1 || error != nullptr || _waiting_for_one;
   }
   if (wake) _cv.notify_one();
 }
@@ -242,16 +288,44 @@ inline void InProcessCommunicator::wait_group(std::chrono::milliseconds timeout)
     return;
   }
   lk.unlock();
+  fail_wait(timeout);
+}
+
+inline void InProcessCommunicator::wait_receive(MessageTag tag, std::chrono::milliseconds timeout) {
+  if (!_group_open) {
+    if (_world->aborted()) throw _world->aborted_error();
+    return;  // waited on already
+  }
+  std::size_t index = _group.size();
+  for (std::size_t i = 0; i < _group.size() && index == _group.size(); ++i)
+    if (!_group[i].send && _group[i].tag == tag) index = i;
+  if (index == _group.size())
+    throw Error("in-process communicator: rank " + std::to_string(_rank) + " waits for a receive of " +
+                dualpipe::describe(tag) + " that its group does not have");
+  const auto deadline = deadline_after(timeout);
+  std::unique_lock lk(_mutex);
+  _waiting_for_one = true;
+  _cv.wait_until(lk, deadline, [&] { return _group[index].done || _failed || _world->aborted(); });
+  _waiting_for_one = false;
+  if (_group[index].done && !_failed) return;
+  lk.unlock();
+  fail_wait(timeout, &tag);
+}
+
+inline void InProcessCommunicator::fail_wait(std::chrono::milliseconds timeout, const MessageTag* awaited) {
   cancel_unfinished();
-  lk.lock();
+  std::unique_lock lk(_mutex);
   const bool completed = _remaining.load(std::memory_order_relaxed) == 0;
   const bool failed = _failed;
   std::string what = failed ? _error : (completed ? std::string() : detail::describe_unfinished(_group));
   const detail::LaunchedOp* missing = detail::first_missing(_group);  // the transfer that never came
+  for (const detail::LaunchedOp& op : _group)                         // or the receive wait_receive was waiting for
+    if (awaited && !op.send && !op.done && op.tag == *awaited) missing = &op;
   const MessageTag missing_tag = missing ? missing->tag : MessageTag{-1, -1, Payload::activation};
   const int missing_peer = missing ? missing->peer : -1;
   _group.clear();
   _group_open = false;
+  _launched_early = false;
   _failed = false;
   _remaining.store(0, std::memory_order_relaxed);
   lk.unlock();
@@ -286,6 +360,7 @@ inline void InProcessCommunicator::abandon_group() noexcept {
   if (!_group_open) return;
   cancel_unfinished();
   std::lock_guard lk(_mutex);
+  _launched_early = false;
   _group.clear();
   _group_open = false;
   _failed = false;
@@ -294,6 +369,7 @@ inline void InProcessCommunicator::abandon_group() noexcept {
 
 inline void InProcessCommunicator::clear_local() noexcept {
   std::lock_guard lk(_mutex);
+  _launched_early = false;
   _queued.clear();
   _group.clear();
   _group_open = false;

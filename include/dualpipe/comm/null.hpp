@@ -22,6 +22,10 @@ public:
     void wait(std::chrono::milliseconds /*timeout*/) const {
       if (_comm->_aborted) throw CommAborted(_comm->_origin);
     }
+    /// Returns at once (every receive is done); throws CommAborted after abort() (until reset()).
+    void wait_receive(MessageTag /*tag*/, std::chrono::milliseconds /*timeout*/) const {
+      if (_comm->_aborted) throw CommAborted(_comm->_origin);
+    }
     /// Always: the group is done (or the communicator aborted, which wait() reports).
     [[nodiscard]] bool ready() const noexcept { return true; }
 
@@ -40,6 +44,8 @@ public:
   void post_send(int /*peer*/, MessageTag /*tag*/, ConstBytes /*bytes*/) noexcept { ++_posts; }
   /// Counts the receive; leaves the buffer as it is.
   void post_recv(int /*peer*/, MessageTag /*tag*/, MutableBytes /*bytes*/) noexcept { ++_posts; }
+  /// Nothing to start: every post is done at once.
+  void launch() noexcept {}
   /// A group that is already done.
   [[nodiscard]] Group commit() noexcept {
     ++_commits;

@@ -70,6 +70,11 @@ public:
 
   /// Messages in the group.
   [[nodiscard]] std::size_t size() const;
+  /// Blocks until the group's receive of `tag` is done (the other messages may still be in flight; wait()
+  /// ends the group). Throws as wait() does (the TimeoutError names that receive), and Error for a tag the
+  /// group does not receive.
+  void wait_receive(MessageTag tag, std::chrono::milliseconds timeout);
+
   /// Whether every message of the group is known to be done (by a wait, or by the progress thread).
   [[nodiscard]] bool done() const;
   /// Whether wait() would return (or throw) at once: tests the group's requests once (MPI progress) without
@@ -136,6 +141,9 @@ public:
   void post_recv(int peer, MessageTag tag, MutableBytes bytes);
   /// Everything posted since the previous commit, as one group to wait on.
   [[nodiscard]] MpiCommitGroup commit();
+  /// Nothing to do: a send starts when it is posted, and a receive is matched by the progress thread or the
+  /// group's wait (CommunicatorWithEagerLaunch).
+  void launch() noexcept {}
   /// Prints where the failure started (rank, module, chunk, op, what; and the world rank when the
   /// communicator is not the whole world, e.g. a pipeline group of a grid) on stderr and ends the whole MPI
   /// job (MPI_Abort of MPI_COMM_WORLD): every process, of every group, exits non-zero. Does not return.
@@ -234,6 +242,48 @@ inline void MpiCommitGroup::wait(std::chrono::milliseconds timeout) {
       throw TimeoutError(message, missing, peer);
     }
     if (now - start < _options.spin) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(_options.sleep);
+    }
+  }
+}
+
+inline void MpiCommitGroup::wait_receive(MessageTag tag, std::chrono::milliseconds timeout) {
+  using clock = std::chrono::steady_clock;
+  if (!_state) return;
+  std::size_t index = 0;
+  {
+    const auto guard = lock();
+    const auto& messages = _state->messages;
+    while (index < messages.size() && (messages[index].send || !(messages[index].tag == tag))) ++index;
+    if (index == messages.size())
+      throw Error("MPI: rank " + std::to_string(_state->rank) + " waits for a receive of " + detail::describe_tag(tag) +
+                  " that its group does not have");
+  }
+  const auto start = clock::now();
+  const auto deadline = deadline_after(timeout);
+  for (;;) {
+    {
+      const auto guard = lock();
+      if (_state->failure) std::rethrow_exception(_state->failure);
+      if (_state->pending == 0 || _state->progress()) return;
+      if (_state->receive_done(index)) return;
+    }
+    if (clock::now() >= deadline) {
+      MessageTag missing{-1, -1, Payload::activation};
+      int peer = -1;
+      std::string message;
+      {
+        const auto guard = lock();
+        message = _state->describe_pending(timeout, missing, peer);
+        missing = tag;  // the receive this wait was for
+        peer = _state->messages[index].peer;
+      }
+      release();
+      throw TimeoutError(message, missing, peer);
+    }
+    if (clock::now() - start < _options.spin) {
       std::this_thread::yield();
     } else {
       std::this_thread::sleep_for(_options.sleep);

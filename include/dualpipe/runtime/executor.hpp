@@ -19,6 +19,14 @@
 // Groups always run oldest first, so each module's weight gradients add up in the same order whatever the
 // timing: a step is bit for bit the same from run to run. Each group run in a wait (or at the end) is
 // recorded as a compute span of a W op with the commit's (or the last op's) index.
+// Eager transfers (ExecutorStep::eager_transfers; CommunicatorWithEagerLaunch): a forward's output, or a
+// backward's input gradient, that the group sends is sent (posted and launched) as soon as it is computed,
+// not at the commit; and a commit followed by an FB waits only for the FB's forward input, the rest of the
+// group before the FB's backward half (or before the next op, for any other op). The op order, the data and
+// the results are the same; only the waits move: the first half of an FB no longer waits for what the peer
+// computes in the second half of its own FB, which breaks the lockstep of two ranks that feed each other.
+// The wait before the backward half is recorded as a wait span of the commit, between two compute spans
+// of the FB.
 // A stage with phases runs its phases in order for F, B and B..w (the executor never calls its forward or
 // backward_input), and every failure aborts its expert communicator too and names the phase.
 // A stage with on_grads_ready (StageWithGradsReady) is called once per module per training step, right
@@ -47,6 +55,7 @@
 #include <cstring>
 #include <exception>
 #include <limits>
+#include <optional>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -200,11 +209,16 @@ public:
     _phase = nullptr;
     _owed_running = false;
     _last_commit = -1;
+    if constexpr (can_eager) {
+      _pending.reset();
+      if (eager()) _sent_early.assign(ops.size(), 0);  // allocates only when the op list grows
+    }
     if (filling())  // only filling drains at the last commit
       for (std::size_t k = 0; k < ops.size(); ++k)
         if (ops[k].kind == OpKind::commit) _last_commit = static_cast<int>(k);
     _recorder.begin(result.spans,
-                    prog.plan.compute_ops * (filling() ? 2 : 1) + prog.plan.commit_ops,  // a fill W per backward
+                    prog.plan.compute_ops * (filling() || eager() ? 2 : 1) +  // a fill W per backward, a split FB
+                        prog.plan.commit_ops * (eager() ? 2 : 1),             // a commit's wait in two parts
                     step.record_timeline);
     result.clock_start = _recorder.origin_seconds();  // a device with its own clock may change it at the end
     if constexpr (detail::stage_has_tensors<S>) {
@@ -226,6 +240,7 @@ public:
       } else {
         for (; i < ops.size(); ++i) execute(ops[i], static_cast<int>(i));
       }
+      finish_pending();
       if constexpr (can_fill)
         while (!prog.fifo.empty() && filling()) run_owed_weight(static_cast<int>(ops.size()) - 1);
       finish();
@@ -552,6 +567,7 @@ private:
     _device.used(lane, in);
     _device.used(lane, out);
     _prog->buffers.after_forward(m, c);
+    send_early(OpKind::send_activation, m, c);
   }
 
   void backward(int m, int c, bool deferred, const Op& op, ComputeLane lane = ComputeLane::main) {
@@ -594,6 +610,7 @@ private:
     _device.used(lane, in_grad);
     _device.used(lane, saved);
     _prog->buffers.after_backward(m, c);
+    send_early(OpKind::send_gradient, m, c);
   }
 
   void forward_backward(const Op& op) {
@@ -636,6 +653,7 @@ private:
       // The forward on the main lane and the backward on the second, so that a device can run them at once.
       _device.fork();
       forward(op.module, op.chunk, ComputeLane::main);
+      finish_pending();  // eager transfers: the backward half's output gradient came with the commit's rest
       backward(op.module1, op.chunk1, false, op, ComputeLane::second);
       _device.join();
     }
@@ -838,32 +856,92 @@ private:
   }
 
   // A compute op between the device's op_begin and op_end, recorded on the host clock.
+  // A wait inside the op (eager transfers: before an FB's backward half) splits its span in two.
   template <class F>
   void compute(const Op& op, int index, F&& run) {
     _op_index = index;
     const auto t0 = _recorder.now();
     _device.op_begin(op, index);
+    _waited_inside = false;
     run();
     _device.op_end(op, index);
-    _recorder.record(op, index, Span::Lane::compute, t0, _recorder.now());
+    if (_waited_inside) {
+      _recorder.record(op, index, Span::Lane::compute, t0, _inside_wait_start);
+      _recorder.record(op, index, Span::Lane::compute, _inside_wait_end, _recorder.now());
+    } else {
+      _recorder.record(op, index, Span::Lane::compute, t0, _recorder.now());
+    }
+  }
+
+  // ---- Eager transfers ------------------------------------------------------------------------------------
+  // Only where the executor owns the waits outright: the host device, a stage whose FB is forward then
+  // backward, and a communicator that can launch early and wait for one receive (Pipeline refuses the rest).
+  static constexpr bool can_eager = CommunicatorWithEagerLaunch<Comm> && !StageWithPhases<S> && !StageWithOverlap<S> &&
+                                    std::is_same_v<Device, HostDevice>;
+  [[nodiscard]] bool eager() const noexcept {
+    if constexpr (can_eager) return _step->eager_transfers;
+    return false;
+  }
+
+  // After compute op _op_index made module m's output (activation) or input gradient (gradient) of chunk c:
+  // if its group sends it, send it now (the previous group is waited on first: one group at a time).
+  void send_early(OpKind send_kind, int m, int c) {
+    if constexpr (can_eager) {
+      if (!eager() || _op_index < 0) return;
+      const std::vector<Op>& ops = _prog->plan.ops;
+      for (auto j = static_cast<std::size_t>(_op_index) + 1; j < ops.size() && ops[j].kind != OpKind::commit; ++j) {
+        if (ops[j].kind != send_kind || ops[j].module != m || ops[j].chunk != c) continue;
+        if (_sent_early[j]) return;
+        finish_pending();
+        post_transfer(ops[j]);
+        _comm.launch();
+        _sent_early[j] = 1;
+        _module = m;
+        _chunk = c;
+        return;
+      }
+    }
+  }
+
+  // A commit that an FB follows: the index of that FB (else -1), and in `first` the receive its forward half
+  // needs, when the group has one.
+  [[nodiscard]] int split_for(int commit_index, std::optional<MessageTag>& first) const {
+    const std::vector<Op>& ops = _prog->plan.ops;
+    const auto next = static_cast<std::size_t>(commit_index) + 1;
+    if (next >= ops.size() || ops[next].kind != OpKind::forward_backward) return -1;
+    for (auto j = static_cast<std::size_t>(commit_index); j-- > 0 && ops[j].kind != OpKind::commit;)
+      if (ops[j].kind == OpKind::recv_activation && ops[j].module == ops[next].module &&
+          ops[j].chunk == ops[next].chunk)
+        first = MessageTag{ops[j].module, ops[j].chunk, Payload::activation};
+    return static_cast<int>(next);
+  }
+
+  // Ends the commit group left open by a split (eager transfers): waits for the rest of it, gives back the
+  // buffers it sent, and records the wait on the commit.
+  void finish_pending() {
+    if constexpr (can_eager) {
+      if (!_pending) return;
+      const auto t0 = _recorder.now();
+      _pending->wait(_step->timeout);
+      _pending.reset();
+      _prog->buffers.after_commit();
+      const auto t1 = _recorder.now();
+      _recorder.record(_prog->plan.ops[static_cast<std::size_t>(_pending_commit)], _pending_commit, Span::Lane::wait,
+                       t0, t1);
+      _waited_inside = true;
+      _inside_wait_start = t0;
+      _inside_wait_end = t1;
+    }
   }
 
   void post(ConstBytes b) {
     if constexpr (Device::tracks_buffers) _device.post(b);
   }
 
-  void execute(const Op& op, int index) {
-    _module = op.module;
-    _chunk = op.chunk;
+  // A post op (sF rF sB rB): the buffer of its chunk, at the chunk's size, posted to the placement's neighbour.
+  void post_transfer(const Op& op) {
     const std::size_t m = static_cast<std::size_t>(op.module);
     switch (op.kind) {
-      case OpKind::forward: compute(op, index, [&] { forward(op.module, op.chunk); }); break;
-      case OpKind::backward:
-      case OpKind::backward_input:
-        compute(op, index, [&] { backward(op.module, op.chunk, op.kind == OpKind::backward_input, op); });
-        break;
-      case OpKind::forward_backward: compute(op, index, [&] { forward_backward(op); }); break;
-      case OpKind::weight: compute(op, index, [&] { weight(op, index); }); break;
       case OpKind::send_activation: {
         const ConstBytes b = _prog->buffers.send_output(op.module, op.chunk)
                                  .first(out_layout(op.module).bytes(_sizes, batch_chunk(op.module, op.chunk)));
@@ -896,11 +974,49 @@ private:
                         b);
         break;
       }
+      default: break;
+    }
+  }
+
+  void execute(const Op& op, int index) {
+    if constexpr (can_eager)
+      if (_pending && index != _split_op) finish_pending();  // the split FB ends it before its backward half
+    _module = op.module;
+    _chunk = op.chunk;
+    switch (op.kind) {
+      case OpKind::forward: compute(op, index, [&] { forward(op.module, op.chunk); }); break;
+      case OpKind::backward:
+      case OpKind::backward_input:
+        compute(op, index, [&] { backward(op.module, op.chunk, op.kind == OpKind::backward_input, op); });
+        break;
+      case OpKind::forward_backward: compute(op, index, [&] { forward_backward(op); }); break;
+      case OpKind::weight: compute(op, index, [&] { weight(op, index); }); break;
+      case OpKind::send_activation:
+      case OpKind::send_gradient:
+        if (eager() && _sent_early[static_cast<std::size_t>(index)]) break;  // sent as soon as it was computed
+        post_transfer(op);
+        break;
+      case OpKind::recv_activation:
+      case OpKind::recv_gradient: post_transfer(op); break;
       case OpKind::commit: {
         auto t0 = _recorder.now();
         _device.op_begin(op, index);
         _device.before_commit();
         auto group = _comm.commit();
+        if constexpr (can_eager) {
+          std::optional<MessageTag> first;
+          const int split = eager() ? split_for(index, first) : -1;
+          if (split >= 0) {  // wait for the FB's forward input now, for the rest before its backward half
+            if (first) group.wait_receive(*first, _step->timeout);
+            _device.after_commit();
+            _device.op_end(op, index);
+            _recorder.record(op, index, Span::Lane::wait, t0, _recorder.now());
+            _pending.emplace(std::move(group));
+            _pending_commit = index;
+            _split_op = split;
+            break;
+          }
+        }
         if (filling()) {
           fill_wait(group, index);
           _module = op.module;
@@ -943,6 +1059,7 @@ private:
       Device& device;
       ~Quiet() { device.abandon_step(); }
     } quiet{_device};
+    if constexpr (can_eager) _pending.reset();  // takes its unfinished ops back (no peer writes into them)
     const std::vector<Op>& ops = _prog->plan.ops;
     const bool in_ops = index < ops.size();
     auto origin_of = [&](std::string what) {
@@ -1021,6 +1138,16 @@ private:
   int _last_commit = -1;          // index of the op list's last commit (filling drains there)
   int _schedule_owed = 0;         // groups the schedule's B..w ops pushed that its W ops have not popped
   const Phase* _phase = nullptr;  // the phase running or waited on (for a failure's message)
+  // Eager transfers: the commit group a split left open, the commit's index and the FB it was split for;
+  // which send ops went early; the wait inside the running compute op.
+  using CommitGroupOf = decltype(std::declval<Comm&>().commit());
+  struct NoGroup {};
+  std::conditional_t<can_eager, std::optional<CommitGroupOf>, NoGroup> _pending{};
+  int _pending_commit = -1;
+  int _split_op = -1;
+  std::vector<char> _sent_early;
+  bool _waited_inside = false;
+  Recorder::clock::time_point _inside_wait_start{}, _inside_wait_end{};
   int _phase_index = 0;
   Pass _phase_pass = Pass::forward;
 };

@@ -22,6 +22,7 @@ struct ExecutorStep {
   int accumulation_steps = 1;                 ///< StageContext::accumulation_steps.
   bool overlap_phases = true;                 ///< An FB interleaves its chunks' phases (runtime/phases.hpp).
   int weight_fill_depth = 0;                  ///< PipelineOptions::weight_fill_depth (0: off).
+  bool eager_transfers = false;               ///< PipelineOptions::eager_transfers.
   ChunkSizes sizes{};                         ///< Rows of each chunk's tensors (empty: the maxima); the same on
                                               ///< every rank (checked: runtime/tensors.hpp, executor.hpp).
 };

@@ -57,6 +57,13 @@ struct PipelineOptions {
                                               ///< a communicator whose groups can be polled (in-process, MPI),
                                               ///< the host device and a stage without phases or its own FB.
                                               ///< 0: off (every weight gradient where the schedule puts it).
+  bool eager_transfers = false;               ///< Send each output as soon as it is computed (not at the commit)
+                                              ///< and wait, before an FB, only for its forward half's input
+                                              ///< (the rest before its backward half): the same ops and
+                                              ///< results, fewer waits between ranks that feed each other
+                                              ///< (runtime/executor.hpp). Needs a communicator that can launch
+                                              ///< early (in-process, MPI), the host device and a stage without
+                                              ///< phases or its own FB; not with weight_fill_depth.
 };
 
 /// One rank of a pipeline: `Schedule`'s op lists run by the executor against `Comm`, the user's stages and
@@ -93,6 +100,7 @@ public:
     if (_options.replicas < 1)
       throw ConfigError("Pipeline: replicas must be at least 1 (got " + std::to_string(_options.replicas) + ")");
     check_weight_fill();
+    check_eager_transfers();
   }
 
   /// One training step over a batch of `chunks` chunks. `inputs` / `labels` hold the WHOLE batch, chunk after
@@ -323,6 +331,7 @@ private:
     step.sizes = options.sizes;
     step.overlap_phases = _options.overlap_phases;
     step.weight_fill_depth = _options.weight_fill_depth;
+    step.eager_transfers = _options.eager_transfers;
     _executor.run(prog, step, result);
     if (mode == Mode::train) _accumulation_step = (_accumulation_step + 1) % _options.accumulation_steps;
   }
@@ -344,6 +353,27 @@ private:
                         "no longer be its own); set it to 0 for this stage");
     if constexpr (!std::is_same_v<Device, HostDevice>)
       throw ConfigError(head + "the host device (a device's waits are not the host's); set it to 0");
+  }
+
+  // PipelineOptions::eager_transfers: only where the executor owns the waits, and not with weight filling.
+  void check_eager_transfers() const {
+    if (!_options.eager_transfers) return;
+    const std::string head = "Pipeline: eager_transfers needs ";
+    if constexpr (!CommunicatorWithEagerLaunch<Comm>)
+      throw ConfigError(head +
+                        "a communicator that can launch before the commit and wait for one receive "
+                        "(CommunicatorWithEagerLaunch: InProcessCommunicator, MpiCommunicator); this one cannot");
+    if constexpr (StageWithPhases<S> || StageWithOverlap<S>)
+      throw ConfigError(head +
+                        "a stage without phases and without its own forward_backward (their FB orders its own "
+                        "waits); set it to false for this stage");
+    if constexpr (!std::is_same_v<Device, HostDevice>)
+      throw ConfigError(head + "the host device (a device orders its transfers with events); set it to false");
+    if (_options.weight_fill_depth > 0)
+      throw ConfigError("Pipeline: eager_transfers and weight_fill_depth " +
+                        std::to_string(_options.weight_fill_depth) +
+                        " both change what a commit waits for; use one of them (set weight_fill_depth to 0 or "
+                        "eager_transfers to false)");
   }
 
   Comm& _comm;

@@ -6,12 +6,20 @@
 #include <concepts>
 #include <utility>
 
+#include "dualpipe/core/message_tag.hpp"
+
 namespace dualpipe::detail {
 
 /// A communicator that can say whether its open group is done without blocking (CommitHandle::ready()).
 template <class Comm>
 concept has_group_ready = requires(const Comm& c) {
   { c.group_ready() } -> std::convertible_to<bool>;
+};
+
+/// A communicator that can wait for one receive of its open group (CommitHandle::wait_receive()).
+template <class Comm>
+concept has_wait_receive = requires(Comm& c, MessageTag tag, std::chrono::milliseconds timeout) {
+  c.wait_receive(tag, timeout);
 };
 
 /// Move-only handle of the group a commit launched. wait() blocks through `Comm::wait_group(timeout)`;
@@ -33,6 +41,12 @@ public:
   /// CommAborted, Error on a size mismatch).
   void wait(std::chrono::milliseconds timeout) {
     if (Comm* c = std::exchange(_comm, nullptr)) c->wait_group(timeout);
+  }
+
+  /// Blocks until the group's receive of `tag` is done, through `Comm::wait_receive(tag, timeout)`; the
+  /// group stays open (wait() ends it). Returns at once after a wait.
+  void wait_receive(MessageTag tag, std::chrono::milliseconds timeout) requires has_wait_receive<Comm> {
+    if (_comm) _comm->wait_receive(tag, timeout);
   }
 
   /// Whether wait() would return (or throw) at once, through `Comm::group_ready()`; true after a wait.

@@ -59,6 +59,16 @@ struct MpiGroupState {
     return pending == 0;
   }
 
+  /// Whether receive `index` has its message (matched, and its request complete); tests only that request.
+  bool receive_done(std::size_t index) {
+    if (!messages[index].matched) return false;
+    MPI_Request& request = requests[index];
+    if (request == MPI_REQUEST_NULL) return true;
+    int done = 0;
+    mpi_check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");  // frees it when done
+    return done != 0;
+  }
+
   /// Cancels what MPI can cancel and forgets every message: requests in flight cannot be waited for (the
   /// peer may be gone); the rest completes in the background.
   void release() noexcept {
