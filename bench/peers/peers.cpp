@@ -18,7 +18,7 @@
 //   dualpipe-peers pipeline --dir D --schedule dualpipe|dualpipev|1f1b|zb1p --ranks P [--mpi]
 //                           [--steps 10] [--warmup 3] [--linear deferred|plain] [--progress auto|wait|thread]
 //                           [--progress-interval-us 100] [--spin-us 1000] [--sleep-us 50] [--paired]
-//                           [--fill N] [--eager] [--replay none|alone|together]
+//                           [--fill N] [--eager] [--waits] [--replay none|alone|together]
 //       the pipeline: P rank threads (InProcessWorld; RankThreads, kept from step to step), or with --mpi one
 //       rank per process under mpirun -np P
 //       (--progress, --progress-interval-us, --spin-us, --sleep-us: those MpiOptions). Each step starts
@@ -31,7 +31,8 @@
 //       compute_ms_all: per timed step, the ranks' summed time in compute spans (against the paired sequential
 //       step: what the ops cost inside the pipeline). --fill N: PipelineOptions::weight_fill_depth (owed weight
 //       gradients run while a commit waits). --eager: PipelineOptions::eager_transfers (outputs sent as soon
-//       as computed; an FB waits for its forward input only, the rest before its backward half). --replay
+//       as computed; an FB waits for its forward input only, the rest before its backward half). --waits (threads):
+//       waits_ms lists, per rank and op index (a commit's), the ms it waited per timed step. --replay
 //       alone|together (threads): after each timed step, every rank's op list again against its own copy of the stages and a NullCommunicator, one rank after the
 //       other or all at once; replay_ms gives per op kind the ranks' compute ms per step [pipeline, replay]:
 //       whether an op costs more inside the pipeline than alone, or than beside the other ranks' work.
@@ -87,6 +88,7 @@ struct Args {
   bool mpi = false;
   bool paired = false;
   bool eager = false;  // --eager: PipelineOptions::eager_transfers
+  bool waits = false;  // --waits: where each rank waited (threads)
 
   [[nodiscard]] std::string text(const std::string& key, const std::string& fallback = {}) const {
     auto it = values.find(key);
@@ -110,8 +112,8 @@ Args parse_args(int argc, char** argv) {
   a.command = argv[1];
   for (int i = 2; i < argc; ++i) {
     std::string key = argv[i];
-    if (key == "--mpi" || key == "--paired" || key == "--eager") {
-      (key == "--mpi" ? a.mpi : key == "--paired" ? a.paired : a.eager) = true;
+    if (key == "--mpi" || key == "--paired" || key == "--eager" || key == "--waits") {
+      (key == "--mpi" ? a.mpi : key == "--paired" ? a.paired : key == "--eager" ? a.eager : a.waits) = true;
       continue;
     }
     if (key.rfind("--", 0) != 0 || i + 1 >= argc) throw ConfigError("expected --option value, got '" + key + "'");
@@ -482,6 +484,8 @@ struct PipelineRun {
   // --replay: per op kind (F, B, ...), the ranks' summed compute seconds per step in the pipeline, and in the
   // replay of the same op lists with nothing moving and nothing waiting.
   std::map<std::string, double> replay_pipeline_seconds, replay_seconds;
+  // Threads: per (rank, op index), the seconds of wait spans per timed step (--waits reports them).
+  std::map<std::pair<int, int>, double> wait_by_op;
   double progress_cpu_per_step = 0;  // MPI: the progress threads' CPU seconds per step, mean over ranks
   double cpu_per_step = 0;           // CPU seconds per step and rank (the process's, over the timed steps)
   std::string progress = "none";     // MPI: "thread" or "wait" (what MpiOptions::progress gave)
@@ -550,6 +554,9 @@ PipelineRun run_inprocess(const std::string& dir, const Meta& m, int ranks, int 
     if (step >= warmup) {
       out.step_seconds.push_back(*std::max_element(rank_time.begin(), rank_time.end()));
       double waits = 0, compute = 0;
+      for (const StepResult& res : results)
+        for (const Span& span : res.spans)
+          if (span.lane == Span::Lane::wait) out.wait_by_op[{res.rank, span.index}] += span.duration() / steps;
       for (const StepResult& res : results) {
         waits += lane_time(res, Span::Lane::wait);
         compute += lane_time(res, Span::Lane::compute);
@@ -646,6 +653,7 @@ int pipeline(const Args& a) {
   const std::string replay = a.text("replay", "none") == "none" ? std::string() : a.text("replay");
   if (!replay.empty() && replay != "alone" && replay != "together")
     throw ConfigError("--replay must be alone, together or none (got '" + replay + "')");
+  if (a.waits && a.mpi) throw ConfigError("--waits reports the in-process ranks' waits: it cannot be used with --mpi");
   if (!replay.empty() && a.mpi)
     throw ConfigError("--replay runs on the in-process ranks: it cannot be used with --mpi");
   const ScheduleKind kind = parse_schedule_kind(a.text("schedule"));
@@ -691,6 +699,17 @@ int pipeline(const Args& a) {
       replay_json += item;
     }
     replay_json += "}, ";
+  }
+  if (a.waits) {  // --waits: "waits_ms": [[rank, op index, ms per step], ...], the ops with a wait of 10 us or more
+    replay_json += "\"waits_ms\": [";
+    for (const auto& [where, seconds] : run.wait_by_op) {
+      if (seconds < 1e-5) continue;
+      char item[64];
+      std::snprintf(item, sizeof item, "%s[%d, %d, %.3f]", replay_json.back() == '[' ? "" : ", ", where.first,
+                    where.second, 1e3 * seconds);
+      replay_json += item;
+    }
+    replay_json += "], ";
   }
   if (world_rank == 0)
     std::printf(

@@ -278,6 +278,53 @@ TEST_CASE("Mpi.Communicator.TimeoutNamesWhatIsPending") {
   comm.barrier();
 }
 
+TEST_CASE("Mpi.Communicator.WaitForOneReceive") {
+  // Rank 1 waits for the first of two messages alone (rank 0 sends the second only after a barrier that
+  // rank 1 enters once it has the first), then for the rest; a tag the group lacks is an Error; a receive
+  // that never comes times out naming it.
+  MpiCommunicator comm(MPI_COMM_WORLD, test_options());
+  const MessageTag first{0, 1, Payload::activation}, second{0, 1, Payload::gradient}, never{1, 4, Payload::activation};
+  if (comm.rank() == 0) {
+    const std::vector<std::byte> a(300 * 1024, std::byte{5}), b(16, std::byte{6});  // a: rendezvous
+    comm.post_send(1, first, a);
+    comm.launch();  // nothing to do under MPI: the send started when posted
+    comm.barrier();
+    comm.post_send(1, second, b);
+    comm.commit().wait(wait_limit);
+    comm.barrier();
+  } else if (comm.rank() == 1) {
+    std::vector<std::byte> a(300 * 1024), b(16), c(8);
+    comm.post_recv(0, first, a);
+    comm.post_recv(0, second, b);
+    auto group = comm.commit();
+    CHECK_THROWS_WITH_AS(group.wait_receive(never, wait_limit),
+                         doctest::Contains("waits for a receive of module 1, chunk 4, activation that its group does "
+                                           "not have"),
+                         Error);
+    group.wait_receive(first, wait_limit);
+    CHECK(a == std::vector<std::byte>(300 * 1024, std::byte{5}));
+    comm.barrier();
+    group.wait(wait_limit);
+    CHECK(b == std::vector<std::byte>(16, std::byte{6}));
+    comm.post_recv(0, never, c);
+    auto lonely = comm.commit();
+    bool timed_out = false;
+    try {
+      lonely.wait_receive(never, 200ms);
+    } catch (const TimeoutError& e) {
+      timed_out = true;
+      CHECK(e.tag() == never);
+      CHECK(e.peer() == 0);
+      CHECK(std::string(e.what()).find("timed out after 200 ms") != std::string::npos);
+    }
+    CHECK(timed_out);
+    comm.barrier();
+  } else {
+    comm.barrier();
+    comm.barrier();
+  }
+}
+
 TEST_CASE("Mpi.Communicator.TagsWithinTheBound") {
   MpiCommunicator comm(MPI_COMM_WORLD, test_options());
   int* ub = nullptr;
