@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <exception>
 #include <memory>
 #include <numeric>
 #include <vector>
@@ -58,6 +59,13 @@ struct Harness {
     return false;
   }
 
+  /// Communicator rank c's training step, with the batch's inputs and labels where its stages need them.
+  dualpipe::StepResult step_on(int c) {
+    const int p = pipeline_rank(c);
+    return pipes[static_cast<std::size_t>(c)]->step(C, has_first(p) ? batch.input_bytes() : dualpipe::ConstBytes{},
+                                                    has_last(p) ? batch.label_bytes() : dualpipe::ConstBytes{});
+  }
+
   /// One step on every rank; results indexed by pipeline rank. Inputs and labels are passed only where
   /// needed (empty elsewhere), as the API allows.
   std::vector<dualpipe::StepResult> step(dualpipe::Mode mode = dualpipe::Mode::train, bool return_outputs = false,
@@ -72,6 +80,34 @@ struct Harness {
                                                                            : pipe.eval(C, in, lab, {return_outputs});
     });
     return results;
+  }
+
+  /// One training step that is expected to fail: each rank's exception, by communicator rank (null where
+  /// that rank's step returned).
+  std::vector<std::exception_ptr> failing_step() {
+    std::vector<std::exception_ptr> errors(static_cast<std::size_t>(P));
+    dualpipe::run_ranks(P, [&](int c) {
+      try {
+        (void)step_on(c);
+      } catch (...) {
+        errors[static_cast<std::size_t>(c)] = std::current_exception();
+      }
+    });
+    return errors;
+  }
+
+  /// Every rank's collective reset after a failed step.
+  void reset() {
+    dualpipe::run_ranks(P, [&](int c) { pipes[static_cast<std::size_t>(c)]->reset(); });
+  }
+
+  /// After a failed step: every rank resets, and the next step's losses equal the sequential model's.
+  void check_recovers() {
+    reset();
+    zero_grad();
+    const Sequential seq(S, C, batch);
+    const auto res = step();
+    CHECK(rel_err(losses(res), seq.losses) <= 1e-12);
   }
 
   void zero_grad() {
@@ -126,5 +162,21 @@ struct Harness {
     return out;
   }
 };
+
+/// Checks that every rank's step failed with a StepError, and runs `check` on each.
+template <class Check>
+void check_step_errors(const std::vector<std::exception_ptr>& errors, Check&& check) {
+  for (std::size_t c = 0; c < errors.size(); ++c) {
+    CAPTURE(c);
+    REQUIRE(errors[c]);
+    try {
+      std::rethrow_exception(errors[c]);
+    } catch (const dualpipe::StepError& e) {
+      check(e);
+    } catch (const std::exception& e) {
+      FAIL("not a StepError: " << e.what());
+    }
+  }
+}
 
 }  // namespace testmodel
