@@ -91,6 +91,11 @@ private:
   // The state, made at the first post: `comm` and `rank` are the communicator's.
   detail::MpiGroupState& state(MPI_Comm comm, int rank);
   void release() noexcept;
+  // Polls (progress under the lock, yield while within the spin, then short sleeps) until `done()` says so
+  // under the lock; throws the group's failure, or TimeoutError naming message `*awaited` (else the first
+  // pending receive) after `timeout`, the group released.
+  template <class Done>
+  void poll_until(std::chrono::milliseconds timeout, const std::size_t* awaited, Done&& done);
 
   MpiOptions _options;
   std::shared_ptr<detail::MpiProgressThread> _progress;  // null: MpiProgress::on_wait
@@ -216,41 +221,15 @@ inline bool MpiCommitGroup::ready() const {
 }
 
 inline void MpiCommitGroup::wait(std::chrono::milliseconds timeout) {
-  using clock = std::chrono::steady_clock;
   if (!_state) return;
-  const auto start = clock::now();
-  const auto deadline = deadline_after(timeout);
-  for (;;) {
-    {
-      const auto guard = lock();
-      if (_state->failure) std::rethrow_exception(_state->failure);
-      if (_state->pending == 0 || _state->progress()) {
-        if (_progress) _progress->forget(_state.get());
-        return;
-      }
-    }
-    const auto now = clock::now();
-    if (now >= deadline) {
-      MessageTag missing{-1, -1, Payload::activation};
-      int peer = -1;
-      std::string message;
-      {
-        const auto guard = lock();
-        message = _state->describe_pending(timeout, missing, peer);
-      }
-      release();
-      throw TimeoutError(message, missing, peer);
-    }
-    if (now - start < _options.spin) {
-      std::this_thread::yield();
-    } else {
-      std::this_thread::sleep_for(_options.sleep);
-    }
-  }
+  poll_until(timeout, nullptr, [this] {
+    if (_state->pending != 0 && !_state->progress()) return false;
+    if (_progress) _progress->forget(_state.get());
+    return true;
+  });
 }
 
 inline void MpiCommitGroup::wait_receive(MessageTag tag, std::chrono::milliseconds timeout) {
-  using clock = std::chrono::steady_clock;
   if (!_state) return;
   std::size_t index = 0;
   {
@@ -261,29 +240,38 @@ inline void MpiCommitGroup::wait_receive(MessageTag tag, std::chrono::millisecon
       throw Error("MPI: rank " + std::to_string(_state->rank) + " waits for a receive of " + detail::describe_tag(tag) +
                   " that its group does not have");
   }
+  poll_until(timeout, &index,
+             [this, index] { return _state->pending == 0 || _state->progress() || _state->receive_done(index); });
+}
+
+template <class Done>
+void MpiCommitGroup::poll_until(std::chrono::milliseconds timeout, const std::size_t* awaited, Done&& done) {
+  using clock = std::chrono::steady_clock;
   const auto start = clock::now();
   const auto deadline = deadline_after(timeout);
   for (;;) {
     {
       const auto guard = lock();
       if (_state->failure) std::rethrow_exception(_state->failure);
-      if (_state->pending == 0 || _state->progress()) return;
-      if (_state->receive_done(index)) return;
+      if (done()) return;
     }
-    if (clock::now() >= deadline) {
+    const auto now = clock::now();
+    if (now >= deadline) {
       MessageTag missing{-1, -1, Payload::activation};
       int peer = -1;
       std::string message;
       {
         const auto guard = lock();
         message = _state->describe_pending(timeout, missing, peer);
-        missing = tag;  // the receive this wait was for
-        peer = _state->messages[index].peer;
+        if (awaited) {  // the receive this wait was for
+          missing = _state->messages[*awaited].tag;
+          peer = _state->messages[*awaited].peer;
+        }
       }
       release();
       throw TimeoutError(message, missing, peer);
     }
-    if (clock::now() - start < _options.spin) {
+    if (now - start < _options.spin) {
       std::this_thread::yield();
     } else {
       std::this_thread::sleep_for(_options.sleep);

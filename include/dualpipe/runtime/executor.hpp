@@ -896,8 +896,6 @@ private:
         post_transfer(ops[j]);
         _comm.launch();
         _sent_early[j] = 1;
-        _module = m;
-        _chunk = c;
         return;
       }
     }
